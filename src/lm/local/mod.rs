@@ -1,0 +1,1 @@
+//! The embedded model: a GGUF llama-architecture model run in-process with candle.

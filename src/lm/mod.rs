@@ -1,0 +1,295 @@
+//! The LM layer: one trait every model speaks, and the handle the rest of the
+//! program calls through (response cache, concurrency limit, usage accounting).
+//!
+//! Only this module (and, later, `publish/`) touches the network.
+
+pub mod cache;
+pub mod local;
+pub mod openai;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Who said a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self { role, content: content.into() }
+    }
+}
+
+/// One piece of the reply shape an engine may enforce while decoding.
+///
+/// The adapter describes the reply it will parse as a sequence of segments; an
+/// engine that can constrain decoding (the embedded model) produces only text of
+/// that shape, an engine that cannot (a remote endpoint) ignores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Segment {
+    /// Text that must appear verbatim.
+    Literal { text: String },
+    /// Exactly one of these strings.
+    Choice { options: Vec<String> },
+    /// A decimal number: `-?[0-9]+` and, unless `integer`, an optional `.[0-9]+`.
+    Number { integer: bool },
+    /// Free text, ended by the model (end of turn), by `max_tokens`, or as soon
+    /// as the text produced contains `until` (which is cut off: the next segment
+    /// usually starts with it).
+    Text { until: String },
+}
+
+/// The whole reply shape: segments in order. After the last one, decoding stops.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct OutputTemplate {
+    pub segments: Vec<Segment>,
+}
+
+/// One chat-completion request, provider-neutral. Serialized (canonically) to
+/// key the response cache, so everything that changes the reply belongs here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LmRequest {
+    pub messages: Vec<ChatMessage>,
+    pub temperature: f32,
+    pub max_tokens: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    /// A JSON Schema the reply must satisfy (sent as `response_format` where the
+    /// endpoint supports it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<serde_json::Value>,
+    /// The reply shape, for engines that constrain decoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<OutputTemplate>,
+    /// Distinguishes otherwise identical requests that must not share a cached
+    /// reply (e.g. bootstrap rounds sampling at temperature > 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<u32>,
+}
+
+impl LmRequest {
+    pub fn new(messages: Vec<ChatMessage>) -> Self {
+        Self {
+            messages,
+            temperature: 0.0,
+            max_tokens: 256,
+            stop: Vec::new(),
+            json_schema: None,
+            template: None,
+            rollout: None,
+        }
+    }
+}
+
+/// Tokens one call consumed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LmResponse {
+    pub text: String,
+    pub usage: TokenUsage,
+    /// Why generation ended: "stop", "length", ... as the provider says.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+/// What went wrong in an LM call. Callers branch on `is_retryable`.
+#[derive(Debug, thiserror::Error)]
+pub enum LmError {
+    #[error("rate limited by {endpoint} (HTTP 429){}", retry_after_note(*.retry_after_secs))]
+    RateLimited { endpoint: String, retry_after_secs: Option<f64> },
+    #[error("{endpoint} answered HTTP {status}: {body}")]
+    Http { endpoint: String, status: u16, body: String, retry_after_secs: Option<f64> },
+    #[error("{endpoint} did not answer within {secs:.0}s")]
+    Timeout { endpoint: String, secs: f64 },
+    #[error("cannot reach {endpoint}: {message}")]
+    Connect { endpoint: String, message: String },
+    #[error("{endpoint} sent a reply that is not a chat completion: {message}")]
+    BadResponse { endpoint: String, message: String },
+    #[error("prompt of {prompt_tokens} tokens plus {max_tokens} to generate exceeds the model's context window of {context} tokens")]
+    ContextOverflow { prompt_tokens: usize, max_tokens: usize, context: usize },
+    #[error("{0}")]
+    Engine(String),
+}
+
+fn retry_after_note(secs: Option<f64>) -> String {
+    secs.map(|s| format!(", retry after {s:.0}s")).unwrap_or_default()
+}
+
+impl LmError {
+    /// 429, 5xx, time-outs and dropped connections are worth another try.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            LmError::RateLimited { .. } | LmError::Timeout { .. } | LmError::Connect { .. } => true,
+            LmError::Http { status, .. } => *status >= 500,
+            // A body that is not a chat completion is often a proxy's error page mid-restart.
+            LmError::BadResponse { .. } => true,
+            LmError::ContextOverflow { .. } | LmError::Engine(_) => false,
+        }
+    }
+
+    /// The server's Retry-After, when it gave one.
+    pub fn retry_after_secs(&self) -> Option<f64> {
+        match self {
+            LmError::RateLimited { retry_after_secs, .. } | LmError::Http { retry_after_secs, .. } => *retry_after_secs,
+            _ => None,
+        }
+    }
+}
+
+/// A model that completes chats. Implementations: [`openai::OpenAiClient`]
+/// (any OpenAI-compatible endpoint) and [`local::LocalEngine`] (the embedded model).
+#[async_trait]
+pub trait LanguageModel: Send + Sync {
+    /// Everything that identifies this model's replies besides the request:
+    /// part of the cache key, written into the artifact. Never holds secrets.
+    fn describe(&self) -> LmDescription;
+
+    async fn complete(&self, request: &LmRequest) -> Result<LmResponse, LmError>;
+}
+
+/// The model as the artifact and the cache key see it. No secrets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LmDescription {
+    /// "embedded" or "openai".
+    pub provider: String,
+    pub model: String,
+    /// The endpoint for remote models; the weights file for the embedded one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Whether decoding is constrained to the reply template.
+    pub constrained_decoding: bool,
+}
+
+/// Counters for one run: how many calls, tokens, cache hits.
+#[derive(Debug, Default)]
+pub struct UsageMeter {
+    calls: AtomicU64,
+    provider_calls: AtomicU64,
+    cache_hits: AtomicU64,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageSummary {
+    /// Completions asked for (cache hits included).
+    pub calls: u64,
+    /// Completions the model actually computed.
+    pub provider_calls: u64,
+    pub cache_hits: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl UsageSummary {
+    pub fn since(&self, earlier: &UsageSummary) -> UsageSummary {
+        UsageSummary {
+            calls: self.calls - earlier.calls,
+            provider_calls: self.provider_calls - earlier.provider_calls,
+            cache_hits: self.cache_hits - earlier.cache_hits,
+            prompt_tokens: self.prompt_tokens - earlier.prompt_tokens,
+            completion_tokens: self.completion_tokens - earlier.completion_tokens,
+        }
+    }
+}
+
+impl UsageMeter {
+    fn record(&self, usage: TokenUsage, cache_hit: bool) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if cache_hit {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.provider_calls.fetch_add(1, Ordering::Relaxed);
+        }
+        self.prompt_tokens.fetch_add(usage.prompt_tokens, Ordering::Relaxed);
+        self.completion_tokens.fetch_add(usage.completion_tokens, Ordering::Relaxed);
+    }
+
+    pub fn summary(&self) -> UsageSummary {
+        UsageSummary {
+            calls: self.calls.load(Ordering::Relaxed),
+            provider_calls: self.provider_calls.load(Ordering::Relaxed),
+            cache_hits: self.cache_hits.load(Ordering::Relaxed),
+            prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
+            completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What the program calls: the model behind a response cache, a concurrency
+/// limit and a usage meter. Cheap to clone.
+#[derive(Clone)]
+pub struct Lm {
+    model: Arc<dyn LanguageModel>,
+    description: LmDescription,
+    cache: Option<Arc<cache::ResponseCache>>,
+    permits: Arc<tokio::sync::Semaphore>,
+    meter: Arc<UsageMeter>,
+}
+
+/// The outcome of one call through [`Lm`].
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub response: LmResponse,
+    pub cache_hit: bool,
+}
+
+impl Lm {
+    pub fn new(model: Arc<dyn LanguageModel>, cache: Option<Arc<cache::ResponseCache>>, concurrency: usize) -> Self {
+        let description = model.describe();
+        Self {
+            model,
+            description,
+            cache,
+            permits: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
+            meter: Arc::new(UsageMeter::default()),
+        }
+    }
+
+    pub fn description(&self) -> &LmDescription {
+        &self.description
+    }
+
+    pub fn usage(&self) -> UsageSummary {
+        self.meter.summary()
+    }
+
+    pub async fn complete(&self, request: &LmRequest) -> Result<Completion, LmError> {
+        let key = self.cache.as_ref().map(|_| cache::request_key(&self.description, request));
+        if let (Some(cache), Some(key)) = (&self.cache, &key) {
+            if let Some(response) = cache.get(key) {
+                self.meter.record(response.usage, true);
+                return Ok(Completion { response, cache_hit: true });
+            }
+        }
+        let response = {
+            let _permit = self.permits.acquire().await.expect("semaphore never closed");
+            self.model.complete(request).await?
+        };
+        if let (Some(cache), Some(key)) = (&self.cache, &key) {
+            cache.put(key, &response);
+        }
+        self.meter.record(response.usage, false);
+        Ok(Completion { response, cache_hit: false })
+    }
+}

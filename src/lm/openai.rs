@@ -1,0 +1,1 @@
+//! A client for any OpenAI-compatible `/v1/chat/completions` endpoint.
