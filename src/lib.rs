@@ -2,4 +2,11 @@
 //!
 //! See ARCHITECTURE.md for the map of the loop through these modules.
 
+pub mod cli;
+pub mod config;
+pub mod dataset;
 pub mod lm;
+pub mod metric;
+pub mod optimize;
+pub mod pipeline;
+pub mod program;

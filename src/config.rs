@@ -1,0 +1,498 @@
+//! `pipelines/<name>.toml` → [`PipelineConfig`], validated. Every error names
+//! the file, the key and what to write instead.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use indexmap::IndexMap;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::program::signature::{Field, FieldType, Signature};
+
+/// A pipeline as the rest of the program sees it: paths resolved, types parsed.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub name: String,
+    pub description: String,
+    pub seed: u64,
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// The directory relative paths in the file are resolved against: the
+    /// repository root when the file sits in `pipelines/`, else its directory.
+    pub root: PathBuf,
+    pub lm: LmConfig,
+    pub adapter: AdapterFormat,
+    pub dataset: DatasetConfig,
+    pub signatures: IndexMap<String, SignatureConfig>,
+    pub predictors: Vec<PredictorConfig>,
+    pub metric: MetricConfig,
+    pub optimizer: OptimizerConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignatureConfig {
+    pub instructions: String,
+    pub signature: Signature,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Module {
+    Predict,
+    ChainOfThought,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictorConfig {
+    pub name: String,
+    pub signature: String,
+    pub module: Module,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdapterFormat {
+    /// `[[ ## field ## ]]` markers.
+    Chat,
+    /// One JSON object.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    Embedded,
+    Openai,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseFormatStyle {
+    /// OpenAI's `{"type": "json_schema", ...}`.
+    JsonSchema,
+    /// llama.cpp's `{"type": "json_object", "schema": ...}`.
+    JsonObject,
+    None,
+}
+
+/// `[lm]`: which model answers, and how.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmConfig {
+    pub provider: Provider,
+    /// Embedded: path of the GGUF file. OpenAI: the model name.
+    pub model: String,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The environment variable that holds the API key (never the key itself).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub temperature: f32,
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    #[serde(default = "default_response_format")]
+    pub response_format: ResponseFormatStyle,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: f64,
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+    /// Embedded: CPU threads (default: all cores).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Embedded: constrain decoding to the reply's shape (default on).
+    #[serde(default = "yes")]
+    pub constrained: bool,
+}
+
+fn default_max_tokens() -> u32 {
+    256
+}
+fn default_response_format() -> ResponseFormatStyle {
+    ResponseFormatStyle::JsonSchema
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_timeout() -> f64 {
+    120.0
+}
+fn default_retries() -> u32 {
+    4
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetConfig {
+    pub path: PathBuf,
+    pub split: SplitFractions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitFractions {
+    pub train: f64,
+    pub dev: f64,
+    pub test: f64,
+}
+
+impl Default for SplitFractions {
+    fn default() -> Self {
+        Self { train: 0.70, dev: 0.15, test: 0.15 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MetricConfig {
+    /// Mean over `fields` of normalized exact match.
+    ExactMatch { fields: Vec<String> },
+    /// SQuAD-style token F1 on one free-text field.
+    TokenF1 { field: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// Keep the hand-written program (no demos).
+    None,
+    BootstrapFewShot,
+    BootstrapRandomSearch,
+}
+
+/// `[optimizer]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerConfig {
+    pub kind: OptimizerKind,
+    #[serde(default = "default_bootstrapped")]
+    pub max_bootstrapped_demos: usize,
+    #[serde(default = "default_labeled")]
+    pub max_labeled_demos: usize,
+    #[serde(default = "default_rounds")]
+    pub max_rounds: usize,
+    /// Random search: candidate programs besides the three fixed ones
+    /// (zero-shot, labeled only, bootstrapped in order).
+    #[serde(default = "default_candidates")]
+    pub num_candidates: usize,
+    /// A trace becomes a demo when its score reaches this.
+    #[serde(default = "default_threshold")]
+    pub metric_threshold: f64,
+    /// Bootstrap demos with another model (e.g. a larger one).
+    #[serde(default, skip_serializing)]
+    pub teacher: Option<LmConfig>,
+}
+
+fn default_bootstrapped() -> usize {
+    4
+}
+fn default_labeled() -> usize {
+    16
+}
+fn default_rounds() -> usize {
+    1
+}
+fn default_candidates() -> usize {
+    8
+}
+fn default_threshold() -> f64 {
+    1.0
+}
+
+// ---- the file as written -------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    seed: u64,
+    lm: LmConfig,
+    #[serde(default)]
+    adapter: RawAdapter,
+    dataset: RawDataset,
+    signatures: IndexMap<String, RawSignature>,
+    program: RawProgram,
+    metric: RawMetric,
+    optimizer: OptimizerConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdapter {
+    format: AdapterFormat,
+}
+
+impl Default for RawAdapter {
+    fn default() -> Self {
+        Self { format: AdapterFormat::Chat }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDataset {
+    path: PathBuf,
+    #[serde(default)]
+    split: SplitFractions,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignature {
+    instructions: String,
+    inputs: IndexMap<String, RawField>,
+    outputs: IndexMap<String, RawField>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawField {
+    #[serde(rename = "type")]
+    ty: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    values: Option<Vec<String>>,
+    #[serde(default)]
+    schema: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProgram {
+    predictors: Vec<RawPredictor>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPredictor {
+    name: String,
+    signature: String,
+    #[serde(default = "default_module")]
+    module: Module,
+}
+
+fn default_module() -> Module {
+    Module::Predict
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetric {
+    kind: String,
+    #[serde(default)]
+    fields: Vec<String>,
+    #[serde(default)]
+    field: Option<String>,
+}
+
+impl PipelineConfig {
+    /// Finds a pipeline by name (`pipelines/<name>.toml` under `root`) or path.
+    pub fn locate(name_or_path: &str, root: &Path) -> Result<PathBuf> {
+        let direct = PathBuf::from(name_or_path);
+        if direct.extension().is_some_and(|e| e == "toml") || direct.components().count() > 1 {
+            return Ok(direct);
+        }
+        let by_name = root.join("pipelines").join(format!("{name_or_path}.toml"));
+        if by_name.exists() {
+            return Ok(by_name);
+        }
+        bail!(
+            "no pipeline named `{name_or_path}`: expected {}; pass a path to a .toml file or create it",
+            by_name.display()
+        )
+    }
+
+    pub fn load(file: &Path) -> Result<PipelineConfig> {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read pipeline file {}", file.display()))?;
+        Self::parse(&text, file)
+    }
+
+    /// Parses and validates a pipeline file's text; `file` is only used for
+    /// messages and to resolve relative paths.
+    pub fn parse(text: &str, file: &Path) -> Result<PipelineConfig> {
+        let shown = file.display();
+        let raw: RawPipeline = toml::from_str(text).map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
+        let root = project_root(file);
+        let err = |key: &str, msg: String| anyhow::anyhow!("{shown}: [{key}] {msg}");
+
+        if raw.name.trim().is_empty() || raw.name.contains(['/', '\\', ' ']) {
+            return Err(err("name", format!("`{}` is not a usable pipeline name; use letters, digits, `-` and `_`", raw.name)));
+        }
+
+        let split = raw.dataset.split;
+        let total = split.train + split.dev + split.test;
+        if [split.train, split.dev, split.test].iter().any(|f| !(0.0..=1.0).contains(f)) || (total - 1.0).abs() > 1e-6 {
+            return Err(err(
+                "dataset.split",
+                format!("fractions must be between 0 and 1 and add up to 1 (they add up to {total}); e.g. {{ train = 0.70, dev = 0.15, test = 0.15 }}"),
+            ));
+        }
+        if split.test <= 0.0 {
+            return Err(err("dataset.split", "test must be above 0: without a held-out test split nothing can be proven".into()));
+        }
+
+        let mut signatures = IndexMap::new();
+        for (sig_name, raw_sig) in raw.signatures {
+            let fields = |side: &str, raw_fields: IndexMap<String, RawField>| -> Result<Vec<Field>> {
+                let mut out = Vec::new();
+                for (field_name, f) in raw_fields {
+                    let key = format!("signatures.{sig_name}.{side}.{field_name}");
+                    let ty = FieldType::parse(&f.ty, f.values.as_deref(), f.schema.as_ref()).map_err(|m| err(&key, m))?;
+                    if let FieldType::Json { schema } = &ty {
+                        jsonschema::validator_for(schema)
+                            .map_err(|e| err(&format!("{key}.schema"), format!("not a valid JSON Schema: {e}")))?;
+                    }
+                    if !field_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        return Err(err(&key, "field names may use letters, digits and `_` only".into()));
+                    }
+                    out.push(Field::new(field_name, ty, f.description));
+                }
+                Ok(out)
+            };
+            let inputs = fields("inputs", raw_sig.inputs)?;
+            let outputs = fields("outputs", raw_sig.outputs)?;
+            if outputs.is_empty() {
+                return Err(err(&format!("signatures.{sig_name}.outputs"), "a signature needs at least one output field".into()));
+            }
+            signatures.insert(
+                sig_name,
+                SignatureConfig { instructions: raw_sig.instructions.trim().to_string(), signature: Signature { inputs, outputs } },
+            );
+        }
+
+        let mut predictors = Vec::new();
+        for (i, p) in raw.program.predictors.into_iter().enumerate() {
+            let key = format!("program.predictors[{i}]");
+            if !signatures.contains_key(&p.signature) {
+                let known: Vec<_> = signatures.keys().cloned().collect();
+                return Err(err(&key, format!("signature `{}` is not defined; defined: {}", p.signature, known.join(", "))));
+            }
+            if predictors.iter().any(|q: &PredictorConfig| q.name == p.name) {
+                return Err(err(&key, format!("predictor name `{}` is used twice; names must be unique", p.name)));
+            }
+            predictors.push(PredictorConfig { name: p.name, signature: p.signature, module: p.module });
+        }
+        if predictors.is_empty() {
+            return Err(err("program.predictors", "the program needs at least one predictor".into()));
+        }
+
+        let all_outputs: Vec<&str> = predictors
+            .iter()
+            .flat_map(|p| signatures[&p.signature].signature.outputs.iter().map(|f| f.name.as_str()))
+            .collect();
+        let metric = match raw.metric.kind.as_str() {
+            "exact_match" => {
+                let fields = if raw.metric.fields.is_empty() { raw.metric.field.into_iter().collect() } else { raw.metric.fields };
+                if fields.is_empty() {
+                    return Err(err("metric.fields", "exact_match needs the output fields to compare, e.g. fields = [\"label\"]".into()));
+                }
+                MetricConfig::ExactMatch { fields }
+            }
+            "token_f1" => match raw.metric.field {
+                Some(field) => MetricConfig::TokenF1 { field },
+                None => return Err(err("metric.field", "token_f1 needs the free-text output field, e.g. field = \"answer\"".into())),
+            },
+            other => return Err(err("metric.kind", format!("unknown metric `{other}`; use exact_match or token_f1"))),
+        };
+        let metric_fields: Vec<&String> = match &metric {
+            MetricConfig::ExactMatch { fields } => fields.iter().collect(),
+            MetricConfig::TokenF1 { field } => vec![field],
+        };
+        for field in metric_fields {
+            if !all_outputs.contains(&field.as_str()) {
+                return Err(err("metric", format!("`{field}` is not an output field of the program; outputs: {}", all_outputs.join(", "))));
+            }
+        }
+
+        validate_lm(&raw.lm, "lm").map_err(|m| err("lm", m))?;
+        if let Some(teacher) = &raw.optimizer.teacher {
+            validate_lm(teacher, "optimizer.teacher").map_err(|m| err("optimizer.teacher", m))?;
+        }
+        let mut lm = raw.lm;
+        if lm.provider == Provider::Embedded {
+            lm.model = root.join(&lm.model).to_string_lossy().into_owned();
+        }
+        if !(0.0..=1.0).contains(&raw.optimizer.metric_threshold) {
+            return Err(err("optimizer.metric_threshold", "must be between 0 and 1".into()));
+        }
+
+        Ok(PipelineConfig {
+            name: raw.name,
+            description: raw.description,
+            seed: raw.seed,
+            file: file.to_path_buf(),
+            dataset: DatasetConfig { path: root.join(raw.dataset.path), split },
+            root,
+            lm,
+            adapter: raw.adapter.format,
+            signatures,
+            predictors,
+            metric,
+            optimizer: raw.optimizer,
+        })
+    }
+
+    /// The pipeline's artifact path: `artifacts/<name>/program.json`.
+    pub fn artifact_path(&self) -> PathBuf {
+        self.root.join("artifacts").join(&self.name).join("program.json")
+    }
+
+    /// Local state: `.promptloop/` next to `pipelines/`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join(".promptloop")
+    }
+}
+
+fn validate_lm(lm: &LmConfig, key: &str) -> std::result::Result<(), String> {
+    match lm.provider {
+        Provider::Openai => {
+            if lm.base_url.as_deref().is_none_or(|u| u.trim().is_empty()) {
+                return Err(format!("provider = \"openai\" needs base_url, e.g. base_url = \"https://api.openai.com/v1\" in [{key}]"));
+            }
+            if let Some(url) = &lm.base_url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(format!("base_url `{url}` must start with http:// or https://"));
+                }
+            }
+        }
+        Provider::Embedded => {
+            if lm.base_url.is_some() {
+                return Err("base_url is only for provider = \"openai\"; remove it or change the provider".into());
+            }
+        }
+    }
+    if !(0.0..=2.0).contains(&lm.temperature) {
+        return Err(format!("temperature {} is outside 0..=2", lm.temperature));
+    }
+    if lm.max_tokens == 0 {
+        return Err("max_tokens must be at least 1".into());
+    }
+    if lm.concurrency == 0 {
+        return Err("concurrency must be at least 1".into());
+    }
+    if let Some(var) = &lm.api_key_env {
+        if var.starts_with("sk-") || var.len() > 64 {
+            return Err("api_key_env names the environment variable holding the key (e.g. \"OPENAI_API_KEY\"), not the key itself".into());
+        }
+    }
+    Ok(())
+}
+
+fn project_root(file: &Path) -> PathBuf {
+    let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if dir.file_name().is_some_and(|n| n == "pipelines") {
+        dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}

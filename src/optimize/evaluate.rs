@@ -1,0 +1,136 @@
+//! Evaluation: run a program over examples concurrently and score each one.
+
+use std::time::Instant;
+
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::config::MetricConfig;
+use crate::dataset::Example;
+use crate::lm::TokenUsage;
+use crate::metric;
+use crate::program::Program;
+use crate::program::predictor::PredictSettings;
+
+/// Everything evaluation needs besides the program and the examples.
+#[derive(Clone)]
+pub struct EvalContext {
+    pub settings: PredictSettings,
+    pub metric: MetricConfig,
+    /// Examples in flight at once (the LM handle limits calls separately).
+    pub concurrency: usize,
+    /// Draw a progress bar (only ever on a terminal).
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExampleResult {
+    pub example_id: String,
+    pub prediction: Option<Map<String, Value>>,
+    pub score: f64,
+    pub feedback: String,
+    pub error: Option<String>,
+    pub format_error: bool,
+    pub usage: TokenUsage,
+    pub lm_calls: u32,
+    pub cache_hits: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EvalSummary {
+    pub n: usize,
+    /// Mean score; failed predictions count as 0.
+    pub mean: f64,
+    /// Predictions that failed (LM error or unparseable reply).
+    pub failed: usize,
+    /// Of those, replies that could not be parsed.
+    pub format_errors: usize,
+    pub lm_calls: u64,
+    pub cache_hits: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub wall_secs: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    pub summary: EvalSummary,
+    pub results: Vec<ExampleResult>,
+}
+
+impl Evaluation {
+    pub fn scores(&self) -> Vec<f64> {
+        self.results.iter().map(|r| r.score).collect()
+    }
+}
+
+pub async fn evaluate(program: &Program, examples: &[Example], ctx: &EvalContext, label: &str) -> Evaluation {
+    let started = Instant::now();
+    let bar = progress_bar(ctx.progress, examples.len(), label);
+    let results: Vec<ExampleResult> = futures::stream::iter(examples)
+        .map(|example| {
+            let bar = bar.clone();
+            async move {
+                let result = evaluate_one(program, example, ctx).await;
+                bar.inc(1);
+                result
+            }
+        })
+        .buffered(ctx.concurrency.max(1))
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    let mut summary = EvalSummary { n: results.len(), ..Default::default() };
+    for r in &results {
+        summary.mean += r.score;
+        summary.failed += usize::from(r.error.is_some());
+        summary.format_errors += usize::from(r.format_error);
+        summary.lm_calls += u64::from(r.lm_calls);
+        summary.cache_hits += u64::from(r.cache_hits);
+        summary.prompt_tokens += r.usage.prompt_tokens;
+        summary.completion_tokens += r.usage.completion_tokens;
+    }
+    if summary.n > 0 {
+        summary.mean /= summary.n as f64;
+    }
+    summary.wall_secs = started.elapsed().as_secs_f64();
+    Evaluation { summary, results }
+}
+
+async fn evaluate_one(program: &Program, example: &Example, ctx: &EvalContext) -> ExampleResult {
+    let run = program.run(&ctx.settings, &example.inputs, None).await;
+    let (score, feedback) = match &run.prediction {
+        Some(prediction) => {
+            let s = metric::score(&ctx.metric, example, prediction);
+            (s.value, s.feedback)
+        }
+        None => (0.0, run.error.clone().unwrap_or_default()),
+    };
+    ExampleResult {
+        example_id: example.id.clone(),
+        prediction: run.prediction,
+        score,
+        feedback,
+        error: run.error,
+        format_error: run.format_error,
+        usage: run.usage,
+        lm_calls: run.lm_calls,
+        cache_hits: run.cache_hits,
+    }
+}
+
+fn progress_bar(enabled: bool, len: usize, label: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !enabled || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    bar
+}

@@ -1,0 +1,389 @@
+//! The adapter: signature + demos + inputs → chat messages (and the reply's
+//! shape), and a reply → typed outputs.
+//!
+//! Two formats: `chat` writes each field under a `[[ ## name ## ]]` marker;
+//! `json` asks for one JSON object. Parsing forgives what is safe to forgive
+//! (case, quotes and markup around an enum value, prose around JSON) and
+//! never guesses: a value it cannot read is an error that says why.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde_json::{Map, Value};
+
+use crate::config::AdapterFormat;
+use crate::lm::{ChatMessage, OutputTemplate, Role, Segment};
+use crate::program::signature::{Field, FieldType};
+
+/// What one prediction shows the model: instructions, fields, demos, inputs.
+pub struct Prompt<'a> {
+    pub instructions: &'a str,
+    pub inputs: &'a [Field],
+    /// The outputs the reply must carry, in order (reasoning first for chain of thought).
+    pub outputs: &'a [Field],
+    /// Worked examples: (inputs, outputs); a missing output is shown as not supplied.
+    pub demos: Vec<(&'a Map<String, Value>, &'a Map<String, Value>)>,
+    pub values: &'a Map<String, Value>,
+}
+
+/// The rendered request: messages, the reply's shape for engines that enforce
+/// it, and a JSON Schema for endpoints that take one.
+pub struct Rendered {
+    pub messages: Vec<ChatMessage>,
+    pub template: Option<OutputTemplate>,
+    pub json_schema: Option<Value>,
+}
+
+const NOT_SUPPLIED: &str = "Not supplied for this particular example.";
+
+pub fn render(format: AdapterFormat, prompt: &Prompt) -> Rendered {
+    let mut system = String::new();
+    if !prompt.instructions.trim().is_empty() {
+        system.push_str(prompt.instructions.trim());
+        system.push_str("\n\n");
+    }
+    system.push_str(&field_list("Your input fields are:", prompt.inputs));
+    system.push_str(&field_list("Your output fields are:", prompt.outputs));
+    match format {
+        AdapterFormat::Chat => {
+            system.push_str("\nReply in this format:\n\n");
+            let shape: Map<String, Value> =
+                prompt.outputs.iter().map(|f| (f.name.clone(), Value::String(format!("{{{}}}", f.name)))).collect();
+            system.push_str(&chat_reply(prompt.outputs, &shape));
+        }
+        AdapterFormat::Json => {
+            let keys: Vec<String> = prompt.outputs.iter().map(|f| format!("`{}`", f.name)).collect();
+            system.push_str(&format!("\nReply with one JSON object with the keys {}.", keys.join(", ")));
+        }
+    }
+
+    let mut messages = vec![ChatMessage::new(Role::System, system)];
+    for (inputs, outputs) in &prompt.demos {
+        messages.push(ChatMessage::new(Role::User, input_block(prompt.inputs, inputs)));
+        let reply = match format {
+            AdapterFormat::Chat => chat_reply(prompt.outputs, outputs),
+            AdapterFormat::Json => json_reply(prompt.outputs, outputs),
+        };
+        messages.push(ChatMessage::new(Role::Assistant, reply));
+    }
+    let mut last = input_block(prompt.inputs, prompt.values);
+    if format == AdapterFormat::Chat {
+        let first = &prompt.outputs[0].name;
+        last.push_str(&format!("\n\nRespond with `[[ ## {first} ## ]]`"));
+        for field in &prompt.outputs[1..] {
+            last.push_str(&format!(", `[[ ## {} ## ]]`", field.name));
+        }
+        last.push_str(", then `[[ ## completed ## ]]`.");
+    }
+    messages.push(ChatMessage::new(Role::User, last));
+
+    Rendered {
+        messages,
+        template: template(format, prompt.outputs),
+        json_schema: (format == AdapterFormat::Json).then(|| reply_schema(prompt.outputs)),
+    }
+}
+
+fn field_list(title: &str, fields: &[Field]) -> String {
+    let mut out = format!("{title}\n");
+    for (i, f) in fields.iter().enumerate() {
+        out.push_str(&format!("{}. `{}` ({})", i + 1, f.name, f.ty.describe()));
+        if !f.description.is_empty() {
+            out.push_str(&format!(": {}", f.description));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn input_block(fields: &[Field], values: &Map<String, Value>) -> String {
+    let parts: Vec<String> = fields
+        .iter()
+        .map(|f| format!("[[ ## {} ## ]]\n{}", f.name, show_value(values.get(&f.name))))
+        .collect();
+    parts.join("\n\n")
+}
+
+fn show_value(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => NOT_SUPPLIED.to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn chat_reply(outputs: &[Field], values: &Map<String, Value>) -> String {
+    let mut out = String::new();
+    for f in outputs {
+        out.push_str(&format!("[[ ## {} ## ]]\n{}\n\n", f.name, show_value(values.get(&f.name))));
+    }
+    out.push_str("[[ ## completed ## ]]");
+    out
+}
+
+fn json_reply(outputs: &[Field], values: &Map<String, Value>) -> String {
+    let object: Map<String, Value> = outputs
+        .iter()
+        .map(|f| (f.name.clone(), values.get(&f.name).cloned().unwrap_or_else(|| Value::String(NOT_SUPPLIED.into()))))
+        .collect();
+    // `{"a": 1, "b": "x"}`: one line, spaced like a person writes it.
+    let body: Vec<String> = object.iter().map(|(k, v)| format!("{}: {}", Value::String(k.clone()), v)).collect();
+    format!("{{{}}}", body.join(", "))
+}
+
+/// The JSON Schema of a JSON-format reply.
+pub fn reply_schema(outputs: &[Field]) -> Value {
+    let properties: Map<String, Value> = outputs.iter().map(|f| (f.name.clone(), f.ty.json_schema())).collect();
+    let required: Vec<Value> = outputs.iter().map(|f| Value::String(f.name.clone())).collect();
+    serde_json::json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
+}
+
+/// The reply's shape as segments, so an engine that constrains decoding can
+/// only produce a reply this module parses. `None` when a field's type has no
+/// segment form here (lists and JSON values in the JSON format).
+pub fn template(format: AdapterFormat, outputs: &[Field]) -> Option<OutputTemplate> {
+    let mut segments = Vec::new();
+    match format {
+        AdapterFormat::Chat => {
+            for (i, f) in outputs.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "\n\n" };
+                segments.push(Segment::Literal { text: format!("{sep}[[ ## {} ## ]]\n", f.name) });
+                segments.push(match &f.ty {
+                    FieldType::Enum { values } => Segment::Choice { options: values.clone() },
+                    FieldType::Bool => Segment::Choice { options: vec!["true".into(), "false".into()] },
+                    FieldType::Int => Segment::Number { integer: true },
+                    FieldType::Float => Segment::Number { integer: false },
+                    FieldType::String | FieldType::List { .. } | FieldType::Json { .. } => {
+                        Segment::Text { until: "[[ ##".into() }
+                    }
+                });
+            }
+            segments.push(Segment::Literal { text: "\n\n[[ ## completed ## ]]".into() });
+        }
+        AdapterFormat::Json => {
+            for (i, f) in outputs.iter().enumerate() {
+                let sep = if i == 0 { "{" } else { ", " };
+                let key = Value::String(f.name.clone());
+                segments.push(Segment::Literal { text: format!("{sep}{key}: ") });
+                match &f.ty {
+                    FieldType::Enum { values } => segments.push(Segment::Choice {
+                        options: values.iter().map(|v| Value::String(v.clone()).to_string()).collect(),
+                    }),
+                    FieldType::Bool => segments.push(Segment::Choice { options: vec!["true".into(), "false".into()] }),
+                    FieldType::Int => segments.push(Segment::Number { integer: true }),
+                    FieldType::Float => segments.push(Segment::Number { integer: false }),
+                    FieldType::String => {
+                        segments.push(Segment::Literal { text: "\"".into() });
+                        segments.push(Segment::Text { until: "\"".into() });
+                        segments.push(Segment::Literal { text: "\"".into() });
+                    }
+                    FieldType::List { .. } | FieldType::Json { .. } => return None,
+                }
+            }
+            segments.push(Segment::Literal { text: "}".into() });
+        }
+    }
+    Some(OutputTemplate { segments })
+}
+
+static MARKER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\[\[\s*##\s*([A-Za-z0-9_]+)\s*##\s*\]\]").expect("valid regex"));
+
+/// Reads a reply in `format` into one value per output field.
+pub fn parse(format: AdapterFormat, outputs: &[Field], reply: &str) -> Result<Map<String, Value>, String> {
+    match format {
+        AdapterFormat::Chat => parse_chat(outputs, reply),
+        AdapterFormat::Json => parse_json(outputs, reply),
+    }
+}
+
+fn parse_chat(outputs: &[Field], reply: &str) -> Result<Map<String, Value>, String> {
+    let markers: Vec<_> = MARKER.captures_iter(reply).collect();
+    let mut sections: Vec<(String, &str)> = Vec::new();
+    for (i, cap) in markers.iter().enumerate() {
+        let whole = cap.get(0).expect("match");
+        let end = markers.get(i + 1).map(|next| next.get(0).expect("match").start()).unwrap_or(reply.len());
+        sections.push((cap[1].to_string(), &reply[whole.end()..end]));
+    }
+    // A bare value with no markers is unambiguous when there is one output field.
+    if sections.is_empty() && outputs.len() == 1 {
+        let value = parse_text_value(&outputs[0], reply)
+            .map_err(|e| format!("no `[[ ## {} ## ]]` marker, and the reply is not a bare value: {e}", outputs[0].name))?;
+        return Ok(Map::from_iter([(outputs[0].name.clone(), value)]));
+    }
+    let mut out = Map::new();
+    for field in outputs {
+        let Some((_, raw)) = sections.iter().find(|(name, _)| name == &field.name) else {
+            return Err(format!("the reply has no `[[ ## {} ## ]]` section", field.name));
+        };
+        let value = parse_text_value(field, raw).map_err(|e| format!("field `{}`: {e}", field.name))?;
+        out.insert(field.name.clone(), value);
+    }
+    Ok(out)
+}
+
+fn parse_json(outputs: &[Field], reply: &str) -> Result<Map<String, Value>, String> {
+    let object = match extract_json(reply) {
+        Some(Value::Object(object)) => object,
+        Some(_) => return Err("the reply's JSON is not an object".into()),
+        None => return Err("the reply holds no JSON object".into()),
+    };
+    let mut out = Map::new();
+    for field in outputs {
+        let value = object
+            .get(&field.name)
+            .or_else(|| object.iter().find(|(k, _)| k.eq_ignore_ascii_case(&field.name)).map(|(_, v)| v))
+            .ok_or_else(|| format!("the reply's JSON has no key `{}`", field.name))?;
+        let value = coerce(field, value).map_err(|e| format!("field `{}`: {e}", field.name))?;
+        out.insert(field.name.clone(), value);
+    }
+    Ok(out)
+}
+
+/// The first JSON value in `text` that parses: the whole text, a fenced block,
+/// or the span from the first `{`/`[` to its last closing partner.
+fn extract_json(text: &str) -> Option<Value> {
+    let trimmed = text.trim();
+    if let Ok(v) = serde_json::from_str(trimmed) {
+        return Some(v);
+    }
+    let unfenced = trimmed
+        .split("```")
+        .nth(1)
+        .map(|block| block.trim_start_matches("json").trim())
+        .and_then(|block| serde_json::from_str(block).ok());
+    if unfenced.is_some() {
+        return unfenced;
+    }
+    for (open, close) in [('{', '}'), ('[', ']')] {
+        if let (Some(start), Some(end)) = (trimmed.find(open), trimmed.rfind(close)) {
+            if start < end {
+                if let Ok(v) = serde_json::from_str(&trimmed[start..=end]) {
+                    return Some(v);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// A value written as text (a `[[ ## field ## ]]` section).
+fn parse_text_value(field: &Field, raw: &str) -> Result<Value, String> {
+    let text = raw.trim();
+    match &field.ty {
+        FieldType::String => Ok(Value::String(text.to_string())),
+        FieldType::Enum { values } => match_enum(values, text),
+        FieldType::Bool => parse_bool(text),
+        FieldType::Int => {
+            let t = strip_wrapping(text);
+            t.parse::<i64>().map(Value::from).map_err(|_| format!("`{}` is not an integer", clip(text)))
+        }
+        FieldType::Float => {
+            let t = strip_wrapping(text);
+            t.parse::<f64>()
+                .ok()
+                .and_then(|f| serde_json::Number::from_f64(f).map(Value::Number))
+                .ok_or_else(|| format!("`{}` is not a number", clip(text)))
+        }
+        FieldType::List { .. } | FieldType::Json { .. } => {
+            let value = extract_json(text).ok_or_else(|| format!("`{}` holds no JSON value", clip(text)))?;
+            coerce(field, &value)
+        }
+    }
+}
+
+/// A value given as JSON (a JSON reply, or a list/json field's text).
+fn coerce(field: &Field, value: &Value) -> Result<Value, String> {
+    coerce_type(&field.ty, value)
+}
+
+fn coerce_type(ty: &FieldType, value: &Value) -> Result<Value, String> {
+    match (ty, value) {
+        (FieldType::String, Value::String(_)) => Ok(value.clone()),
+        (FieldType::String, Value::Null) => Err("is null".into()),
+        (FieldType::String, other) => Ok(Value::String(other.to_string())),
+        (FieldType::Enum { values }, Value::String(s)) => match_enum(values, s),
+        (FieldType::Bool, Value::Bool(_)) => Ok(value.clone()),
+        (FieldType::Bool, Value::String(s)) => parse_bool(s),
+        (FieldType::Int, Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(value.clone()),
+        (FieldType::Int, Value::Number(n)) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => {
+            Ok(Value::from(n.as_f64().expect("checked") as i64))
+        }
+        (FieldType::Int, Value::String(s)) => {
+            s.trim().parse::<i64>().map(Value::from).map_err(|_| format!("`{}` is not an integer", clip(s)))
+        }
+        (FieldType::Float, Value::Number(_)) => Ok(value.clone()),
+        (FieldType::Float, Value::String(s)) => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(|f| serde_json::Number::from_f64(f).map(Value::Number))
+            .ok_or_else(|| format!("`{}` is not a number", clip(s))),
+        (FieldType::List { items }, Value::Array(array)) => {
+            let items: Result<Vec<Value>, String> = array
+                .iter()
+                .enumerate()
+                .map(|(i, v)| coerce_type(items, v).map_err(|e| format!("item {i}: {e}")))
+                .collect();
+            Ok(Value::Array(items?))
+        }
+        (FieldType::Json { schema }, v) => {
+            let validator = jsonschema::validator_for(schema).map_err(|e| format!("invalid schema: {e}"))?;
+            let problems: Vec<String> = validator.iter_errors(v).take(3).map(|e| e.to_string()).collect();
+            if problems.is_empty() {
+                Ok(v.clone())
+            } else {
+                Err(format!("does not match the schema: {}", problems.join("; ")))
+            }
+        }
+        (ty, v) => Err(format!("expected {}, got `{}`", ty.describe(), clip(&v.to_string()))),
+    }
+}
+
+/// Quotes, backticks, emphasis and a trailing period around a short value.
+fn strip_wrapping(text: &str) -> &str {
+    let mut t = text.trim();
+    loop {
+        let before = t;
+        t = t.trim_end_matches(['.', ',', ';']).trim();
+        for (open, close) in [("\"", "\""), ("'", "'"), ("`", "`"), ("**", "**"), ("*", "*"), ("[", "]"), ("(", ")")] {
+            if t.len() >= open.len() + close.len() && t.starts_with(open) && t.ends_with(close) {
+                t = t[open.len()..t.len() - close.len()].trim();
+            }
+        }
+        if t == before {
+            return t;
+        }
+    }
+}
+
+fn enum_key(text: &str) -> String {
+    text.trim().to_lowercase().chars().map(|c| if c == ' ' || c == '-' { '_' } else { c }).collect()
+}
+
+fn match_enum(values: &[String], text: &str) -> Result<Value, String> {
+    let wanted = enum_key(strip_wrapping(text));
+    let hits: Vec<&String> = values.iter().filter(|v| enum_key(v) == wanted).collect();
+    match hits.as_slice() {
+        [one] => Ok(Value::String((*one).clone())),
+        _ => Err(format!("`{}` is not one of: {}", clip(text), values.join(", "))),
+    }
+}
+
+fn parse_bool(text: &str) -> Result<Value, String> {
+    match strip_wrapping(text).to_lowercase().as_str() {
+        "true" | "yes" => Ok(Value::Bool(true)),
+        "false" | "no" => Ok(Value::Bool(false)),
+        _ => Err(format!("`{}` is not true or false", clip(text))),
+    }
+}
+
+fn clip(text: &str) -> String {
+    const MAX: usize = 80;
+    let text = text.trim();
+    if text.chars().count() <= MAX {
+        text.to_string()
+    } else {
+        format!("{}…", text.chars().take(MAX).collect::<String>())
+    }
+}

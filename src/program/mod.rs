@@ -1,0 +1,108 @@
+//! Programs: named predictors run in sequence, each reading the example's
+//! inputs and the outputs of the predictors before it.
+
+pub mod adapter;
+pub mod artifact;
+pub mod predictor;
+pub mod signature;
+
+use serde_json::{Map, Value};
+
+use crate::config::PipelineConfig;
+use crate::lm::TokenUsage;
+use predictor::{PredictSettings, Predictor};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Program {
+    pub predictors: Vec<Predictor>,
+}
+
+/// What one predictor saw and said during a run: the raw material of a demo.
+#[derive(Debug, Clone)]
+pub struct TraceStep {
+    pub predictor: String,
+    pub inputs: Map<String, Value>,
+    pub outputs: Map<String, Value>,
+}
+
+/// One run of the program on one example.
+#[derive(Debug, Clone, Default)]
+pub struct Run {
+    /// Every output field of every predictor, by name (when all succeeded).
+    pub prediction: Option<Map<String, Value>>,
+    pub trace: Vec<TraceStep>,
+    pub error: Option<String>,
+    pub format_error: bool,
+    pub usage: TokenUsage,
+    pub lm_calls: u32,
+    pub cache_hits: u32,
+}
+
+impl Program {
+    /// The hand-written program: the pipeline's instructions, no demos.
+    pub fn baseline(config: &PipelineConfig) -> Program {
+        let predictors = config
+            .predictors
+            .iter()
+            .map(|p| {
+                let sig = &config.signatures[&p.signature];
+                Predictor {
+                    name: p.name.clone(),
+                    module: p.module,
+                    signature: sig.signature.clone(),
+                    instructions: sig.instructions.clone(),
+                    demos: Vec::new(),
+                }
+            })
+            .collect();
+        Program { predictors }
+    }
+
+    pub async fn run(&self, settings: &PredictSettings, inputs: &Map<String, Value>, rollout: Option<u32>) -> Run {
+        let mut run = Run::default();
+        let mut known = inputs.clone();
+        let mut prediction = Map::new();
+        for predictor in &self.predictors {
+            let mut step_inputs = Map::new();
+            for field in &predictor.signature.inputs {
+                match known.get(&field.name) {
+                    Some(v) => {
+                        step_inputs.insert(field.name.clone(), v.clone());
+                    }
+                    None => {
+                        run.error = Some(format!(
+                            "predictor `{}` needs input `{}`, which is neither an example input nor an earlier output",
+                            predictor.name, field.name
+                        ));
+                        return run;
+                    }
+                }
+            }
+            let call = predictor.call(settings, &step_inputs, rollout).await;
+            run.usage.prompt_tokens += call.usage.prompt_tokens;
+            run.usage.completion_tokens += call.usage.completion_tokens;
+            run.lm_calls += call.lm_calls;
+            run.cache_hits += call.cache_hits;
+            let Some(outputs) = call.outputs else {
+                run.error = call.error.map(|e| format!("{}: {e}", predictor.name));
+                run.format_error = call.format_error;
+                return run;
+            };
+            for (k, v) in &outputs {
+                known.insert(k.clone(), v.clone());
+                prediction.insert(k.clone(), v.clone());
+            }
+            run.trace.push(TraceStep { predictor: predictor.name.clone(), inputs: step_inputs, outputs });
+        }
+        run.prediction = Some(prediction);
+        run
+    }
+
+    pub fn predictor_mut(&mut self, name: &str) -> Option<&mut Predictor> {
+        self.predictors.iter_mut().find(|p| p.name == name)
+    }
+
+    pub fn demo_count(&self) -> usize {
+        self.predictors.iter().map(|p| p.demos.len()).sum()
+    }
+}

@@ -1,0 +1,134 @@
+//! A predictor: a signature plus what an optimizer learns for it — its
+//! instructions and demos — and the call that runs it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::config::{AdapterFormat, Module};
+use crate::lm::{Lm, LmRequest, TokenUsage};
+use crate::program::adapter::{self, Prompt};
+use crate::program::signature::{Field, FieldType, Signature};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DemoSource {
+    /// The program's own correct output on a training example.
+    Bootstrapped,
+    /// A training example's reference outputs as they are.
+    Labeled,
+}
+
+/// One worked example shown to the model before the real input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Demo {
+    /// The training example it came from.
+    pub example_id: String,
+    pub source: DemoSource,
+    pub inputs: Map<String, Value>,
+    pub outputs: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Predictor {
+    /// A stable path (`route`, `handlers.escalating`): the key in the artifact.
+    pub name: String,
+    pub module: Module,
+    pub signature: Signature,
+    pub instructions: String,
+    pub demos: Vec<Demo>,
+}
+
+/// How predictions are made: the model, the reply format, sampling.
+#[derive(Clone)]
+pub struct PredictSettings {
+    pub lm: Lm,
+    pub format: AdapterFormat,
+    pub temperature: f32,
+    pub max_tokens: u32,
+}
+
+/// The result of one predictor call.
+#[derive(Debug, Clone, Default)]
+pub struct PredictorCall {
+    pub outputs: Option<Map<String, Value>>,
+    /// Why there are no outputs: the LM failed, or no reply could be parsed.
+    pub error: Option<String>,
+    /// The reply could not be parsed (as opposed to the LM failing).
+    pub format_error: bool,
+    pub usage: TokenUsage,
+    pub lm_calls: u32,
+    pub cache_hits: u32,
+}
+
+pub const REASONING: &str = "reasoning";
+
+impl Predictor {
+    /// The fields the reply carries: chain of thought reasons first.
+    pub fn reply_fields(&self) -> Vec<Field> {
+        let mut fields = Vec::new();
+        if self.module == Module::ChainOfThought {
+            fields.push(Field::new(REASONING, FieldType::String, "think step by step to reach the answer"));
+        }
+        fields.extend(self.signature.outputs.iter().cloned());
+        fields
+    }
+
+    /// Runs the predictor once. A reply that does not parse is retried once in
+    /// the other format; if that fails too, the call fails with both reasons.
+    pub async fn call(&self, settings: &PredictSettings, inputs: &Map<String, Value>, rollout: Option<u32>) -> PredictorCall {
+        let reply_fields = self.reply_fields();
+        let mut result = PredictorCall::default();
+        let mut reasons = Vec::new();
+        let other = match settings.format {
+            AdapterFormat::Chat => AdapterFormat::Json,
+            AdapterFormat::Json => AdapterFormat::Chat,
+        };
+        for format in [settings.format, other] {
+            let prompt = Prompt {
+                instructions: &self.instructions,
+                inputs: &self.signature.inputs,
+                outputs: &reply_fields,
+                demos: self.demos.iter().map(|d| (&d.inputs, &d.outputs)).collect(),
+                values: inputs,
+            };
+            let rendered = adapter::render(format, &prompt);
+            let request = LmRequest {
+                messages: rendered.messages,
+                temperature: settings.temperature,
+                max_tokens: settings.max_tokens,
+                stop: Vec::new(),
+                json_schema: rendered.json_schema,
+                template: rendered.template,
+                rollout,
+            };
+            let completion = match settings.lm.complete(&request).await {
+                Ok(c) => c,
+                Err(e) => {
+                    result.error = Some(format!("LM call failed: {e}"));
+                    return result;
+                }
+            };
+            result.lm_calls += 1;
+            result.cache_hits += u32::from(completion.cache_hit);
+            result.usage.prompt_tokens += completion.response.usage.prompt_tokens;
+            result.usage.completion_tokens += completion.response.usage.completion_tokens;
+            match adapter::parse(format, &reply_fields, &completion.response.text) {
+                Ok(outputs) => {
+                    result.outputs = Some(outputs);
+                    return result;
+                }
+                Err(reason) => reasons.push(format!("{} format: {reason}", format_name(format))),
+            }
+        }
+        result.format_error = true;
+        result.error = Some(format!("unparseable reply ({})", reasons.join("; then ")));
+        result
+    }
+}
+
+fn format_name(format: AdapterFormat) -> &'static str {
+    match format {
+        AdapterFormat::Chat => "chat",
+        AdapterFormat::Json => "json",
+    }
+}
