@@ -67,7 +67,11 @@ impl Predictor {
     pub fn reply_fields(&self) -> Vec<Field> {
         let mut fields = Vec::new();
         if self.module == Module::ChainOfThought {
-            fields.push(Field::new(REASONING, FieldType::String, "think step by step to reach the answer"));
+            fields.push(Field::new(
+                REASONING,
+                FieldType::String,
+                "think step by step to reach the answer",
+            ));
         }
         fields.extend(self.signature.outputs.iter().cloned());
         fields
@@ -75,7 +79,12 @@ impl Predictor {
 
     /// Runs the predictor once. A reply that does not parse is retried once in
     /// the other format; if that fails too, the call fails with both reasons.
-    pub async fn call(&self, settings: &PredictSettings, inputs: &Map<String, Value>, rollout: Option<u32>) -> PredictorCall {
+    pub async fn call(
+        &self,
+        settings: &PredictSettings,
+        inputs: &Map<String, Value>,
+        rollout: Option<u32>,
+    ) -> PredictorCall {
         let reply_fields = self.reply_fields();
         let mut result = PredictorCall::default();
         let mut reasons = Vec::new();

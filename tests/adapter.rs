@@ -1,0 +1,301 @@
+//! The adapter: what the model is shown, and how replies are read —
+//! malformed ones included.
+
+use promptloop::config::{AdapterFormat, Module};
+use promptloop::lm::{Lm, Segment};
+use promptloop::program::adapter::{Prompt, parse, render, template};
+use promptloop::program::predictor::{Demo, DemoSource, PredictSettings, Predictor};
+use promptloop::program::signature::{Field, FieldType, Signature};
+use serde_json::{Map, Value, json};
+
+mod common;
+
+fn queue() -> Field {
+    Field::new(
+        "queue",
+        FieldType::Enum {
+            values: vec!["cards".into(), "top_ups".into(), "transfers".into()],
+        },
+        "the queue",
+    )
+}
+
+fn message() -> Field {
+    Field::new("message", FieldType::String, "the customer's message")
+}
+
+fn obj(v: Value) -> Map<String, Value> {
+    v.as_object().unwrap().clone()
+}
+
+fn rendered_text(format: AdapterFormat) -> String {
+    let demo_in = obj(json!({"message": "My card hasn't arrived yet."}));
+    let demo_out = obj(json!({"queue": "cards"}));
+    let values = obj(json!({"message": "How do I top up by bank transfer?"}));
+    let inputs = [message()];
+    let outputs = [queue()];
+    let prompt = Prompt {
+        instructions: "Route the message.",
+        inputs: &inputs,
+        outputs: &outputs,
+        demos: vec![(&demo_in, &demo_out)],
+        values: &values,
+    };
+    let r = render(format, &prompt);
+    r.messages
+        .iter()
+        .map(|m| format!("--- {:?}\n{}\n", m.role, m.content))
+        .collect()
+}
+
+#[test]
+fn the_chat_format_as_the_model_sees_it() {
+    insta::assert_snapshot!(rendered_text(AdapterFormat::Chat));
+}
+
+#[test]
+fn the_json_format_as_the_model_sees_it() {
+    insta::assert_snapshot!(rendered_text(AdapterFormat::Json));
+}
+
+#[test]
+fn the_chat_template_matches_the_demo_replies() {
+    let t = template(AdapterFormat::Chat, &[queue()]).unwrap();
+    assert_eq!(
+        t.segments,
+        vec![
+            Segment::Literal {
+                text: "[[ ## queue ## ]]\n".into()
+            },
+            Segment::Choice {
+                options: vec!["cards".into(), "top_ups".into(), "transfers".into()]
+            },
+            Segment::Literal {
+                text: "\n\n[[ ## completed ## ]]".into()
+            },
+        ]
+    );
+    // Filling the template reproduces the reply format the demos use, which parses.
+    let filled = "[[ ## queue ## ]]\ncards\n\n[[ ## completed ## ]]";
+    assert_eq!(
+        parse(AdapterFormat::Chat, &[queue()], filled).unwrap()["queue"],
+        "cards"
+    );
+}
+
+#[test]
+fn enum_values_are_read_forgivingly_where_safe() {
+    for reply in [
+        "[[ ## queue ## ]]\ncards\n\n[[ ## completed ## ]]",
+        "[[ ## queue ## ]]\nCards",
+        "[[ ## queue ## ]]\n\"cards\".",
+        "[[ ## queue ## ]]\n**cards**",
+        "[[ ##queue## ]]\n`CARDS`",
+        "cards",
+        "'Cards'",
+    ] {
+        let out = parse(AdapterFormat::Chat, &[queue()], reply)
+            .unwrap_or_else(|e| panic!("{reply:?}: {e}"));
+        assert_eq!(out["queue"], "cards", "{reply:?}");
+    }
+    let out = parse(
+        AdapterFormat::Chat,
+        &[queue()],
+        "[[ ## queue ## ]]\ntop ups",
+    )
+    .unwrap();
+    assert_eq!(out["queue"], "top_ups");
+}
+
+#[test]
+fn enum_values_are_never_guessed() {
+    for (reply, reason) in [
+        (
+            "[[ ## queue ## ]]\nI think it is cards",
+            "is not one of: cards, top_ups, transfers",
+        ),
+        ("[[ ## queue ## ]]\ncard", "is not one of"),
+        ("The answer is cards.", "no `[[ ## queue ## ]]` marker"),
+        ("[[ ## label ## ]]\ncards", "no `[[ ## queue ## ]]` section"),
+        ("", "no `[[ ## queue ## ]]` marker"),
+    ] {
+        let err = parse(AdapterFormat::Chat, &[queue()], reply).unwrap_err();
+        assert!(err.contains(reason), "{reply:?}: {err}");
+    }
+}
+
+#[test]
+fn typed_fields_in_the_chat_format() {
+    let fields = [
+        Field::new("n", FieldType::Int, ""),
+        Field::new("x", FieldType::Float, ""),
+        Field::new("ok", FieldType::Bool, ""),
+        Field::new(
+            "tags",
+            FieldType::List {
+                items: Box::new(FieldType::String),
+            },
+            "",
+        ),
+        Field::new("why", FieldType::String, ""),
+    ];
+    let reply = "[[ ## n ## ]]\n42\n\n[[ ## x ## ]]\n-0.5\n\n[[ ## ok ## ]]\nYes\n\n[[ ## tags ## ]]\n[\"a\", \"b\"]\n\n[[ ## why ## ]]\nBecause.\nTwo lines.\n\n[[ ## completed ## ]]";
+    let out = parse(AdapterFormat::Chat, &fields, reply).unwrap();
+    assert_eq!(
+        Value::Object(out),
+        json!({"n": 42, "x": -0.5, "ok": true, "tags": ["a", "b"], "why": "Because.\nTwo lines."})
+    );
+    let err = parse(
+        AdapterFormat::Chat,
+        &fields[..1],
+        "[[ ## n ## ]]\nforty-two",
+    )
+    .unwrap_err();
+    assert!(err.contains("`forty-two` is not an integer"), "{err}");
+}
+
+#[test]
+fn json_replies_tolerate_prose_and_fences_but_not_wrong_types() {
+    let fields = [queue(), Field::new("confidence", FieldType::Float, "")];
+    for reply in [
+        r#"{"queue": "cards", "confidence": 0.9}"#,
+        "Sure! Here you go:\n{\"queue\": \"Cards\", \"confidence\": 0.9}\nHope that helps.",
+        "```json\n{\"queue\": \"cards\", \"confidence\": \"0.9\"}\n```",
+    ] {
+        let out =
+            parse(AdapterFormat::Json, &fields, reply).unwrap_or_else(|e| panic!("{reply}: {e}"));
+        assert_eq!(out["queue"], "cards");
+        assert_eq!(out["confidence"], 0.9);
+    }
+    let err = parse(AdapterFormat::Json, &fields, r#"{"queue": "cards"}"#).unwrap_err();
+    assert!(err.contains("no key `confidence`"), "{err}");
+    let err = parse(
+        AdapterFormat::Json,
+        &fields,
+        r#"{"queue": "cards", "confidence": [1]}"#,
+    )
+    .unwrap_err();
+    assert!(err.contains("field `confidence`"), "{err}");
+    let err = parse(AdapterFormat::Json, &fields, "no json here").unwrap_err();
+    assert!(err.contains("no JSON object"), "{err}");
+}
+
+#[test]
+fn json_fields_are_checked_against_their_schema() {
+    let schema = json!({"type": "object", "properties": {"amount": {"type": "number"}}, "required": ["amount"]});
+    let fields = [Field::new("details", FieldType::Json { schema }, "")];
+    let ok = parse(
+        AdapterFormat::Json,
+        &fields,
+        r#"{"details": {"amount": 12.5}}"#,
+    )
+    .unwrap();
+    assert_eq!(ok["details"]["amount"], 12.5);
+    let err = parse(
+        AdapterFormat::Json,
+        &fields,
+        r#"{"details": {"amt": 12.5}}"#,
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("does not match the schema") && err.contains("amount"),
+        "{err}"
+    );
+}
+
+fn triage_predictor() -> Predictor {
+    Predictor {
+        name: "route".into(),
+        module: Module::Predict,
+        signature: Signature {
+            inputs: vec![message()],
+            outputs: vec![queue()],
+        },
+        instructions: "Route the message.".into(),
+        demos: vec![Demo {
+            example_id: "d1".into(),
+            source: DemoSource::Labeled,
+            inputs: obj(json!({"message": "Card not here"})),
+            outputs: obj(json!({"queue": "cards"})),
+        }],
+    }
+}
+
+#[tokio::test]
+async fn an_unparseable_reply_is_retried_once_in_the_other_format() {
+    let lm = common::ScriptedLm::new(|req| {
+        if common::wants_json(req) {
+            r#"{"queue": "transfers"}"#.into()
+        } else {
+            "hmm, not sure".into()
+        }
+    });
+    let settings = PredictSettings {
+        lm: Lm::new(lm.clone(), None, 1),
+        format: AdapterFormat::Chat,
+        temperature: 0.0,
+        max_tokens: 32,
+    };
+    let call = triage_predictor()
+        .call(&settings, &obj(json!({"message": "send money"})), None)
+        .await;
+    assert_eq!(call.outputs.unwrap()["queue"], "transfers");
+    assert_eq!(lm.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_reply_unparseable_in_both_formats_fails_with_both_reasons() {
+    let lm = common::ScriptedLm::new(|_| "I cannot help with that.".into());
+    let settings = PredictSettings {
+        lm: Lm::new(lm.clone(), None, 1),
+        format: AdapterFormat::Chat,
+        temperature: 0.0,
+        max_tokens: 32,
+    };
+    let call = triage_predictor()
+        .call(&settings, &obj(json!({"message": "x"})), None)
+        .await;
+    assert!(call.outputs.is_none());
+    assert!(call.format_error);
+    let error = call.error.unwrap();
+    assert!(
+        error.contains("chat format:") && error.contains("json format:"),
+        "{error}"
+    );
+    assert_eq!(lm.calls(), 2);
+}
+
+#[tokio::test]
+async fn chain_of_thought_asks_for_reasoning_first() {
+    let lm = common::ScriptedLm::new(|_| {
+        "[[ ## reasoning ## ]]\nIt is about money moving.\n\n[[ ## queue ## ]]\ntransfers\n\n[[ ## completed ## ]]".into()
+    });
+    let mut predictor = triage_predictor();
+    predictor.module = Module::ChainOfThought;
+    let settings = PredictSettings {
+        lm: Lm::new(lm.clone(), None, 1),
+        format: AdapterFormat::Chat,
+        temperature: 0.0,
+        max_tokens: 32,
+    };
+    let call = predictor
+        .call(&settings, &obj(json!({"message": "x"})), None)
+        .await;
+    let out = call.outputs.unwrap();
+    assert_eq!(out["reasoning"], "It is about money moving.");
+    assert_eq!(out["queue"], "transfers");
+    let request = &lm.requests.lock().unwrap()[0];
+    let t = request.template.as_ref().unwrap();
+    assert_eq!(
+        t.segments[0],
+        Segment::Literal {
+            text: "[[ ## reasoning ## ]]\n".into()
+        }
+    );
+    // The labeled demo has no reasoning: it is shown as not supplied, not invented.
+    assert!(
+        request.messages[2]
+            .content
+            .contains("Not supplied for this particular example.")
+    );
+}
