@@ -227,7 +227,7 @@ fn check_request(request_line: &str, headers: &[(String, String)], body: &[u8], 
             bad(format!("unexpected field {key:?}"));
         }
     }
-    if !body["model"].as_str().is_some_and(|m| !m.is_empty()) {
+    if body["model"].as_str().is_none_or(str::is_empty) {
         bad(format!("model is not a non-empty string: {}", body["model"]));
     }
     match body["messages"].as_array() {
@@ -245,7 +245,7 @@ fn check_request(request_line: &str, headers: &[(String, String)], body: &[u8], 
     if !body["temperature"].as_f64().is_some_and(|t| (0.0..=2.0).contains(&t)) {
         bad(format!("temperature is not a number in [0, 2]: {}", body["temperature"]));
     }
-    if !body["max_tokens"].as_u64().is_some_and(|n| n > 0) {
+    if body["max_tokens"].as_u64().is_none_or(|n| n == 0) {
         bad(format!("max_tokens is not a positive integer: {}", body["max_tokens"]));
     }
     if let Some(stop) = body.get("stop") {
@@ -271,7 +271,9 @@ fn check_request(request_line: &str, headers: &[(String, String)], body: &[u8], 
             Some("json_schema") => {
                 let spec = &format["json_schema"];
                 let name_ok = spec["name"].as_str().is_some_and(|n| {
-                    !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    !n.is_empty()
+                        && n.len() <= 64
+                        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
                 });
                 let strict_ok = spec.get("strict").is_none_or(Value::is_boolean);
                 if !name_ok || !spec["schema"].is_object() || !strict_ok {
@@ -395,8 +397,7 @@ async fn persistent_rate_limit_gives_up_and_says_after_how_many_attempts() {
 
 #[tokio::test]
 async fn server_errors_are_retried() {
-    let stub =
-        Stub::start(vec![status(500, "boom"), status(503, "overloaded"), ok("third time")], Some(KEY)).await;
+    let stub = Stub::start(vec![status(500, "boom"), status(503, "overloaded"), ok("third time")], Some(KEY)).await;
     let client = OpenAiClient::new(config(&stub.base_url)).unwrap();
     let response = call(&client, &request()).await.unwrap();
     assert_eq!(response.text, "third time");

@@ -40,8 +40,8 @@ impl ResponseCache {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create the directory {} for the response cache", dir.display()))?;
         }
-        let conn = Connection::open(path)
-            .with_context(|| format!("cannot open the response cache {}", path.display()))?;
+        let conn =
+            Connection::open(path).with_context(|| format!("cannot open the response cache {}", path.display()))?;
         Self::init(&conn).with_context(|| format!("cannot set up the response cache {}", path.display()))?;
         Ok(Self { conn: Mutex::new(conn) })
     }

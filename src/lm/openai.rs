@@ -115,8 +115,7 @@ impl OpenAiClient {
         let base = config.base_url.trim().trim_end_matches('/').to_string();
         let endpoint = strip_userinfo(&base);
         let url = format!("{base}/chat/completions");
-        let parsed = reqwest::Url::parse(&url)
-            .map_err(|e| anyhow::anyhow!("invalid LM base URL {endpoint:?}: {e}"))?;
+        let parsed = reqwest::Url::parse(&url).map_err(|e| anyhow::anyhow!("invalid LM base URL {endpoint:?}: {e}"))?;
         anyhow::ensure!(
             matches!(parsed.scheme(), "http" | "https"),
             "invalid LM base URL {endpoint:?}: the scheme must be http or https"
@@ -484,10 +483,7 @@ mod tests {
         assert_eq!(retry_after_secs(&headers(&[("retry-after", "Sun, 06 Nov 1994 08:00:00 GMT")]), now), Some(0.0));
         assert_eq!(retry_after_secs(&headers(&[("retry-after", "soon")]), now), None);
         assert_eq!(retry_after_secs(&headers(&[("retry-after", "-3")]), now), None);
-        assert_eq!(
-            retry_after_secs(&headers(&[("retry-after-ms", "250"), ("retry-after", "9")]), now),
-            Some(0.25)
-        );
+        assert_eq!(retry_after_secs(&headers(&[("retry-after-ms", "250"), ("retry-after", "9")]), now), Some(0.25));
     }
 
     #[test]
