@@ -13,11 +13,7 @@ use crate::optimize::evaluate::EvalSummary;
 use crate::pipeline::{self, CompileRequest, EvalRequest, EvalTarget};
 
 #[derive(Parser)]
-#[command(
-    name = "promptloop",
-    version,
-    about = "Prompt engineering as a weekly, measured build."
-)]
+#[command(name = "promptloop", version, about = "Prompt engineering as a weekly, measured build.")]
 pub struct Cli {
     /// Repository root: where pipelines/, datasets/ and artifacts/ live.
     #[arg(long, global = true, default_value = ".")]
@@ -67,41 +63,18 @@ pub enum Command {
 
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Compile {
-            pipeline,
-            out,
-            no_cache,
-        } => {
+        Command::Compile { pipeline, out, no_cache } => {
             let file = PipelineConfig::locate(&pipeline, &cli.root)?;
-            let request = CompileRequest {
-                pipeline: file,
-                out,
-                use_cache: !no_cache,
-                progress: true,
-            };
+            let request = CompileRequest { pipeline: file, out, use_cache: !no_cache, progress: true };
             let outcome = pipeline::compile(&request).await?;
-            let test = outcome
-                .artifact
-                .scores
-                .test
-                .as_ref()
-                .expect("compile scores test");
-            println!(
-                "compiled {} in {:.1}s",
-                outcome.artifact.pipeline, outcome.compile_secs
-            );
+            let test = outcome.artifact.scores.test.as_ref().expect("compile scores test");
+            println!("compiled {} in {:.1}s", outcome.artifact.pipeline, outcome.compile_secs);
             println!("  optimizer LM use: {}", usage_line(&outcome.compile_usage));
             for c in &outcome.artifact.provenance.candidates {
-                println!(
-                    "  candidate {:<14} demos {:>2}  dev {:.3}",
-                    c.name, c.demos, c.dev_score
-                );
+                println!("  candidate {:<14} demos {:>2}  dev {:.3}", c.name, c.demos, c.dev_score);
             }
             if let Some(dev) = &outcome.artifact.scores.dev {
-                println!(
-                    "dev  (n={}): baseline {:.3}  compiled {:.3}",
-                    dev.n, dev.baseline, dev.compiled
-                );
+                println!("dev  (n={}): baseline {:.3}  compiled {:.3}", dev.n, dev.baseline, dev.compiled);
             }
             println!(
                 "test (n={}): baseline {:.3}  compiled {:.3}  delta {:+.3}",
@@ -110,26 +83,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                 test.compiled,
                 test.compiled - test.baseline
             );
-            println!(
-                "  baseline: {}",
-                failures_line(&outcome.baseline_test.summary)
-            );
-            println!(
-                "  compiled: {}",
-                failures_line(&outcome.compiled_test.summary)
-            );
+            println!("  baseline: {}", failures_line(&outcome.baseline_test.summary));
+            println!("  compiled: {}", failures_line(&outcome.compiled_test.summary));
             println!("total LM use: {}", usage_line(&outcome.total_usage));
             println!("wrote {}", outcome.artifact_path.display());
         }
-        Command::Eval {
-            pipeline,
-            artifact,
-            baseline,
-            split,
-            limit,
-            results,
-            no_cache,
-        } => {
+        Command::Eval { pipeline, artifact, baseline, split, limit, results, no_cache } => {
             let file = PipelineConfig::locate(&pipeline, &cli.root)?;
             let target = if baseline {
                 EvalTarget::Baseline
@@ -146,29 +105,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
                 EvalTarget::Artifact(path)
             };
-            let request = EvalRequest {
-                pipeline: file,
-                target,
-                split,
-                limit,
-                use_cache: !no_cache,
-                progress: true,
-            };
+            let request = EvalRequest { pipeline: file, target, split, limit, use_cache: !no_cache, progress: true };
             let outcome = pipeline::eval(&request).await?;
             let s = &outcome.evaluation.summary;
-            println!(
-                "{} on {} (n={}): {:.3}",
-                outcome.program_label,
-                split.name(),
-                s.n,
-                s.mean
-            );
+            println!("{} on {} (n={}): {:.3}", outcome.program_label, split.name(), s.n, s.mean);
             println!("  {}", failures_line(s));
-            println!(
-                "  LM use: {}  ({:.1}s)",
-                usage_line(&outcome.usage),
-                s.wall_secs
-            );
+            println!("  LM use: {}  ({:.1}s)", usage_line(&outcome.usage), s.wall_secs);
             if let Some(path) = results {
                 let mut lines = String::new();
                 for r in &outcome.evaluation.results {
@@ -191,8 +133,5 @@ fn usage_line(u: &UsageSummary) -> String {
 }
 
 fn failures_line(s: &EvalSummary) -> String {
-    format!(
-        "{} failed predictions ({} unparseable replies)",
-        s.failed, s.format_errors
-    )
+    format!("{} failed predictions ({} unparseable replies)", s.failed, s.format_errors)
 }

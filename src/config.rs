@@ -143,11 +143,7 @@ pub struct SplitFractions {
 
 impl Default for SplitFractions {
     fn default() -> Self {
-        Self {
-            train: 0.70,
-            dev: 0.15,
-            test: 0.15,
-        }
+        Self { train: 0.70, dev: 0.15, test: 0.15 }
     }
 }
 
@@ -236,9 +232,7 @@ struct RawAdapter {
 
 impl Default for RawAdapter {
     fn default() -> Self {
-        Self {
-            format: AdapterFormat::Chat,
-        }
+        Self { format: AdapterFormat::Chat }
     }
 }
 
@@ -318,8 +312,8 @@ impl PipelineConfig {
     }
 
     pub fn load(file: &Path) -> Result<PipelineConfig> {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read pipeline file {}", file.display()))?;
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("cannot read pipeline file {}", file.display()))?;
         Self::parse(&text, file)
     }
 
@@ -334,20 +328,13 @@ impl PipelineConfig {
         if raw.name.trim().is_empty() || raw.name.contains(['/', '\\', ' ']) {
             return Err(err(
                 "name",
-                format!(
-                    "`{}` is not a usable pipeline name; use letters, digits, `-` and `_`",
-                    raw.name
-                ),
+                format!("`{}` is not a usable pipeline name; use letters, digits, `-` and `_`", raw.name),
             ));
         }
 
         let split = raw.dataset.split;
         let total = split.train + split.dev + split.test;
-        if [split.train, split.dev, split.test]
-            .iter()
-            .any(|f| !(0.0..=1.0).contains(f))
-            || (total - 1.0).abs() > 1e-6
-        {
+        if [split.train, split.dev, split.test].iter().any(|f| !(0.0..=1.0).contains(f)) || (total - 1.0).abs() > 1e-6 {
             return Err(err(
                 "dataset.split",
                 format!(
@@ -364,34 +351,23 @@ impl PipelineConfig {
 
         let mut signatures = IndexMap::new();
         for (sig_name, raw_sig) in raw.signatures {
-            let fields =
-                |side: &str, raw_fields: IndexMap<String, RawField>| -> Result<Vec<Field>> {
-                    let mut out = Vec::new();
-                    for (field_name, f) in raw_fields {
-                        let key = format!("signatures.{sig_name}.{side}.{field_name}");
-                        let ty = FieldType::parse(&f.ty, f.values.as_deref(), f.schema.as_ref())
-                            .map_err(|m| err(&key, m))?;
-                        if let FieldType::Json { schema } = &ty {
-                            jsonschema::validator_for(schema).map_err(|e| {
-                                err(
-                                    &format!("{key}.schema"),
-                                    format!("not a valid JSON Schema: {e}"),
-                                )
-                            })?;
-                        }
-                        if !field_name
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-                        {
-                            return Err(err(
-                                &key,
-                                "field names may use letters, digits and `_` only".into(),
-                            ));
-                        }
-                        out.push(Field::new(field_name, ty, f.description));
+            let fields = |side: &str, raw_fields: IndexMap<String, RawField>| -> Result<Vec<Field>> {
+                let mut out = Vec::new();
+                for (field_name, f) in raw_fields {
+                    let key = format!("signatures.{sig_name}.{side}.{field_name}");
+                    let ty =
+                        FieldType::parse(&f.ty, f.values.as_deref(), f.schema.as_ref()).map_err(|m| err(&key, m))?;
+                    if let FieldType::Json { schema } = &ty {
+                        jsonschema::validator_for(schema)
+                            .map_err(|e| err(&format!("{key}.schema"), format!("not a valid JSON Schema: {e}")))?;
                     }
-                    Ok(out)
-                };
+                    if !field_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        return Err(err(&key, "field names may use letters, digits and `_` only".into()));
+                    }
+                    out.push(Field::new(field_name, ty, f.description));
+                }
+                Ok(out)
+            };
             let inputs = fields("inputs", raw_sig.inputs)?;
             let outputs = fields("outputs", raw_sig.outputs)?;
             if outputs.is_empty() {
@@ -416,47 +392,21 @@ impl PipelineConfig {
                 let known: Vec<_> = signatures.keys().cloned().collect();
                 return Err(err(
                     &key,
-                    format!(
-                        "signature `{}` is not defined; defined: {}",
-                        p.signature,
-                        known.join(", ")
-                    ),
+                    format!("signature `{}` is not defined; defined: {}", p.signature, known.join(", ")),
                 ));
             }
-            if predictors
-                .iter()
-                .any(|q: &PredictorConfig| q.name == p.name)
-            {
-                return Err(err(
-                    &key,
-                    format!(
-                        "predictor name `{}` is used twice; names must be unique",
-                        p.name
-                    ),
-                ));
+            if predictors.iter().any(|q: &PredictorConfig| q.name == p.name) {
+                return Err(err(&key, format!("predictor name `{}` is used twice; names must be unique", p.name)));
             }
-            predictors.push(PredictorConfig {
-                name: p.name,
-                signature: p.signature,
-                module: p.module,
-            });
+            predictors.push(PredictorConfig { name: p.name, signature: p.signature, module: p.module });
         }
         if predictors.is_empty() {
-            return Err(err(
-                "program.predictors",
-                "the program needs at least one predictor".into(),
-            ));
+            return Err(err("program.predictors", "the program needs at least one predictor".into()));
         }
 
         let all_outputs: Vec<&str> = predictors
             .iter()
-            .flat_map(|p| {
-                signatures[&p.signature]
-                    .signature
-                    .outputs
-                    .iter()
-                    .map(|f| f.name.as_str())
-            })
+            .flat_map(|p| signatures[&p.signature].signature.outputs.iter().map(|f| f.name.as_str()))
             .collect();
         let metric = match raw.metric.kind.as_str() {
             "exact_match" => {
@@ -468,8 +418,7 @@ impl PipelineConfig {
                 if fields.is_empty() {
                     return Err(err(
                         "metric.fields",
-                        "exact_match needs the output fields to compare, e.g. fields = [\"label\"]"
-                            .into(),
+                        "exact_match needs the output fields to compare, e.g. fields = [\"label\"]".into(),
                     ));
                 }
                 MetricConfig::ExactMatch { fields }
@@ -484,10 +433,7 @@ impl PipelineConfig {
                 }
             },
             other => {
-                return Err(err(
-                    "metric.kind",
-                    format!("unknown metric `{other}`; use exact_match or token_f1"),
-                ));
+                return Err(err("metric.kind", format!("unknown metric `{other}`; use exact_match or token_f1")));
             }
         };
         let metric_fields: Vec<&String> = match &metric {
@@ -498,10 +444,7 @@ impl PipelineConfig {
             if !all_outputs.contains(&field.as_str()) {
                 return Err(err(
                     "metric",
-                    format!(
-                        "`{field}` is not an output field of the program; outputs: {}",
-                        all_outputs.join(", ")
-                    ),
+                    format!("`{field}` is not an output field of the program; outputs: {}", all_outputs.join(", ")),
                 ));
             }
         }
@@ -515,10 +458,7 @@ impl PipelineConfig {
             lm.model = root.join(&lm.model).to_string_lossy().into_owned();
         }
         if !(0.0..=1.0).contains(&raw.optimizer.metric_threshold) {
-            return Err(err(
-                "optimizer.metric_threshold",
-                "must be between 0 and 1".into(),
-            ));
+            return Err(err("optimizer.metric_threshold", "must be between 0 and 1".into()));
         }
 
         Ok(PipelineConfig {
@@ -526,10 +466,7 @@ impl PipelineConfig {
             description: raw.description,
             seed: raw.seed,
             file: file.to_path_buf(),
-            dataset: DatasetConfig {
-                path: root.join(raw.dataset.path),
-                split,
-            },
+            dataset: DatasetConfig { path: root.join(raw.dataset.path), split },
             root,
             lm,
             adapter: raw.adapter.format,
@@ -542,10 +479,7 @@ impl PipelineConfig {
 
     /// The pipeline's artifact path: `artifacts/<name>/program.json`.
     pub fn artifact_path(&self) -> PathBuf {
-        self.root
-            .join("artifacts")
-            .join(&self.name)
-            .join("program.json")
+        self.root.join("artifacts").join(&self.name).join("program.json")
     }
 
     /// Local state: `.promptloop/` next to `pipelines/`.
@@ -564,18 +498,13 @@ fn validate_lm(lm: &LmConfig, key: &str) -> std::result::Result<(), String> {
             }
             if let Some(url) = &lm.base_url {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(format!(
-                        "base_url `{url}` must start with http:// or https://"
-                    ));
+                    return Err(format!("base_url `{url}` must start with http:// or https://"));
                 }
             }
         }
         Provider::Embedded => {
             if lm.base_url.is_some() {
-                return Err(
-                    "base_url is only for provider = \"openai\"; remove it or change the provider"
-                        .into(),
-                );
+                return Err("base_url is only for provider = \"openai\"; remove it or change the provider".into());
             }
         }
     }
@@ -597,15 +526,9 @@ fn validate_lm(lm: &LmConfig, key: &str) -> std::result::Result<(), String> {
 }
 
 fn project_root(file: &Path) -> PathBuf {
-    let dir = file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if dir.file_name().is_some_and(|n| n == "pipelines") {
-        dir.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf()
+        dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf()
     } else {
         dir.to_path_buf()
     }

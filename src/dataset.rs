@@ -81,11 +81,7 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    pub fn from_examples(
-        examples: Vec<Example>,
-        fractions: &SplitFractions,
-        content_hash: String,
-    ) -> Self {
+    pub fn from_examples(examples: Vec<Example>, fractions: &SplitFractions, content_hash: String) -> Self {
         let (mut train, mut dev, mut test) = (Vec::new(), Vec::new(), Vec::new());
         for example in examples {
             match split_of(&example.id, fractions) {
@@ -94,30 +90,18 @@ impl Dataset {
                 Split::Test => test.push(example),
             }
         }
-        Self {
-            train,
-            dev,
-            test,
-            content_hash,
-        }
+        Self { train, dev, test, content_hash }
     }
 
     pub fn load(path: &Path, fractions: &SplitFractions) -> Result<Dataset> {
         let bytes = std::fs::read(path).with_context(|| {
-            format!(
-                "cannot read dataset {}; check [dataset] path in the pipeline file",
-                path.display()
-            )
+            format!("cannot read dataset {}; check [dataset] path in the pipeline file", path.display())
         })?;
         let examples = parse_examples(&bytes, path)?;
         if examples.is_empty() {
             bail!("dataset {} has no examples", path.display());
         }
-        Ok(Self::from_examples(
-            examples,
-            fractions,
-            hex::encode(Sha256::digest(&bytes)),
-        ))
+        Ok(Self::from_examples(examples, fractions, hex::encode(Sha256::digest(&bytes))))
     }
 
     pub fn train(&self) -> &[Example] {
@@ -148,15 +132,8 @@ impl Dataset {
 /// that names the file and line; nothing is skipped silently.
 pub fn parse_examples(bytes: &[u8], path: &Path) -> Result<Vec<Example>> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        let line = bytes[..e.valid_up_to()]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1;
-        anyhow::anyhow!(
-            "{}:{line}: not valid UTF-8; re-save the file as UTF-8",
-            path.display()
-        )
+        let line = bytes[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
+        anyhow::anyhow!("{}:{line}: not valid UTF-8; re-save the file as UTF-8", path.display())
     })?;
     let mut examples = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -166,15 +143,9 @@ pub fn parse_examples(bytes: &[u8], path: &Path) -> Result<Vec<Example>> {
             continue;
         }
         let at = || format!("{}:{line_no}", path.display());
-        let value: Value = serde_json::from_str(line).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: not a JSON object ({e}); each line must be one example",
-                at()
-            )
-        })?;
-        let object = value
-            .as_object()
-            .ok_or_else(|| anyhow::anyhow!("{}: expected a JSON object", at()))?;
+        let value: Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("{}: not a JSON object ({e}); each line must be one example", at()))?;
+        let object = value.as_object().ok_or_else(|| anyhow::anyhow!("{}: expected a JSON object", at()))?;
         for key in ["id", "inputs", "outputs"] {
             if !object.contains_key(key) {
                 bail!(
@@ -183,21 +154,13 @@ pub fn parse_examples(bytes: &[u8], path: &Path) -> Result<Vec<Example>> {
                 );
             }
         }
-        let example: Example = serde_json::from_value(value).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: {e}; `id` is a string, `inputs` and `outputs` are objects",
-                at()
-            )
-        })?;
+        let example: Example = serde_json::from_value(value)
+            .map_err(|e| anyhow::anyhow!("{}: {e}; `id` is a string, `inputs` and `outputs` are objects", at()))?;
         if example.id.trim().is_empty() {
             bail!("{}: `id` is empty", at());
         }
         if !seen.insert(example.id.clone()) {
-            bail!(
-                "{}: id `{}` appears twice; ids must be unique",
-                at(),
-                example.id
-            );
+            bail!("{}: id `{}` appears twice; ids must be unique", at(), example.id);
         }
         examples.push(example);
     }

@@ -10,9 +10,7 @@ async fn main() -> std::process::ExitCode {
         _ => "promptloop=debug",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("PROMPTLOOP_LOG").unwrap_or_else(|_| EnvFilter::new(default)),
-        )
+        .with_env_filter(EnvFilter::try_from_env("PROMPTLOOP_LOG").unwrap_or_else(|_| EnvFilter::new(default)))
         .with_writer(std::io::stderr)
         .init();
     match promptloop::cli::run(cli).await {

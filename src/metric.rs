@@ -17,15 +17,8 @@ pub fn score(metric: &MetricConfig, example: &Example, prediction: &Map<String, 
             let mut hits = 0usize;
             let mut misses = Vec::new();
             for field in fields {
-                let want = example
-                    .outputs
-                    .get(field)
-                    .map(normalize_value)
-                    .unwrap_or_default();
-                let got = prediction
-                    .get(field)
-                    .map(normalize_value)
-                    .unwrap_or_default();
+                let want = example.outputs.get(field).map(normalize_value).unwrap_or_default();
+                let got = prediction.get(field).map(normalize_value).unwrap_or_default();
                 if !want.is_empty() && want == got {
                     hits += 1;
                 } else {
@@ -33,25 +26,14 @@ pub fn score(metric: &MetricConfig, example: &Example, prediction: &Map<String, 
                 }
             }
             let value = hits as f64 / fields.len().max(1) as f64;
-            let feedback = if misses.is_empty() {
-                "correct".into()
-            } else {
-                misses.join("; ")
-            };
+            let feedback = if misses.is_empty() { "correct".into() } else { misses.join("; ") };
             Score { value, feedback }
         }
         MetricConfig::TokenF1 { field } => {
-            let want = example
-                .outputs
-                .get(field)
-                .map(value_text)
-                .unwrap_or_default();
+            let want = example.outputs.get(field).map(value_text).unwrap_or_default();
             let got = prediction.get(field).map(value_text).unwrap_or_default();
             let value = token_f1(&want, &got);
-            Score {
-                value,
-                feedback: format!("token F1 {value:.2} on `{field}`"),
-            }
+            Score { value, feedback: format!("token F1 {value:.2} on `{field}`") }
         }
     }
 }
@@ -75,29 +57,13 @@ fn value_text(value: &Value) -> String {
 pub fn normalize_value(value: &Value) -> String {
     let text = value_text(value).to_lowercase();
     let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    collapsed
-        .trim_matches(|c: char| c.is_ascii_punctuation() && c != '_' && c != '-')
-        .trim()
-        .to_string()
+    collapsed.trim_matches(|c: char| c.is_ascii_punctuation() && c != '_' && c != '-').trim().to_string()
 }
 
 fn f1_tokens(text: &str) -> Vec<String> {
-    let lowered: String = text
-        .to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || c.is_whitespace() {
-                c
-            } else {
-                ' '
-            }
-        })
-        .collect();
-    lowered
-        .split_whitespace()
-        .filter(|w| !matches!(*w, "a" | "an" | "the"))
-        .map(str::to_string)
-        .collect()
+    let lowered: String =
+        text.to_lowercase().chars().map(|c| if c.is_alphanumeric() || c.is_whitespace() { c } else { ' ' }).collect();
+    lowered.split_whitespace().filter(|w| !matches!(*w, "a" | "an" | "the")).map(str::to_string).collect()
 }
 
 /// SQuAD-style token F1: overlap of the bags of normalized tokens.

@@ -17,19 +17,14 @@ use crate::metric;
 use crate::optimize::bootstrap::OptimizeContext;
 use crate::optimize::evaluate::{EvalContext, Evaluation, evaluate};
 use crate::program::Program;
-use crate::program::artifact::{
-    Artifact, DatasetProvenance, LmSettings, Provenance, Scores, SplitScore,
-};
+use crate::program::artifact::{Artifact, DatasetProvenance, LmSettings, Provenance, Scores, SplitScore};
 use crate::program::predictor::PredictSettings;
 
 /// Builds the LM a pipeline names, behind the response cache in `state_dir`.
 pub fn build_lm(config: &LmConfig, state_dir: &Path, use_cache: bool) -> Result<Lm> {
     let model: Arc<dyn LanguageModel> = match config.provider {
         Provider::Embedded => {
-            let options = LocalOptions {
-                threads: config.threads,
-                constrained: config.constrained,
-            };
+            let options = LocalOptions { threads: config.threads, constrained: config.constrained };
             Arc::new(LocalEngine::load(Path::new(&config.model), options)?)
         }
         Provider::Openai => {
@@ -58,26 +53,17 @@ pub fn build_lm(config: &LmConfig, state_dir: &Path, use_cache: bool) -> Result<
     };
     let cache = if use_cache {
         let path = state_dir.join("cache.sqlite");
-        Some(Arc::new(ResponseCache::open(&path).with_context(|| {
-            format!("cannot open the LM cache {}", path.display())
-        })?))
+        Some(Arc::new(
+            ResponseCache::open(&path).with_context(|| format!("cannot open the LM cache {}", path.display()))?,
+        ))
     } else {
         None
     };
     Ok(Lm::new(model, cache, config.concurrency))
 }
 
-fn predict_settings(
-    config: &LmConfig,
-    lm: Lm,
-    format: crate::config::AdapterFormat,
-) -> PredictSettings {
-    PredictSettings {
-        lm,
-        format,
-        temperature: config.temperature,
-        max_tokens: config.max_tokens,
-    }
+fn predict_settings(config: &LmConfig, lm: Lm, format: crate::config::AdapterFormat) -> PredictSettings {
+    PredictSettings { lm, format, temperature: config.temperature, max_tokens: config.max_tokens }
 }
 
 pub struct CompileRequest {
@@ -116,11 +102,9 @@ pub async fn compile(request: &CompileRequest) -> Result<CompileOutcome> {
     let lm = build_lm(&config.lm, &config.state_dir(), request.use_cache)?;
     let student_settings = predict_settings(&config.lm, lm.clone(), config.adapter);
     let teacher_settings = match &config.optimizer.teacher {
-        Some(teacher) => predict_settings(
-            teacher,
-            build_lm(teacher, &config.state_dir(), request.use_cache)?,
-            config.adapter,
-        ),
+        Some(teacher) => {
+            predict_settings(teacher, build_lm(teacher, &config.state_dir(), request.use_cache)?, config.adapter)
+        }
         None => student_settings.clone(),
     };
     let eval_ctx = EvalContext {
@@ -129,45 +113,24 @@ pub async fn compile(request: &CompileRequest) -> Result<CompileOutcome> {
         concurrency: config.lm.concurrency,
         progress: request.progress,
     };
-    let ctx = OptimizeContext {
-        student: eval_ctx.clone(),
-        teacher: teacher_settings,
-    };
+    let ctx = OptimizeContext { student: eval_ctx.clone(), teacher: teacher_settings };
     let baseline = Program::baseline(&config);
 
     let started = Instant::now();
     let before = lm.usage();
     tracing::info!(pipeline = %config.name, train = dataset.train().len(), dev = dataset.dev().len(), "optimizing");
-    let optimized = crate::optimize::optimize(
-        &baseline,
-        dataset.train(),
-        dataset.dev(),
-        &ctx,
-        &config.optimizer,
-        config.seed,
-    )
-    .await;
+    let optimized =
+        crate::optimize::optimize(&baseline, dataset.train(), dataset.dev(), &ctx, &config.optimizer, config.seed)
+            .await;
     let compile_secs = started.elapsed().as_secs_f64();
     let compile_usage = lm.usage().since(&before);
 
     // Scores for the artifact: dev (mostly cached from selection), then test,
     // which is read here for the first time.
     let baseline_dev = evaluate(&baseline, dataset.dev(), &eval_ctx, "dev: baseline").await;
-    let compiled_dev = evaluate(
-        &optimized.program,
-        dataset.dev(),
-        &eval_ctx,
-        "dev: compiled",
-    )
-    .await;
+    let compiled_dev = evaluate(&optimized.program, dataset.dev(), &eval_ctx, "dev: compiled").await;
     let baseline_test = evaluate(&baseline, dataset.test(), &eval_ctx, "test: baseline").await;
-    let compiled_test = evaluate(
-        &optimized.program,
-        dataset.test(),
-        &eval_ctx,
-        "test: compiled",
-    )
-    .await;
+    let compiled_test = evaluate(&optimized.program, dataset.test(), &eval_ctx, "test: compiled").await;
 
     let lm_settings = LmSettings {
         model: lm.description().clone(),
@@ -202,17 +165,8 @@ pub async fn compile(request: &CompileRequest) -> Result<CompileOutcome> {
             compiled: compiled_test.summary.mean,
         }),
     };
-    let artifact = Artifact::from_program(
-        &optimized.program,
-        &config.name,
-        lm_settings,
-        provenance,
-        scores,
-    );
-    let artifact_path = request
-        .out
-        .clone()
-        .unwrap_or_else(|| config.artifact_path());
+    let artifact = Artifact::from_program(&optimized.program, &config.name, lm_settings, provenance, scores);
+    let artifact_path = request.out.clone().unwrap_or_else(|| config.artifact_path());
     artifact.save(&artifact_path)?;
     Ok(CompileOutcome {
         artifact,
@@ -253,10 +207,7 @@ pub async fn eval(request: &EvalRequest) -> Result<EvalOutcome> {
     let config = PipelineConfig::load(&request.pipeline)?;
     let dataset = Dataset::load(&config.dataset.path, &config.dataset.split)?;
     let (program, label) = match &request.target {
-        EvalTarget::Baseline => (
-            Program::baseline(&config),
-            "hand-written baseline".to_string(),
-        ),
+        EvalTarget::Baseline => (Program::baseline(&config), "hand-written baseline".to_string()),
         EvalTarget::Artifact(path) => (Artifact::load(path)?.program(), path.display().to_string()),
     };
     let lm = build_lm(&config.lm, &config.state_dir(), request.use_cache)?;
@@ -268,23 +219,10 @@ pub async fn eval(request: &EvalRequest) -> Result<EvalOutcome> {
     };
     let examples = dataset.split(request.split);
     let examples = &examples[..request.limit.unwrap_or(examples.len()).min(examples.len())];
-    let evaluation = evaluate(
-        &program,
-        examples,
-        &ctx,
-        &format!("{}: {label}", request.split.name()),
-    )
-    .await;
-    Ok(EvalOutcome {
-        evaluation,
-        usage: lm.usage(),
-        program_label: label,
-    })
+    let evaluation = evaluate(&program, examples, &ctx, &format!("{}: {label}", request.split.name())).await;
+    Ok(EvalOutcome { evaluation, usage: lm.usage(), program_label: label })
 }
 
 fn relative_to(path: &Path, root: &Path) -> String {
-    path.strip_prefix(root)
-        .unwrap_or(path)
-        .to_string_lossy()
-        .replace('\\', "/")
+    path.strip_prefix(root).unwrap_or(path).to_string_lossy().replace('\\', "/")
 }

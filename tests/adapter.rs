@@ -13,9 +13,7 @@ mod common;
 fn queue() -> Field {
     Field::new(
         "queue",
-        FieldType::Enum {
-            values: vec!["cards".into(), "top_ups".into(), "transfers".into()],
-        },
+        FieldType::Enum { values: vec!["cards".into(), "top_ups".into(), "transfers".into()] },
         "the queue",
     )
 }
@@ -42,10 +40,7 @@ fn rendered_text(format: AdapterFormat) -> String {
         values: &values,
     };
     let r = render(format, &prompt);
-    r.messages
-        .iter()
-        .map(|m| format!("--- {:?}\n{}\n", m.role, m.content))
-        .collect()
+    r.messages.iter().map(|m| format!("--- {:?}\n{}\n", m.role, m.content)).collect()
 }
 
 #[test]
@@ -64,23 +59,14 @@ fn the_chat_template_matches_the_demo_replies() {
     assert_eq!(
         t.segments,
         vec![
-            Segment::Literal {
-                text: "[[ ## queue ## ]]\n".into()
-            },
-            Segment::Choice {
-                options: vec!["cards".into(), "top_ups".into(), "transfers".into()]
-            },
-            Segment::Literal {
-                text: "\n\n[[ ## completed ## ]]".into()
-            },
+            Segment::Literal { text: "[[ ## queue ## ]]\n".into() },
+            Segment::Choice { options: vec!["cards".into(), "top_ups".into(), "transfers".into()] },
+            Segment::Literal { text: "\n\n[[ ## completed ## ]]".into() },
         ]
     );
     // Filling the template reproduces the reply format the demos use, which parses.
     let filled = "[[ ## queue ## ]]\ncards\n\n[[ ## completed ## ]]";
-    assert_eq!(
-        parse(AdapterFormat::Chat, &[queue()], filled).unwrap()["queue"],
-        "cards"
-    );
+    assert_eq!(parse(AdapterFormat::Chat, &[queue()], filled).unwrap()["queue"], "cards");
 }
 
 #[test]
@@ -94,26 +80,17 @@ fn enum_values_are_read_forgivingly_where_safe() {
         "cards",
         "'Cards'",
     ] {
-        let out = parse(AdapterFormat::Chat, &[queue()], reply)
-            .unwrap_or_else(|e| panic!("{reply:?}: {e}"));
+        let out = parse(AdapterFormat::Chat, &[queue()], reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"));
         assert_eq!(out["queue"], "cards", "{reply:?}");
     }
-    let out = parse(
-        AdapterFormat::Chat,
-        &[queue()],
-        "[[ ## queue ## ]]\ntop ups",
-    )
-    .unwrap();
+    let out = parse(AdapterFormat::Chat, &[queue()], "[[ ## queue ## ]]\ntop ups").unwrap();
     assert_eq!(out["queue"], "top_ups");
 }
 
 #[test]
 fn enum_values_are_never_guessed() {
     for (reply, reason) in [
-        (
-            "[[ ## queue ## ]]\nI think it is cards",
-            "is not one of: cards, top_ups, transfers",
-        ),
+        ("[[ ## queue ## ]]\nI think it is cards", "is not one of: cards, top_ups, transfers"),
         ("[[ ## queue ## ]]\ncard", "is not one of"),
         ("The answer is cards.", "no `[[ ## queue ## ]]` marker"),
         ("[[ ## label ## ]]\ncards", "no `[[ ## queue ## ]]` section"),
@@ -130,13 +107,7 @@ fn typed_fields_in_the_chat_format() {
         Field::new("n", FieldType::Int, ""),
         Field::new("x", FieldType::Float, ""),
         Field::new("ok", FieldType::Bool, ""),
-        Field::new(
-            "tags",
-            FieldType::List {
-                items: Box::new(FieldType::String),
-            },
-            "",
-        ),
+        Field::new("tags", FieldType::List { items: Box::new(FieldType::String) }, ""),
         Field::new("why", FieldType::String, ""),
     ];
     let reply = "[[ ## n ## ]]\n42\n\n[[ ## x ## ]]\n-0.5\n\n[[ ## ok ## ]]\nYes\n\n[[ ## tags ## ]]\n[\"a\", \"b\"]\n\n[[ ## why ## ]]\nBecause.\nTwo lines.\n\n[[ ## completed ## ]]";
@@ -145,12 +116,7 @@ fn typed_fields_in_the_chat_format() {
         Value::Object(out),
         json!({"n": 42, "x": -0.5, "ok": true, "tags": ["a", "b"], "why": "Because.\nTwo lines."})
     );
-    let err = parse(
-        AdapterFormat::Chat,
-        &fields[..1],
-        "[[ ## n ## ]]\nforty-two",
-    )
-    .unwrap_err();
+    let err = parse(AdapterFormat::Chat, &fields[..1], "[[ ## n ## ]]\nforty-two").unwrap_err();
     assert!(err.contains("`forty-two` is not an integer"), "{err}");
 }
 
@@ -162,19 +128,13 @@ fn json_replies_tolerate_prose_and_fences_but_not_wrong_types() {
         "Sure! Here you go:\n{\"queue\": \"Cards\", \"confidence\": 0.9}\nHope that helps.",
         "```json\n{\"queue\": \"cards\", \"confidence\": \"0.9\"}\n```",
     ] {
-        let out =
-            parse(AdapterFormat::Json, &fields, reply).unwrap_or_else(|e| panic!("{reply}: {e}"));
+        let out = parse(AdapterFormat::Json, &fields, reply).unwrap_or_else(|e| panic!("{reply}: {e}"));
         assert_eq!(out["queue"], "cards");
         assert_eq!(out["confidence"], 0.9);
     }
     let err = parse(AdapterFormat::Json, &fields, r#"{"queue": "cards"}"#).unwrap_err();
     assert!(err.contains("no key `confidence`"), "{err}");
-    let err = parse(
-        AdapterFormat::Json,
-        &fields,
-        r#"{"queue": "cards", "confidence": [1]}"#,
-    )
-    .unwrap_err();
+    let err = parse(AdapterFormat::Json, &fields, r#"{"queue": "cards", "confidence": [1]}"#).unwrap_err();
     assert!(err.contains("field `confidence`"), "{err}");
     let err = parse(AdapterFormat::Json, &fields, "no json here").unwrap_err();
     assert!(err.contains("no JSON object"), "{err}");
@@ -184,33 +144,17 @@ fn json_replies_tolerate_prose_and_fences_but_not_wrong_types() {
 fn json_fields_are_checked_against_their_schema() {
     let schema = json!({"type": "object", "properties": {"amount": {"type": "number"}}, "required": ["amount"]});
     let fields = [Field::new("details", FieldType::Json { schema }, "")];
-    let ok = parse(
-        AdapterFormat::Json,
-        &fields,
-        r#"{"details": {"amount": 12.5}}"#,
-    )
-    .unwrap();
+    let ok = parse(AdapterFormat::Json, &fields, r#"{"details": {"amount": 12.5}}"#).unwrap();
     assert_eq!(ok["details"]["amount"], 12.5);
-    let err = parse(
-        AdapterFormat::Json,
-        &fields,
-        r#"{"details": {"amt": 12.5}}"#,
-    )
-    .unwrap_err();
-    assert!(
-        err.contains("does not match the schema") && err.contains("amount"),
-        "{err}"
-    );
+    let err = parse(AdapterFormat::Json, &fields, r#"{"details": {"amt": 12.5}}"#).unwrap_err();
+    assert!(err.contains("does not match the schema") && err.contains("amount"), "{err}");
 }
 
 fn triage_predictor() -> Predictor {
     Predictor {
         name: "route".into(),
         module: Module::Predict,
-        signature: Signature {
-            inputs: vec![message()],
-            outputs: vec![queue()],
-        },
+        signature: Signature { inputs: vec![message()], outputs: vec![queue()] },
         instructions: "Route the message.".into(),
         demos: vec![Demo {
             example_id: "d1".into(),
@@ -224,11 +168,7 @@ fn triage_predictor() -> Predictor {
 #[tokio::test]
 async fn an_unparseable_reply_is_retried_once_in_the_other_format() {
     let lm = common::ScriptedLm::new(|req| {
-        if common::wants_json(req) {
-            r#"{"queue": "transfers"}"#.into()
-        } else {
-            "hmm, not sure".into()
-        }
+        if common::wants_json(req) { r#"{"queue": "transfers"}"#.into() } else { "hmm, not sure".into() }
     });
     let settings = PredictSettings {
         lm: Lm::new(lm.clone(), None, 1),
@@ -236,9 +176,7 @@ async fn an_unparseable_reply_is_retried_once_in_the_other_format() {
         temperature: 0.0,
         max_tokens: 32,
     };
-    let call = triage_predictor()
-        .call(&settings, &obj(json!({"message": "send money"})), None)
-        .await;
+    let call = triage_predictor().call(&settings, &obj(json!({"message": "send money"})), None).await;
     assert_eq!(call.outputs.unwrap()["queue"], "transfers");
     assert_eq!(lm.calls(), 2);
 }
@@ -252,23 +190,19 @@ async fn a_reply_unparseable_in_both_formats_fails_with_both_reasons() {
         temperature: 0.0,
         max_tokens: 32,
     };
-    let call = triage_predictor()
-        .call(&settings, &obj(json!({"message": "x"})), None)
-        .await;
+    let call = triage_predictor().call(&settings, &obj(json!({"message": "x"})), None).await;
     assert!(call.outputs.is_none());
     assert!(call.format_error);
     let error = call.error.unwrap();
-    assert!(
-        error.contains("chat format:") && error.contains("json format:"),
-        "{error}"
-    );
+    assert!(error.contains("chat format:") && error.contains("json format:"), "{error}");
     assert_eq!(lm.calls(), 2);
 }
 
 #[tokio::test]
 async fn chain_of_thought_asks_for_reasoning_first() {
     let lm = common::ScriptedLm::new(|_| {
-        "[[ ## reasoning ## ]]\nIt is about money moving.\n\n[[ ## queue ## ]]\ntransfers\n\n[[ ## completed ## ]]".into()
+        "[[ ## reasoning ## ]]\nIt is about money moving.\n\n[[ ## queue ## ]]\ntransfers\n\n[[ ## completed ## ]]"
+            .into()
     });
     let mut predictor = triage_predictor();
     predictor.module = Module::ChainOfThought;
@@ -278,24 +212,13 @@ async fn chain_of_thought_asks_for_reasoning_first() {
         temperature: 0.0,
         max_tokens: 32,
     };
-    let call = predictor
-        .call(&settings, &obj(json!({"message": "x"})), None)
-        .await;
+    let call = predictor.call(&settings, &obj(json!({"message": "x"})), None).await;
     let out = call.outputs.unwrap();
     assert_eq!(out["reasoning"], "It is about money moving.");
     assert_eq!(out["queue"], "transfers");
     let request = &lm.requests.lock().unwrap()[0];
     let t = request.template.as_ref().unwrap();
-    assert_eq!(
-        t.segments[0],
-        Segment::Literal {
-            text: "[[ ## reasoning ## ]]\n".into()
-        }
-    );
+    assert_eq!(t.segments[0], Segment::Literal { text: "[[ ## reasoning ## ]]\n".into() });
     // The labeled demo has no reasoning: it is shown as not supplied, not invented.
-    assert!(
-        request.messages[2]
-            .content
-            .contains("Not supplied for this particular example.")
-    );
+    assert!(request.messages[2].content.contains("Not supplied for this particular example."));
 }

@@ -20,14 +20,24 @@ fn project(optimizer: &str) -> tempfile::TempDir {
     std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
     std::fs::create_dir_all(dir.path().join("datasets")).unwrap();
     std::fs::copy("tests/data/mini-triage.jsonl", dir.path().join("datasets/mini-triage.jsonl")).unwrap();
-    let lm = format!("provider = \"embedded\"\nmodel = {:?}\nmax_tokens = 32\nconcurrency = 2", model().display().to_string());
-    std::fs::write(dir.path().join("pipelines/mini-triage.toml"), common::triage_toml("datasets/mini-triage.jsonl", &lm, optimizer))
-        .unwrap();
+    let lm = format!(
+        "provider = \"embedded\"\nmodel = {:?}\nmax_tokens = 32\nconcurrency = 2",
+        model().display().to_string()
+    );
+    std::fs::write(
+        dir.path().join("pipelines/mini-triage.toml"),
+        common::triage_toml("datasets/mini-triage.jsonl", &lm, optimizer),
+    )
+    .unwrap();
     dir
 }
 
 fn compile(dir: &Path) -> String {
-    let out = Command::cargo_bin("promptloop").unwrap().args(["--root", dir.to_str().unwrap(), "compile", "mini-triage"]).output().unwrap();
+    let out = Command::cargo_bin("promptloop")
+        .unwrap()
+        .args(["--root", dir.to_str().unwrap(), "compile", "mini-triage"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "compile failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     stdout
@@ -80,7 +90,17 @@ fn eval_scores_the_baseline_and_reports_a_missing_artifact() {
     let results = dir.path().join("results.jsonl");
     let out = Command::cargo_bin("promptloop")
         .unwrap()
-        .args(["--root", root, "eval", "mini-triage", "--baseline", "--split", "dev", "--results", results.to_str().unwrap()])
+        .args([
+            "--root",
+            root,
+            "eval",
+            "mini-triage",
+            "--baseline",
+            "--split",
+            "dev",
+            "--results",
+            results.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -26,17 +26,9 @@ fn the_worked_example_loads() {
         FieldType::Enum { values } => assert_eq!(values.len(), 7),
         other => panic!("queue should be an enum, got {other:?}"),
     }
-    assert_eq!(
-        config.metric,
-        MetricConfig::ExactMatch {
-            fields: vec!["queue".into()]
-        }
-    );
+    assert_eq!(config.metric, MetricConfig::ExactMatch { fields: vec!["queue".into()] });
     // Paths resolve against the repository root, not the pipelines/ directory.
-    assert_eq!(
-        config.dataset.path,
-        Path::new("./datasets/support-triage/examples.jsonl")
-    );
+    assert_eq!(config.dataset.path, Path::new("./datasets/support-triage/examples.jsonl"));
 }
 
 #[test]
@@ -57,38 +49,26 @@ f = { type = "json", schema = { type = "object", properties = { k = { type = "st
 [signatures.triage.outputs]"#,
     );
     let config = parse(&text).unwrap();
-    let types: Vec<_> = config.signatures["extra"]
-        .signature
-        .outputs
-        .iter()
-        .map(|f| f.ty.describe())
-        .collect();
+    let types: Vec<_> = config.signatures["extra"].signature.outputs.iter().map(|f| f.ty.describe()).collect();
     assert_eq!(types, ["int", "float", "bool", "list[str]", "JSON object"]);
 }
 
 #[test]
 fn malformed_toml_names_the_file_and_line() {
-    let err = parse("name = \"x\"\n[lm\nprovider = 1\n")
-        .unwrap_err()
-        .to_string();
+    let err = parse("name = \"x\"\n[lm\nprovider = 1\n").unwrap_err().to_string();
     assert!(err.contains("pipelines/test.toml"), "{err}");
     assert!(err.contains("line 2"), "{err}");
 }
 
 #[test]
 fn an_unknown_field_type_names_the_key_and_the_fix() {
-    let text = common::triage_toml("d.jsonl", embedded(), "kind = \"none\"").replace(
-        "message = { type = \"string\"",
-        "message = { type = \"text\"",
-    );
+    let text = common::triage_toml("d.jsonl", embedded(), "kind = \"none\"")
+        .replace("message = { type = \"string\"", "message = { type = \"text\"");
     let err = parse(&text).unwrap_err().to_string();
     assert!(err.contains("pipelines/test.toml"), "{err}");
     assert!(err.contains("[signatures.triage.inputs.message]"), "{err}");
     assert!(err.contains("unknown field type `text`"), "{err}");
-    assert!(
-        err.contains("string, int, float, bool, enum, list<T>, json"),
-        "{err}"
-    );
+    assert!(err.contains("string, int, float, bool, enum, list<T>, json"), "{err}");
 }
 
 #[test]
@@ -96,19 +76,12 @@ fn an_enum_without_values_says_how_to_declare_them() {
     let text = common::triage_toml("d.jsonl", embedded(), "kind = \"none\"")
         .replace("values = [\"cards\", \"transfers\", \"top_ups\"], ", "");
     let err = parse(&text).unwrap_err().to_string();
-    assert!(
-        err.contains("[signatures.triage.outputs.queue]") && err.contains("values = ["),
-        "{err}"
-    );
+    assert!(err.contains("[signatures.triage.outputs.queue]") && err.contains("values = ["), "{err}");
 }
 
 #[test]
 fn a_misspelled_key_is_rejected_with_its_name() {
-    let text = common::triage_toml(
-        "d.jsonl",
-        embedded(),
-        "kind = \"none\"\nmax_bootstraped_demos = 3",
-    );
+    let text = common::triage_toml("d.jsonl", embedded(), "kind = \"none\"\nmax_bootstraped_demos = 3");
     let err = parse(&text).unwrap_err().to_string();
     assert!(err.contains("max_bootstraped_demos"), "{err}");
 }
@@ -118,32 +91,20 @@ fn a_metric_on_a_field_the_program_does_not_output_is_rejected() {
     let text = common::triage_toml("d.jsonl", embedded(), "kind = \"none\"")
         .replace("fields = [\"queue\"]", "fields = [\"label\"]");
     let err = parse(&text).unwrap_err().to_string();
-    assert!(
-        err.contains("[metric]") && err.contains("`label`") && err.contains("outputs: queue"),
-        "{err}"
-    );
+    assert!(err.contains("[metric]") && err.contains("`label`") && err.contains("outputs: queue"), "{err}");
 }
 
 #[test]
 fn split_fractions_must_add_up() {
-    let text = common::triage_toml("d.jsonl", embedded(), "kind = \"none\"").replace(
-        "path = \"d.jsonl\"",
-        "path = \"d.jsonl\"\nsplit = { train = 0.8, dev = 0.15, test = 0.15 }",
-    );
+    let text = common::triage_toml("d.jsonl", embedded(), "kind = \"none\"")
+        .replace("path = \"d.jsonl\"", "path = \"d.jsonl\"\nsplit = { train = 0.8, dev = 0.15, test = 0.15 }");
     let err = parse(&text).unwrap_err().to_string();
-    assert!(
-        err.contains("[dataset.split]") && err.contains("add up to 1"),
-        "{err}"
-    );
+    assert!(err.contains("[dataset.split]") && err.contains("add up to 1"), "{err}");
 }
 
 #[test]
 fn an_openai_lm_needs_a_base_url_and_an_env_var_name_not_a_key() {
-    let text = common::triage_toml(
-        "d.jsonl",
-        "provider = \"openai\"\nmodel = \"gpt\"",
-        "kind = \"none\"",
-    );
+    let text = common::triage_toml("d.jsonl", "provider = \"openai\"\nmodel = \"gpt\"", "kind = \"none\"");
     let err = parse(&text).unwrap_err().to_string();
     assert!(err.contains("[lm]") && err.contains("base_url"), "{err}");
 
@@ -154,8 +115,5 @@ fn an_openai_lm_needs_a_base_url_and_an_env_var_name_not_a_key() {
     );
     let err = parse(&text).unwrap_err().to_string();
     assert!(err.contains("not the key itself"), "{err}");
-    assert!(
-        !err.contains("sk-live-123456"),
-        "the error must not echo a key: {err}"
-    );
+    assert!(!err.contains("sk-live-123456"), "the error must not echo a key: {err}");
 }

@@ -30,10 +30,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Self {
-            role,
-            content: content.into(),
-        }
+        Self { role, content: content.into() }
     }
 }
 
@@ -119,18 +116,10 @@ pub struct LmResponse {
 #[derive(Debug, thiserror::Error)]
 pub enum LmError {
     #[error("rate limited by {endpoint} (HTTP 429){}", retry_after_note(*.retry_after_secs))]
-    RateLimited {
-        endpoint: String,
-        retry_after_secs: Option<f64>,
-    },
+    RateLimited { endpoint: String, retry_after_secs: Option<f64> },
     #[error("{endpoint} answered HTTP {status}: {body}")]
-    Http {
-        endpoint: String,
-        status: u16,
-        body: String,
-        retry_after_secs: Option<f64>,
-    },
-    #[error("{endpoint} did not answer within {secs:.0}s")]
+    Http { endpoint: String, status: u16, body: String, retry_after_secs: Option<f64> },
+    #[error("{endpoint} did not answer within {secs:.1}s")]
     Timeout { endpoint: String, secs: f64 },
     #[error("cannot reach {endpoint}: {message}")]
     Connect { endpoint: String, message: String },
@@ -139,18 +128,13 @@ pub enum LmError {
     #[error(
         "prompt of {prompt_tokens} tokens plus {max_tokens} to generate exceeds the model's context window of {context} tokens"
     )]
-    ContextOverflow {
-        prompt_tokens: usize,
-        max_tokens: usize,
-        context: usize,
-    },
+    ContextOverflow { prompt_tokens: usize, max_tokens: usize, context: usize },
     #[error("{0}")]
     Engine(String),
 }
 
 fn retry_after_note(secs: Option<f64>) -> String {
-    secs.map(|s| format!(", retry after {s:.0}s"))
-        .unwrap_or_default()
+    secs.map(|s| format!(", retry after {s:.0}s")).unwrap_or_default()
 }
 
 impl LmError {
@@ -168,12 +152,7 @@ impl LmError {
     /// The server's Retry-After, when it gave one.
     pub fn retry_after_secs(&self) -> Option<f64> {
         match self {
-            LmError::RateLimited {
-                retry_after_secs, ..
-            }
-            | LmError::Http {
-                retry_after_secs, ..
-            } => *retry_after_secs,
+            LmError::RateLimited { retry_after_secs, .. } | LmError::Http { retry_after_secs, .. } => *retry_after_secs,
             _ => None,
         }
     }
@@ -244,10 +223,8 @@ impl UsageMeter {
         } else {
             self.provider_calls.fetch_add(1, Ordering::Relaxed);
         }
-        self.prompt_tokens
-            .fetch_add(usage.prompt_tokens, Ordering::Relaxed);
-        self.completion_tokens
-            .fetch_add(usage.completion_tokens, Ordering::Relaxed);
+        self.prompt_tokens.fetch_add(usage.prompt_tokens, Ordering::Relaxed);
+        self.completion_tokens.fetch_add(usage.completion_tokens, Ordering::Relaxed);
     }
 
     pub fn summary(&self) -> UsageSummary {
@@ -280,11 +257,7 @@ pub struct Completion {
 }
 
 impl Lm {
-    pub fn new(
-        model: Arc<dyn LanguageModel>,
-        cache: Option<Arc<cache::ResponseCache>>,
-        concurrency: usize,
-    ) -> Self {
+    pub fn new(model: Arc<dyn LanguageModel>, cache: Option<Arc<cache::ResponseCache>>, concurrency: usize) -> Self {
         let description = model.describe();
         Self {
             model,
@@ -304,34 +277,21 @@ impl Lm {
     }
 
     pub async fn complete(&self, request: &LmRequest) -> Result<Completion, LmError> {
-        let key = self
-            .cache
-            .as_ref()
-            .map(|_| cache::request_key(&self.description, request));
+        let key = self.cache.as_ref().map(|_| cache::request_key(&self.description, request));
         if let (Some(cache), Some(key)) = (&self.cache, &key) {
             if let Some(response) = cache.get(key) {
                 self.meter.record(response.usage, true);
-                return Ok(Completion {
-                    response,
-                    cache_hit: true,
-                });
+                return Ok(Completion { response, cache_hit: true });
             }
         }
         let response = {
-            let _permit = self
-                .permits
-                .acquire()
-                .await
-                .expect("semaphore never closed");
+            let _permit = self.permits.acquire().await.expect("semaphore never closed");
             self.model.complete(request).await?
         };
         if let (Some(cache), Some(key)) = (&self.cache, &key) {
             cache.put(key, &response);
         }
         self.meter.record(response.usage, false);
-        Ok(Completion {
-            response,
-            cache_hit: false,
-        })
+        Ok(Completion { response, cache_hit: false })
     }
 }

@@ -77,12 +77,7 @@ fn labeled_demo(program: &Program, predictor: usize, example: &Example) -> Demo 
 }
 
 /// The student with `k` labeled demos per predictor, drawn at random.
-pub fn labeled_few_shot(
-    student: &Program,
-    train: &[Example],
-    k: usize,
-    rng: &mut ChaCha8Rng,
-) -> Program {
+pub fn labeled_few_shot(student: &Program, train: &[Example], k: usize, rng: &mut ChaCha8Rng) -> Program {
     let mut program = student.clone();
     let chosen: Vec<&Example> = train.choose_multiple(rng, k.min(train.len())).collect();
     for i in 0..program.predictors.len() {
@@ -120,27 +115,16 @@ pub async fn bootstrap_few_shot(
                 predict.temperature = 0.7 + 0.1 * round as f32;
             }
             stats.attempts += 1;
-            let run = teacher_here
-                .run(
-                    &predict,
-                    &example.inputs,
-                    (round > 0).then_some(round as u32),
-                )
-                .await;
+            let run = teacher_here.run(&predict, &example.inputs, (round > 0).then_some(round as u32)).await;
             let Some(prediction) = &run.prediction else {
                 continue;
             };
-            if metric::score(&ctx.student.metric, example, prediction).value
-                < settings.metric_threshold
-            {
+            if metric::score(&ctx.student.metric, example, prediction).value < settings.metric_threshold {
                 continue;
             }
             for step in &run.trace {
-                let index = student
-                    .predictors
-                    .iter()
-                    .position(|p| p.name == step.predictor)
-                    .expect("trace names a predictor");
+                let index =
+                    student.predictors.iter().position(|p| p.name == step.predictor).expect("trace names a predictor");
                 bootstrapped[index].push(Demo {
                     example_id: example.id.clone(),
                     source: DemoSource::Bootstrapped,
@@ -159,10 +143,8 @@ pub async fn bootstrap_few_shot(
     let mut program = student.clone();
     for (i, demos) in bootstrapped.into_iter().enumerate() {
         let room = settings.max_labeled_demos.saturating_sub(demos.len());
-        let extra: Vec<Demo> = rest
-            .choose_multiple(rng, room.min(rest.len()))
-            .map(|e| labeled_demo(student, i, e))
-            .collect();
+        let extra: Vec<Demo> =
+            rest.choose_multiple(rng, room.min(rest.len())).map(|e| labeled_demo(student, i, e)).collect();
         program.predictors[i].demos = demos.into_iter().chain(extra).collect();
     }
     (program, stats)
@@ -180,11 +162,7 @@ pub async fn bootstrap_once(
     let mut order = train.to_vec();
     order.shuffle(&mut rng);
     let (program, _) = bootstrap_few_shot(student, &order, ctx, settings, &mut rng).await;
-    Optimized {
-        program,
-        candidates: Vec::new(),
-        dev_score: None,
-    }
+    Optimized { program, candidates: Vec::new(), dev_score: None }
 }
 
 /// Random search over bootstrapped demo sets: the zero-shot program, labeled
@@ -203,10 +181,7 @@ pub async fn bootstrap_random_search(
     let mut candidates: Vec<(String, Program)> = Vec::new();
     candidates.push(("zero-shot".into(), student.clone()));
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    candidates.push((
-        "labeled".into(),
-        labeled_few_shot(student, train, settings.max_labeled_demos, &mut rng),
-    ));
+    candidates.push(("labeled".into(), labeled_few_shot(student, train, settings.max_labeled_demos, &mut rng)));
     let (in_order, _) = bootstrap_few_shot(student, train, ctx, settings, &mut rng).await;
     candidates.push(("bootstrapped".into(), in_order));
     for i in 0..num_candidates {
@@ -214,10 +189,7 @@ pub async fn bootstrap_random_search(
         let mut order = train.to_vec();
         order.shuffle(&mut rng);
         let size = rng.random_range(1..=settings.max_bootstrapped_demos.max(1));
-        let local = BootstrapSettings {
-            max_bootstrapped_demos: size,
-            ..*settings
-        };
+        let local = BootstrapSettings { max_bootstrapped_demos: size, ..*settings };
         let (program, _) = bootstrap_few_shot(student, &order, ctx, &local, &mut rng).await;
         candidates.push((format!("random-{}", i + 1), program));
     }
@@ -228,19 +200,11 @@ pub async fn bootstrap_random_search(
         let eval = evaluate(program, dev, &ctx.student, &format!("dev: {name}")).await;
         let score = eval.summary.mean;
         tracing::info!(candidate = %name, demos = program.demo_count(), dev = score, "scored candidate on dev");
-        scored.push(CandidateScore {
-            name: name.clone(),
-            demos: program.demo_count(),
-            dev_score: score,
-        });
+        scored.push(CandidateScore { name: name.clone(), demos: program.demo_count(), dev_score: score });
         if best.is_none_or(|(s, _)| score > s) {
             best = Some((score, index));
         }
     }
     let (dev_score, index) = best.expect("at least the zero-shot candidate");
-    Optimized {
-        program: candidates.swap_remove(index).1,
-        candidates: scored,
-        dev_score: Some(dev_score),
-    }
+    Optimized { program: candidates.swap_remove(index).1, candidates: scored, dev_score: Some(dev_score) }
 }

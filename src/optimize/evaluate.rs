@@ -65,12 +65,7 @@ impl Evaluation {
     }
 }
 
-pub async fn evaluate(
-    program: &Program,
-    examples: &[Example],
-    ctx: &EvalContext,
-    label: &str,
-) -> Evaluation {
+pub async fn evaluate(program: &Program, examples: &[Example], ctx: &EvalContext, label: &str) -> Evaluation {
     let started = Instant::now();
     let bar = progress_bar(ctx.progress, examples.len(), label);
     let results: Vec<ExampleResult> = futures::stream::iter(examples)
@@ -86,10 +81,7 @@ pub async fn evaluate(
         .collect()
         .await;
     bar.finish_and_clear();
-    let mut summary = EvalSummary {
-        n: results.len(),
-        ..Default::default()
-    };
+    let mut summary = EvalSummary { n: results.len(), ..Default::default() };
     for r in &results {
         summary.mean += r.score;
         summary.failed += usize::from(r.error.is_some());
@@ -135,11 +127,9 @@ fn progress_bar(enabled: bool, len: usize, label: &str) -> indicatif::ProgressBa
     }
     let bar = indicatif::ProgressBar::new(len as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:>24} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     bar.set_message(label.to_string());
     bar

@@ -26,25 +26,10 @@ pub async fn optimize(
         metric_threshold: config.metric_threshold,
     };
     match config.kind {
-        OptimizerKind::None => Optimized {
-            program: student.clone(),
-            candidates: Vec::new(),
-            dev_score: None,
-        },
-        OptimizerKind::BootstrapFewShot => {
-            bootstrap::bootstrap_once(student, train, ctx, &settings, seed).await
-        }
+        OptimizerKind::None => Optimized { program: student.clone(), candidates: Vec::new(), dev_score: None },
+        OptimizerKind::BootstrapFewShot => bootstrap::bootstrap_once(student, train, ctx, &settings, seed).await,
         OptimizerKind::BootstrapRandomSearch => {
-            bootstrap::bootstrap_random_search(
-                student,
-                train,
-                dev,
-                ctx,
-                &settings,
-                config.num_candidates,
-                seed,
-            )
-            .await
+            bootstrap::bootstrap_random_search(student, train, dev, ctx, &settings, config.num_candidates, seed).await
         }
     }
 }

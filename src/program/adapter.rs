@@ -47,32 +47,19 @@ pub fn render(format: AdapterFormat, prompt: &Prompt) -> Rendered {
     match format {
         AdapterFormat::Chat => {
             system.push_str("\nReply in this format:\n\n");
-            let shape: Map<String, Value> = prompt
-                .outputs
-                .iter()
-                .map(|f| (f.name.clone(), Value::String(format!("{{{}}}", f.name))))
-                .collect();
+            let shape: Map<String, Value> =
+                prompt.outputs.iter().map(|f| (f.name.clone(), Value::String(format!("{{{}}}", f.name)))).collect();
             system.push_str(&chat_reply(prompt.outputs, &shape));
         }
         AdapterFormat::Json => {
-            let keys: Vec<String> = prompt
-                .outputs
-                .iter()
-                .map(|f| format!("`{}`", f.name))
-                .collect();
-            system.push_str(&format!(
-                "\nReply with one JSON object with the keys {}.",
-                keys.join(", ")
-            ));
+            let keys: Vec<String> = prompt.outputs.iter().map(|f| format!("`{}`", f.name)).collect();
+            system.push_str(&format!("\nReply with one JSON object with the keys {}.", keys.join(", ")));
         }
     }
 
     let mut messages = vec![ChatMessage::new(Role::System, system)];
     for (inputs, outputs) in &prompt.demos {
-        messages.push(ChatMessage::new(
-            Role::User,
-            input_block(prompt.inputs, inputs),
-        ));
+        messages.push(ChatMessage::new(Role::User, input_block(prompt.inputs, inputs)));
         let reply = match format {
             AdapterFormat::Chat => chat_reply(prompt.outputs, outputs),
             AdapterFormat::Json => json_reply(prompt.outputs, outputs),
@@ -110,16 +97,8 @@ fn field_list(title: &str, fields: &[Field]) -> String {
 }
 
 fn input_block(fields: &[Field], values: &Map<String, Value>) -> String {
-    let parts: Vec<String> = fields
-        .iter()
-        .map(|f| {
-            format!(
-                "[[ ## {} ## ]]\n{}",
-                f.name,
-                show_value(values.get(&f.name))
-            )
-        })
-        .collect();
+    let parts: Vec<String> =
+        fields.iter().map(|f| format!("[[ ## {} ## ]]\n{}", f.name, show_value(values.get(&f.name)))).collect();
     parts.join("\n\n")
 }
 
@@ -134,11 +113,7 @@ fn show_value(value: Option<&Value>) -> String {
 fn chat_reply(outputs: &[Field], values: &Map<String, Value>) -> String {
     let mut out = String::new();
     for f in outputs {
-        out.push_str(&format!(
-            "[[ ## {} ## ]]\n{}\n\n",
-            f.name,
-            show_value(values.get(&f.name))
-        ));
+        out.push_str(&format!("[[ ## {} ## ]]\n{}\n\n", f.name, show_value(values.get(&f.name))));
     }
     out.push_str("[[ ## completed ## ]]");
     out
@@ -147,34 +122,17 @@ fn chat_reply(outputs: &[Field], values: &Map<String, Value>) -> String {
 fn json_reply(outputs: &[Field], values: &Map<String, Value>) -> String {
     let object: Map<String, Value> = outputs
         .iter()
-        .map(|f| {
-            (
-                f.name.clone(),
-                values
-                    .get(&f.name)
-                    .cloned()
-                    .unwrap_or_else(|| Value::String(NOT_SUPPLIED.into())),
-            )
-        })
+        .map(|f| (f.name.clone(), values.get(&f.name).cloned().unwrap_or_else(|| Value::String(NOT_SUPPLIED.into()))))
         .collect();
     // `{"a": 1, "b": "x"}`: one line, spaced like a person writes it.
-    let body: Vec<String> = object
-        .iter()
-        .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), v))
-        .collect();
+    let body: Vec<String> = object.iter().map(|(k, v)| format!("{}: {}", Value::String(k.clone()), v)).collect();
     format!("{{{}}}", body.join(", "))
 }
 
 /// The JSON Schema of a JSON-format reply.
 pub fn reply_schema(outputs: &[Field]) -> Value {
-    let properties: Map<String, Value> = outputs
-        .iter()
-        .map(|f| (f.name.clone(), f.ty.json_schema()))
-        .collect();
-    let required: Vec<Value> = outputs
-        .iter()
-        .map(|f| Value::String(f.name.clone()))
-        .collect();
+    let properties: Map<String, Value> = outputs.iter().map(|f| (f.name.clone(), f.ty.json_schema())).collect();
+    let required: Vec<Value> = outputs.iter().map(|f| Value::String(f.name.clone())).collect();
     serde_json::json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
 }
 
@@ -187,46 +145,29 @@ pub fn template(format: AdapterFormat, outputs: &[Field]) -> Option<OutputTempla
         AdapterFormat::Chat => {
             for (i, f) in outputs.iter().enumerate() {
                 let sep = if i == 0 { "" } else { "\n\n" };
-                segments.push(Segment::Literal {
-                    text: format!("{sep}[[ ## {} ## ]]\n", f.name),
-                });
+                segments.push(Segment::Literal { text: format!("{sep}[[ ## {} ## ]]\n", f.name) });
                 segments.push(match &f.ty {
-                    FieldType::Enum { values } => Segment::Choice {
-                        options: values.clone(),
-                    },
-                    FieldType::Bool => Segment::Choice {
-                        options: vec!["true".into(), "false".into()],
-                    },
+                    FieldType::Enum { values } => Segment::Choice { options: values.clone() },
+                    FieldType::Bool => Segment::Choice { options: vec!["true".into(), "false".into()] },
                     FieldType::Int => Segment::Number { integer: true },
                     FieldType::Float => Segment::Number { integer: false },
                     FieldType::String | FieldType::List { .. } | FieldType::Json { .. } => {
-                        Segment::Text {
-                            until: "[[ ##".into(),
-                        }
+                        Segment::Text { until: "[[ ##".into() }
                     }
                 });
             }
-            segments.push(Segment::Literal {
-                text: "\n\n[[ ## completed ## ]]".into(),
-            });
+            segments.push(Segment::Literal { text: "\n\n[[ ## completed ## ]]".into() });
         }
         AdapterFormat::Json => {
             for (i, f) in outputs.iter().enumerate() {
                 let sep = if i == 0 { "{" } else { ", " };
                 let key = Value::String(f.name.clone());
-                segments.push(Segment::Literal {
-                    text: format!("{sep}{key}: "),
-                });
+                segments.push(Segment::Literal { text: format!("{sep}{key}: ") });
                 match &f.ty {
                     FieldType::Enum { values } => segments.push(Segment::Choice {
-                        options: values
-                            .iter()
-                            .map(|v| Value::String(v.clone()).to_string())
-                            .collect(),
+                        options: values.iter().map(|v| Value::String(v.clone()).to_string()).collect(),
                     }),
-                    FieldType::Bool => segments.push(Segment::Choice {
-                        options: vec!["true".into(), "false".into()],
-                    }),
+                    FieldType::Bool => segments.push(Segment::Choice { options: vec!["true".into(), "false".into()] }),
                     FieldType::Int => segments.push(Segment::Number { integer: true }),
                     FieldType::Float => segments.push(Segment::Number { integer: false }),
                     FieldType::String => {
@@ -247,11 +188,7 @@ static MARKER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\[\[\s*##\s*([A-Za-z0-9_]+)\s*##\s*\]\]").expect("valid regex"));
 
 /// Reads a reply in `format` into one value per output field.
-pub fn parse(
-    format: AdapterFormat,
-    outputs: &[Field],
-    reply: &str,
-) -> Result<Map<String, Value>, String> {
+pub fn parse(format: AdapterFormat, outputs: &[Field], reply: &str) -> Result<Map<String, Value>, String> {
     match format {
         AdapterFormat::Chat => parse_chat(outputs, reply),
         AdapterFormat::Json => parse_json(outputs, reply),
@@ -263,32 +200,22 @@ fn parse_chat(outputs: &[Field], reply: &str) -> Result<Map<String, Value>, Stri
     let mut sections: Vec<(String, &str)> = Vec::new();
     for (i, cap) in markers.iter().enumerate() {
         let whole = cap.get(0).expect("match");
-        let end = markers
-            .get(i + 1)
-            .map(|next| next.get(0).expect("match").start())
-            .unwrap_or(reply.len());
+        let end = markers.get(i + 1).map(|next| next.get(0).expect("match").start()).unwrap_or(reply.len());
         sections.push((cap[1].to_string(), &reply[whole.end()..end]));
     }
     // A bare value with no markers is unambiguous when there is one output field.
     if sections.is_empty() && outputs.len() == 1 {
         let value = parse_text_value(&outputs[0], reply).map_err(|e| {
-            format!(
-                "no `[[ ## {} ## ]]` marker, and the reply is not a bare value: {e}",
-                outputs[0].name
-            )
+            format!("no `[[ ## {} ## ]]` marker, and the reply is not a bare value: {e}", outputs[0].name)
         })?;
         return Ok(Map::from_iter([(outputs[0].name.clone(), value)]));
     }
     let mut out = Map::new();
     for field in outputs {
         let Some((_, raw)) = sections.iter().find(|(name, _)| name == &field.name) else {
-            return Err(format!(
-                "the reply has no `[[ ## {} ## ]]` section",
-                field.name
-            ));
+            return Err(format!("the reply has no `[[ ## {} ## ]]` section", field.name));
         };
-        let value =
-            parse_text_value(field, raw).map_err(|e| format!("field `{}`: {e}", field.name))?;
+        let value = parse_text_value(field, raw).map_err(|e| format!("field `{}`: {e}", field.name))?;
         out.insert(field.name.clone(), value);
     }
     Ok(out)
@@ -304,12 +231,7 @@ fn parse_json(outputs: &[Field], reply: &str) -> Result<Map<String, Value>, Stri
     for field in outputs {
         let value = object
             .get(&field.name)
-            .or_else(|| {
-                object
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(&field.name))
-                    .map(|(_, v)| v)
-            })
+            .or_else(|| object.iter().find(|(k, _)| k.eq_ignore_ascii_case(&field.name)).map(|(_, v)| v))
             .ok_or_else(|| format!("the reply's JSON has no key `{}`", field.name))?;
         let value = coerce(field, value).map_err(|e| format!("field `{}`: {e}", field.name))?;
         out.insert(field.name.clone(), value);
@@ -353,9 +275,7 @@ fn parse_text_value(field: &Field, raw: &str) -> Result<Value, String> {
         FieldType::Bool => parse_bool(text),
         FieldType::Int => {
             let t = strip_wrapping(text);
-            t.parse::<i64>()
-                .map(Value::from)
-                .map_err(|_| format!("`{}` is not an integer", clip(text)))
+            t.parse::<i64>().map(Value::from).map_err(|_| format!("`{}` is not an integer", clip(text)))
         }
         FieldType::Float => {
             let t = strip_wrapping(text);
@@ -365,8 +285,7 @@ fn parse_text_value(field: &Field, raw: &str) -> Result<Value, String> {
                 .ok_or_else(|| format!("`{}` is not a number", clip(text)))
         }
         FieldType::List { .. } | FieldType::Json { .. } => {
-            let value = extract_json(text)
-                .ok_or_else(|| format!("`{}` holds no JSON value", clip(text)))?;
+            let value = extract_json(text).ok_or_else(|| format!("`{}` holds no JSON value", clip(text)))?;
             coerce(field, &value)
         }
     }
@@ -389,11 +308,9 @@ fn coerce_type(ty: &FieldType, value: &Value) -> Result<Value, String> {
         (FieldType::Int, Value::Number(n)) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => {
             Ok(Value::from(n.as_f64().expect("checked") as i64))
         }
-        (FieldType::Int, Value::String(s)) => s
-            .trim()
-            .parse::<i64>()
-            .map(Value::from)
-            .map_err(|_| format!("`{}` is not an integer", clip(s))),
+        (FieldType::Int, Value::String(s)) => {
+            s.trim().parse::<i64>().map(Value::from).map_err(|_| format!("`{}` is not an integer", clip(s)))
+        }
         (FieldType::Float, Value::Number(_)) => Ok(value.clone()),
         (FieldType::Float, Value::String(s)) => s
             .trim()
@@ -410,27 +327,15 @@ fn coerce_type(ty: &FieldType, value: &Value) -> Result<Value, String> {
             Ok(Value::Array(items?))
         }
         (FieldType::Json { schema }, v) => {
-            let validator =
-                jsonschema::validator_for(schema).map_err(|e| format!("invalid schema: {e}"))?;
-            let problems: Vec<String> = validator
-                .iter_errors(v)
-                .take(3)
-                .map(|e| e.to_string())
-                .collect();
+            let validator = jsonschema::validator_for(schema).map_err(|e| format!("invalid schema: {e}"))?;
+            let problems: Vec<String> = validator.iter_errors(v).take(3).map(|e| e.to_string()).collect();
             if problems.is_empty() {
                 Ok(v.clone())
             } else {
-                Err(format!(
-                    "does not match the schema: {}",
-                    problems.join("; ")
-                ))
+                Err(format!("does not match the schema: {}", problems.join("; ")))
             }
         }
-        (ty, v) => Err(format!(
-            "expected {}, got `{}`",
-            ty.describe(),
-            clip(&v.to_string())
-        )),
+        (ty, v) => Err(format!("expected {}, got `{}`", ty.describe(), clip(&v.to_string()))),
     }
 }
 
@@ -440,15 +345,7 @@ fn strip_wrapping(text: &str) -> &str {
     loop {
         let before = t;
         t = t.trim_end_matches(['.', ',', ';']).trim();
-        for (open, close) in [
-            ("\"", "\""),
-            ("'", "'"),
-            ("`", "`"),
-            ("**", "**"),
-            ("*", "*"),
-            ("[", "]"),
-            ("(", ")"),
-        ] {
+        for (open, close) in [("\"", "\""), ("'", "'"), ("`", "`"), ("**", "**"), ("*", "*"), ("[", "]"), ("(", ")")] {
             if t.len() >= open.len() + close.len() && t.starts_with(open) && t.ends_with(close) {
                 t = t[open.len()..t.len() - close.len()].trim();
             }
@@ -460,11 +357,7 @@ fn strip_wrapping(text: &str) -> &str {
 }
 
 fn enum_key(text: &str) -> String {
-    text.trim()
-        .to_lowercase()
-        .chars()
-        .map(|c| if c == ' ' || c == '-' { '_' } else { c })
-        .collect()
+    text.trim().to_lowercase().chars().map(|c| if c == ' ' || c == '-' { '_' } else { c }).collect()
 }
 
 fn match_enum(values: &[String], text: &str) -> Result<Value, String> {
@@ -472,11 +365,7 @@ fn match_enum(values: &[String], text: &str) -> Result<Value, String> {
     let hits: Vec<&String> = values.iter().filter(|v| enum_key(v) == wanted).collect();
     match hits.as_slice() {
         [one] => Ok(Value::String((*one).clone())),
-        _ => Err(format!(
-            "`{}` is not one of: {}",
-            clip(text),
-            values.join(", ")
-        )),
+        _ => Err(format!("`{}` is not one of: {}", clip(text), values.join(", "))),
     }
 }
 

@@ -127,14 +127,7 @@ impl Artifact {
                 (p.name.clone(), state)
             })
             .collect();
-        Artifact {
-            format: FORMAT_V1.into(),
-            pipeline: pipeline.into(),
-            predictors,
-            lm,
-            provenance,
-            scores,
-        }
+        Artifact { format: FORMAT_V1.into(), pipeline: pipeline.into(), predictors, lm, provenance, scores }
     }
 
     pub fn program(&self) -> Program {
@@ -156,10 +149,7 @@ impl Artifact {
     pub fn to_canonical_json(&self) -> String {
         let mut copy = self.clone();
         let round = |x: f64| (x * 10_000.0).round() / 10_000.0;
-        for score in [&mut copy.scores.dev, &mut copy.scores.test]
-            .into_iter()
-            .flatten()
-        {
+        for score in [&mut copy.scores.dev, &mut copy.scores.test].into_iter().flatten() {
             score.baseline = round(score.baseline);
             score.compiled = round(score.compiled);
         }
@@ -172,12 +162,8 @@ impl Artifact {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Artifact> {
-        let value: Value = serde_json::from_str(text).with_context(|| {
-            format!(
-                "{}: not valid JSON; restore it from git or recompile",
-                path.display()
-            )
-        })?;
+        let value: Value = serde_json::from_str(text)
+            .with_context(|| format!("{}: not valid JSON; restore it from git or recompile", path.display()))?;
         match value.get("format").and_then(Value::as_str) {
             Some(FORMAT_V1) => {}
             Some(other) => bail!(
@@ -185,18 +171,13 @@ impl Artifact {
                 path.display(),
                 env!("CARGO_PKG_VERSION")
             ),
-            None => bail!(
-                "{}: no `format` key; is this a promptloop artifact?",
-                path.display()
-            ),
+            None => bail!("{}: no `format` key; is this a promptloop artifact?", path.display()),
         }
-        serde_json::from_value(value)
-            .with_context(|| format!("{}: not a valid {FORMAT_V1} artifact", path.display()))
+        serde_json::from_value(value).with_context(|| format!("{}: not a valid {FORMAT_V1} artifact", path.display()))
     }
 
     pub fn load(path: &Path) -> Result<Artifact> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read artifact {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read artifact {}", path.display()))?;
         Self::parse(&text, path)
     }
 
@@ -209,23 +190,12 @@ impl Artifact {
 
 /// Write-then-rename in the target's own directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| {
-        format!(
-            "cannot move {} into place at {}",
-            tmp.display(),
-            path.display()
-        )
-    })?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move {} into place at {}", tmp.display(), path.display()))?;
     Ok(())
 }

@@ -58,12 +58,7 @@ impl Program {
         Program { predictors }
     }
 
-    pub async fn run(
-        &self,
-        settings: &PredictSettings,
-        inputs: &Map<String, Value>,
-        rollout: Option<u32>,
-    ) -> Run {
+    pub async fn run(&self, settings: &PredictSettings, inputs: &Map<String, Value>, rollout: Option<u32>) -> Run {
         let mut run = Run::default();
         let mut known = inputs.clone();
         let mut prediction = Map::new();
@@ -97,11 +92,7 @@ impl Program {
                 known.insert(k.clone(), v.clone());
                 prediction.insert(k.clone(), v.clone());
             }
-            run.trace.push(TraceStep {
-                predictor: predictor.name.clone(),
-                inputs: step_inputs,
-                outputs,
-            });
+            run.trace.push(TraceStep { predictor: predictor.name.clone(), inputs: step_inputs, outputs });
         }
         run.prediction = Some(prediction);
         run

@@ -67,11 +67,7 @@ impl Predictor {
     pub fn reply_fields(&self) -> Vec<Field> {
         let mut fields = Vec::new();
         if self.module == Module::ChainOfThought {
-            fields.push(Field::new(
-                REASONING,
-                FieldType::String,
-                "think step by step to reach the answer",
-            ));
+            fields.push(Field::new(REASONING, FieldType::String, "think step by step to reach the answer"));
         }
         fields.extend(self.signature.outputs.iter().cloned());
         fields

@@ -21,20 +21,11 @@ impl FieldType {
     /// Parses the type names a pipeline file uses: `string`, `int`, `float`,
     /// `bool`, `enum`, `list<T>`, `json`. Enum values and JSON schemas come
     /// from sibling keys, so the caller passes them in.
-    pub fn parse(
-        name: &str,
-        values: Option<&[String]>,
-        schema: Option<&Value>,
-    ) -> Result<FieldType, String> {
+    pub fn parse(name: &str, values: Option<&[String]>, schema: Option<&Value>) -> Result<FieldType, String> {
         let name = name.trim();
-        if let Some(inner) = name
-            .strip_prefix("list<")
-            .and_then(|rest| rest.strip_suffix('>'))
-        {
+        if let Some(inner) = name.strip_prefix("list<").and_then(|rest| rest.strip_suffix('>')) {
             let items = FieldType::parse(inner, values, schema)?;
-            return Ok(FieldType::List {
-                items: Box::new(items),
-            });
+            return Ok(FieldType::List { items: Box::new(items) });
         }
         match name {
             "string" | "str" => Ok(FieldType::String),
@@ -42,20 +33,16 @@ impl FieldType {
             "float" | "number" => Ok(FieldType::Float),
             "bool" | "boolean" => Ok(FieldType::Bool),
             "enum" => match values {
-                Some(values) if !values.is_empty() => Ok(FieldType::Enum {
-                    values: values.to_vec(),
-                }),
+                Some(values) if !values.is_empty() => Ok(FieldType::Enum { values: values.to_vec() }),
                 _ => Err("an `enum` field needs `values = [\"a\", \"b\", ...]`".into()),
             },
             "json" => match schema {
-                Some(schema) => Ok(FieldType::Json {
-                    schema: schema.clone(),
-                }),
+                Some(schema) => Ok(FieldType::Json { schema: schema.clone() }),
                 None => Err("a `json` field needs `schema = { ... }` (a JSON Schema)".into()),
             },
-            other => Err(format!(
-                "unknown field type `{other}`; use one of string, int, float, bool, enum, list<T>, json"
-            )),
+            other => {
+                Err(format!("unknown field type `{other}`; use one of string, int, float, bool, enum, list<T>, json"))
+            }
         }
     }
 
@@ -99,11 +86,7 @@ pub struct Field {
 
 impl Field {
     pub fn new(name: impl Into<String>, ty: FieldType, description: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            ty,
-            description: description.into(),
-        }
+        Self { name: name.into(), ty, description: description.into() }
     }
 }
 

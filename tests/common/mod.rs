@@ -16,10 +16,7 @@ pub struct ScriptedLm {
 
 impl ScriptedLm {
     pub fn new(script: impl Fn(&LmRequest) -> String + Send + Sync + 'static) -> Arc<Self> {
-        Arc::new(Self {
-            script: Box::new(script),
-            requests: Mutex::new(Vec::new()),
-        })
+        Arc::new(Self { script: Box::new(script), requests: Mutex::new(Vec::new()) })
     }
 
     pub fn calls(&self) -> usize {
@@ -30,12 +27,7 @@ impl ScriptedLm {
 #[async_trait]
 impl LanguageModel for ScriptedLm {
     fn describe(&self) -> LmDescription {
-        LmDescription {
-            provider: "scripted".into(),
-            model: "test".into(),
-            endpoint: None,
-            constrained_decoding: false,
-        }
+        LmDescription { provider: "scripted".into(), model: "test".into(), endpoint: None, constrained_decoding: false }
     }
 
     async fn complete(&self, request: &LmRequest) -> Result<LmResponse, LmError> {
@@ -43,10 +35,7 @@ impl LanguageModel for ScriptedLm {
         let text = (self.script)(request);
         Ok(LmResponse {
             text,
-            usage: TokenUsage {
-                prompt_tokens: 10,
-                completion_tokens: 3,
-            },
+            usage: TokenUsage { prompt_tokens: 10, completion_tokens: 3 },
             finish_reason: Some("stop".into()),
         })
     }
@@ -54,12 +43,7 @@ impl LanguageModel for ScriptedLm {
 
 /// The value under `[[ ## field ## ]]` in the last user message.
 pub fn last_input(request: &LmRequest, field: &str) -> String {
-    let last = request
-        .messages
-        .iter()
-        .rev()
-        .find(|m| m.role == promptloop::lm::Role::User)
-        .unwrap();
+    let last = request.messages.iter().rev().find(|m| m.role == promptloop::lm::Role::User).unwrap();
     let marker = format!("[[ ## {field} ## ]]\n");
     let start = last.content.find(&marker).unwrap() + marker.len();
     let rest = &last.content[start..];
