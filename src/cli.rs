@@ -133,5 +133,8 @@ fn usage_line(u: &UsageSummary) -> String {
 }
 
 fn failures_line(s: &EvalSummary) -> String {
-    format!("{} failed predictions ({} unparseable replies)", s.failed, s.format_errors)
+    format!(
+        "{} failed predictions ({} unparseable replies); {} replies re-asked in the other format",
+        s.failed, s.format_errors, s.format_retries
+    )
 }

@@ -32,6 +32,7 @@ pub struct ExampleResult {
     pub feedback: String,
     pub error: Option<String>,
     pub format_error: bool,
+    pub format_retries: u32,
     pub usage: TokenUsage,
     pub lm_calls: u32,
     pub cache_hits: u32,
@@ -46,6 +47,8 @@ pub struct EvalSummary {
     pub failed: usize,
     /// Of those, replies that could not be parsed.
     pub format_errors: usize,
+    /// Replies that did not parse at first and were asked again in the other format.
+    pub format_retries: u64,
     pub lm_calls: u64,
     pub cache_hits: u64,
     pub prompt_tokens: u64,
@@ -86,6 +89,7 @@ pub async fn evaluate(program: &Program, examples: &[Example], ctx: &EvalContext
         summary.mean += r.score;
         summary.failed += usize::from(r.error.is_some());
         summary.format_errors += usize::from(r.format_error);
+        summary.format_retries += u64::from(r.format_retries);
         summary.lm_calls += u64::from(r.lm_calls);
         summary.cache_hits += u64::from(r.cache_hits);
         summary.prompt_tokens += r.usage.prompt_tokens;
@@ -114,6 +118,7 @@ async fn evaluate_one(program: &Program, example: &Example, ctx: &EvalContext) -
         feedback,
         error: run.error,
         format_error: run.format_error,
+        format_retries: run.format_retries,
         usage: run.usage,
         lm_calls: run.lm_calls,
         cache_hits: run.cache_hits,

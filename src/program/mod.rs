@@ -33,6 +33,8 @@ pub struct Run {
     pub trace: Vec<TraceStep>,
     pub error: Option<String>,
     pub format_error: bool,
+    /// Predictor calls whose first reply did not parse.
+    pub format_retries: u32,
     pub usage: TokenUsage,
     pub lm_calls: u32,
     pub cache_hits: u32,
@@ -83,6 +85,7 @@ impl Program {
             run.usage.completion_tokens += call.usage.completion_tokens;
             run.lm_calls += call.lm_calls;
             run.cache_hits += call.cache_hits;
+            run.format_retries += u32::from(call.format_retried);
             let Some(outputs) = call.outputs else {
                 run.error = call.error.map(|e| format!("{}: {e}", predictor.name));
                 run.format_error = call.format_error;

@@ -55,6 +55,8 @@ pub struct PredictorCall {
     pub error: Option<String>,
     /// The reply could not be parsed (as opposed to the LM failing).
     pub format_error: bool,
+    /// The first reply did not parse and the other format was tried.
+    pub format_retried: bool,
     pub usage: TokenUsage,
     pub lm_calls: u32,
     pub cache_hits: u32,
@@ -122,7 +124,10 @@ impl Predictor {
                     result.outputs = Some(outputs);
                     return result;
                 }
-                Err(reason) => reasons.push(format!("{} format: {reason}", format_name(format))),
+                Err(reason) => {
+                    reasons.push(format!("{} format: {reason}", format_name(format)));
+                    result.format_retried = true;
+                }
             }
         }
         result.format_error = true;
