@@ -1,23 +1,558 @@
 //! The embedded model: a GGUF llama-architecture model run in-process with candle.
-// placeholder API until the engine lands
-use std::path::Path;
-#[derive(Debug, Clone, Default)]
+//!
+//! [`LocalEngine`] loads the weights and the tokenizer from one GGUF file and
+//! answers chat requests with them. It keeps the attention state of the last
+//! sequence it ran, so consecutive prompts that share a prefix (the same
+//! instructions and demos over many inputs) compute that prefix once. With a
+//! reply template and constrained decoding on, replies follow the template's
+//! segments by construction.
+
+pub mod constrain;
+pub mod gguf_model;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, anyhow};
+use async_trait::async_trait;
+use candle_core::quantized::gguf_file;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+
+use self::constrain::{Constraint, Ending, Step};
+use self::gguf_model::{LlamaModel, WeightFormat};
+use self::tokenizer::Tokenizer;
+use super::{ChatMessage, LanguageModel, LmDescription, LmError, LmRequest, LmResponse, Segment, TokenUsage};
+
+/// Where `scripts/setup-model.sh` puts the default model, relative to the project root.
+pub const DEFAULT_MODEL_PATH: &str = ".promptloop/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Debug, Clone)]
 pub struct LocalOptions {
+    /// Worker threads for the matrix kernels (default: all cores). The first
+    /// engine loaded in a process decides; later values are ignored.
     pub threads: Option<usize>,
+    /// Enforce the request's reply template while decoding.
     pub constrained: bool,
 }
-pub struct LocalEngine;
-impl LocalEngine {
-    pub fn load(_p: &Path, _o: LocalOptions) -> anyhow::Result<LocalEngine> {
-        anyhow::bail!("no engine yet")
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        Self { threads: None, constrained: true }
     }
 }
-#[async_trait::async_trait]
-impl super::LanguageModel for LocalEngine {
-    fn describe(&self) -> super::LmDescription {
-        todo!()
+
+/// The embedded model. One generation runs at a time; concurrent calls queue.
+pub struct LocalEngine {
+    inner: Arc<Mutex<Engine>>,
+    tokenizer: Arc<Tokenizer>,
+    description: LmDescription,
+    context: usize,
+}
+
+struct Engine {
+    model: LlamaModel,
+    tokenizer: Arc<Tokenizer>,
+    constrained: bool,
+}
+
+fn configure_threads(threads: Option<usize>) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let Some(n) = threads.filter(|&n| n > 0) else { return };
+    ONCE.call_once(|| {
+        // candle sizes its CPU worker pool from these on first use.
+        // SAFETY: set once, before the engine starts any worker thread.
+        unsafe {
+            std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        }
+    });
+}
+
+impl LocalEngine {
+    pub fn load(path: &Path, options: LocalOptions) -> Result<LocalEngine> {
+        let format = match std::env::var("PROMPTLOOP_DENSE_WEIGHTS").as_deref() {
+            Ok("1") => WeightFormat::F32,
+            _ => WeightFormat::Quantized,
+        };
+        Self::load_with(path, options, format)
     }
-    async fn complete(&self, _r: &super::LmRequest) -> Result<super::LmResponse, super::LmError> {
-        todo!()
+
+    fn load_with(path: &Path, options: LocalOptions, format: WeightFormat) -> Result<LocalEngine> {
+        if !path.is_file() {
+            anyhow::bail!(
+                "the embedded model was expected at {} but there is no file there; \
+                 run scripts/setup-model.sh to download it (SmolLM2-135M-Instruct, Q4_1 GGUF, into .promptloop/models/)",
+                path.display()
+            );
+        }
+        configure_threads(options.threads);
+        let mut file =
+            std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?);
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| anyhow!("{} is not a readable GGUF file: {e}", path.display()))?;
+        let tokenizer = Arc::new(Tokenizer::from_gguf(&content).context("building the tokenizer")?);
+        let model = LlamaModel::load(&content, &mut file, format).context("loading the model weights")?;
+        if tokenizer.vocab_size() > model.cfg.vocab {
+            anyhow::bail!("the tokenizer has {} tokens but the model only {}", tokenizer.vocab_size(), model.cfg.vocab);
+        }
+        let name = content
+            .metadata
+            .get("general.name")
+            .and_then(|v| v.to_string().ok())
+            .filter(|s| !s.trim().is_empty())
+            .cloned()
+            .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+        let description = LmDescription {
+            provider: "embedded".into(),
+            model: name,
+            endpoint: path.file_name().map(|s| s.to_string_lossy().into_owned()),
+            constrained_decoding: options.constrained,
+        };
+        let context = model.cfg.context;
+        Ok(LocalEngine {
+            inner: Arc::new(Mutex::new(Engine { model, tokenizer: tokenizer.clone(), constrained: options.constrained })),
+            tokenizer,
+            description,
+            context,
+        })
+    }
+
+    /// The model's context window in tokens.
+    pub fn context_size(&self) -> usize {
+        self.context
+    }
+
+    /// The prompt tokens for these messages, and the range each message's
+    /// tokens (role line and content) occupy in them.
+    pub fn prompt_tokens(&self, messages: &[ChatMessage]) -> (Vec<u32>, Vec<std::ops::Range<usize>>) {
+        self.tokenizer.chat_prompt(messages)
+    }
+
+    /// The id of `<|im_end|>`, the token that closes a chat turn.
+    pub fn end_of_turn_token(&self) -> u32 {
+        self.tokenizer.im_end
+    }
+
+    /// Tokens of plain text (control-token spellings are plain text here).
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        self.tokenizer.encode(text)
+    }
+
+    /// Runs one request on the calling thread.
+    pub fn complete_blocking(&self, request: &LmRequest) -> Result<LmResponse, LmError> {
+        let mut engine = match self.inner.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => {
+                // A panic mid-generation may have left the cache half-written.
+                let mut guard = poisoned.into_inner();
+                guard.model.clear();
+                guard
+            }
+        };
+        engine.generate(request)
+    }
+}
+
+#[async_trait]
+impl LanguageModel for LocalEngine {
+    fn describe(&self) -> LmDescription {
+        self.description.clone()
+    }
+
+    async fn complete(&self, request: &LmRequest) -> Result<LmResponse, LmError> {
+        let inner = self.inner.clone();
+        let tokenizer = self.tokenizer.clone();
+        let description = self.description.clone();
+        let context = self.context;
+        let request = request.clone();
+        let worker = LocalEngine { inner, tokenizer, description, context };
+        tokio::task::spawn_blocking(move || worker.complete_blocking(&request))
+            .await
+            .map_err(|e| LmError::Engine(format!("the embedded model's worker failed: {e}")))?
+    }
+}
+
+/// A seed that depends on everything in the request, `rollout` included.
+fn request_seed(request: &LmRequest) -> u64 {
+    let bytes = serde_json::to_vec(request).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// What the model picked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pick {
+    Token(u32),
+    /// End the current segment instead of continuing it.
+    End,
+}
+
+struct Sampler {
+    temperature: f32,
+    rng: ChaCha8Rng,
+    order: Vec<u32>,
+}
+
+impl Sampler {
+    fn new(request: &LmRequest) -> Self {
+        Self {
+            temperature: request.temperature.max(0.0),
+            rng: ChaCha8Rng::seed_from_u64(request_seed(request)),
+            order: Vec::new(),
+        }
+    }
+
+    fn greedy(&self) -> bool {
+        self.temperature < 1e-6
+    }
+
+    /// Picks among the allowed tokens and, when `end` is given, the option of
+    /// ending (scored by that logit). `None` when nothing is allowed.
+    fn pick(&mut self, logits: &[f32], allowed: impl Fn(u32) -> bool, end: Option<f32>) -> Option<Pick> {
+        if self.greedy() {
+            let best = self.best_allowed(logits, &allowed);
+            return match (best, end) {
+                (Some(t), Some(e)) if e > logits[t as usize] => Some(Pick::End),
+                (Some(t), _) => Some(Pick::Token(t)),
+                (None, Some(_)) => Some(Pick::End),
+                (None, None) => None,
+            };
+        }
+        let inv_t = 1.0 / self.temperature;
+        let mut max = end.unwrap_or(f32::NEG_INFINITY);
+        let mut candidates: Vec<(u32, f32)> = Vec::new();
+        for (i, &l) in logits.iter().enumerate() {
+            if l.is_finite() && allowed(i as u32) {
+                candidates.push((i as u32, l));
+                max = max.max(l);
+            }
+        }
+        if candidates.is_empty() && end.is_none() {
+            return None;
+        }
+        let end_weight = end.map(|e| ((e - max) * inv_t).exp()).unwrap_or(0.0);
+        let mut total = end_weight;
+        for c in candidates.iter_mut() {
+            c.1 = ((c.1 - max) * inv_t).exp();
+            total += c.1;
+        }
+        let mut r = self.rng.random::<f32>() * total;
+        for &(t, w) in &candidates {
+            if r < w {
+                return Some(Pick::Token(t));
+            }
+            r -= w;
+        }
+        if end.is_some() {
+            Some(Pick::End)
+        } else {
+            candidates.last().map(|&(t, _)| Pick::Token(t))
+        }
+    }
+
+    /// The highest-scoring allowed token: the plain argmax when it is allowed,
+    /// else a walk down the tokens in descending order.
+    fn best_allowed(&mut self, logits: &[f32], allowed: &impl Fn(u32) -> bool) -> Option<u32> {
+        let argmax = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.is_nan())
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i as u32)?;
+        if allowed(argmax) {
+            return Some(argmax);
+        }
+        self.order.clear();
+        self.order.extend(0..logits.len() as u32);
+        self.order.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+        self.order.iter().copied().find(|&t| allowed(t))
+    }
+}
+
+/// One generation in progress: the prompt plus the reply tokens so far.
+struct Reply {
+    /// Prompt followed by the reply's tokens: what the model has seen.
+    seq: Vec<u32>,
+    prompt_len: usize,
+    /// The reply's bytes (control tokens excluded), in step with `seq`.
+    bytes: Vec<u8>,
+    /// Byte length of each reply token.
+    token_len: Vec<usize>,
+    /// Tokens produced, forced ones and later withdrawn ones included.
+    produced: usize,
+    budget: usize,
+}
+
+impl Reply {
+    fn out_of_budget(&self) -> bool {
+        self.produced >= self.budget
+    }
+
+    fn push(&mut self, tokenizer: &Tokenizer, token: u32) {
+        let bytes = tokenizer.token_bytes(token);
+        self.seq.push(token);
+        self.bytes.extend_from_slice(bytes);
+        self.token_len.push(bytes.len());
+        self.produced += 1;
+    }
+
+    fn reply_tokens(&self) -> usize {
+        self.seq.len() - self.prompt_len
+    }
+
+    /// Withdraws reply tokens from index `keep` (of the reply) on.
+    fn truncate(&mut self, keep: usize) {
+        let bytes: usize = self.token_len[..keep].iter().sum();
+        self.seq.truncate(self.prompt_len + keep);
+        self.token_len.truncate(keep);
+        self.bytes.truncate(bytes);
+    }
+}
+
+/// Where a stop string first occurs in `bytes`, looking only at matches that
+/// end after `from`.
+fn find_stop(bytes: &[u8], stops: &[String], from: usize) -> Option<usize> {
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| {
+            let s = s.as_bytes();
+            let begin = from.saturating_sub(s.len() - 1);
+            bytes.get(begin..)?.windows(s.len()).position(|w| w == s).map(|p| begin + p)
+        })
+        .min()
+}
+
+impl Engine {
+    fn generate(&mut self, request: &LmRequest) -> Result<LmResponse, LmError> {
+        let tokenizer = self.tokenizer.clone();
+        let (prompt, _) = tokenizer.chat_prompt(&request.messages);
+        let context = self.model.cfg.context;
+        let max_tokens = request.max_tokens as usize;
+        if prompt.len() + max_tokens > context {
+            return Err(LmError::ContextOverflow { prompt_tokens: prompt.len(), max_tokens, context });
+        }
+        let mut reply = Reply {
+            prompt_len: prompt.len(),
+            seq: prompt,
+            bytes: Vec::new(),
+            token_len: Vec::new(),
+            produced: 0,
+            budget: max_tokens,
+        };
+        let mut sampler = Sampler::new(request);
+        let template = request.template.as_ref().filter(|t| self.constrained && !t.segments.is_empty());
+        let finish = match template {
+            Some(t) => self.run_template(&tokenizer, request, &mut reply, &mut sampler, Constraint::new(t)),
+            None => self.run_free(&tokenizer, request, &mut reply, &mut sampler),
+        }
+        .map_err(|e| LmError::Engine(format!("embedded model: {e:#}")))?;
+
+        let mut bytes = reply.bytes;
+        let finish = match find_stop(&bytes, &request.stop, 0) {
+            Some(p) => {
+                bytes.truncate(p);
+                "stop"
+            }
+            None => finish,
+        };
+        Ok(LmResponse {
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            usage: TokenUsage { prompt_tokens: reply.prompt_len as u64, completion_tokens: reply.produced as u64 },
+            finish_reason: Some(finish.to_string()),
+        })
+    }
+
+    /// Unconstrained decoding: until end of turn, a stop string, or the budget.
+    fn run_free(
+        &mut self,
+        tokenizer: &Tokenizer,
+        request: &LmRequest,
+        reply: &mut Reply,
+        sampler: &mut Sampler,
+    ) -> Result<&'static str> {
+        loop {
+            if reply.out_of_budget() {
+                return Ok("length");
+            }
+            let logits = self.model.logits_after(&reply.seq)?;
+            let Some(Pick::Token(token)) = sampler.pick(&logits, |_| true, None) else {
+                return Ok("stop");
+            };
+            if tokenizer.is_control(token) {
+                reply.produced += 1;
+                return Ok("stop");
+            }
+            let before = reply.bytes.len();
+            reply.push(tokenizer, token);
+            if find_stop(&reply.bytes, &request.stop, before).is_some() {
+                return Ok("stop");
+            }
+        }
+    }
+
+    /// Decoding that follows the reply template segment by segment.
+    fn run_template(
+        &mut self,
+        tokenizer: &Tokenizer,
+        request: &LmRequest,
+        reply: &mut Reply,
+        sampler: &mut Sampler,
+        mut constraint: Constraint,
+    ) -> Result<&'static str> {
+        // Where the current segment's tokens start in the reply.
+        let mut segment_start = 0usize;
+        loop {
+            if constraint.is_done() {
+                return Ok("stop");
+            }
+            if reply.out_of_budget() {
+                return Ok("length");
+            }
+            match constraint.step() {
+                Step::Done => return Ok("stop"),
+                Step::Force(text) => {
+                    for token in tokenizer.encode(&text) {
+                        if reply.out_of_budget() {
+                            return Ok("length");
+                        }
+                        let before = reply.bytes.len();
+                        reply.push(tokenizer, token);
+                        if find_stop(&reply.bytes, &request.stop, before).is_some() {
+                            return Ok("stop");
+                        }
+                    }
+                    segment_start = reply.reply_tokens();
+                    continue;
+                }
+                Step::Pick => {}
+            }
+            let is_text = matches!(constraint.current(), Some(Segment::Text { .. }));
+            if !is_text && constraint.is_complete() && !constraint.can_continue() {
+                constraint.finish_segment();
+                segment_start = reply.reply_tokens();
+                continue;
+            }
+            let logits = self.model.logits_after(&reply.seq)?;
+            let pick = if is_text {
+                sampler.pick(
+                    &logits,
+                    |t| if tokenizer.is_control(t) { tokenizer.is_end_of_turn(t) } else { !tokenizer.token_bytes(t).is_empty() },
+                    None,
+                )
+            } else {
+                let end = if constraint.is_complete() {
+                    Some(ending_score(tokenizer, &logits, &constraint.ending()))
+                } else {
+                    None
+                };
+                sampler.pick(
+                    &logits,
+                    |t| !tokenizer.is_control(t) && constraint.allows(tokenizer.token_bytes(t)),
+                    end,
+                )
+            };
+            let token = match pick {
+                Some(Pick::Token(t)) if !tokenizer.is_control(t) => t,
+                // End of turn inside a text segment, or the model prefers ending here.
+                _ => {
+                    constraint.finish_segment();
+                    segment_start = reply.reply_tokens();
+                    continue;
+                }
+            };
+            let before = reply.bytes.len();
+            reply.push(tokenizer, token);
+            constraint.push(tokenizer.token_bytes(token));
+            if find_stop(&reply.bytes, &request.stop, before).is_some() {
+                return Ok("stop");
+            }
+            if let Some(cut) = constraint.until_position() {
+                // The marker ends the text. Withdraw the tokens from the one the
+                // marker starts in, and re-emit that token's bytes before the marker.
+                let segment_text = constraint.segment_text().to_vec();
+                let mut keep = segment_start;
+                let mut kept_bytes = 0usize;
+                while keep < reply.reply_tokens() && kept_bytes + reply.token_len[keep] <= cut {
+                    kept_bytes += reply.token_len[keep];
+                    keep += 1;
+                }
+                reply.truncate(keep);
+                for token in tokenizer.encode_bytes(&segment_text[kept_bytes..cut]) {
+                    if reply.out_of_budget() {
+                        return Ok("length");
+                    }
+                    reply.push(tokenizer, token);
+                }
+                constraint.finish_segment();
+                segment_start = reply.reply_tokens();
+            }
+        }
+    }
+}
+
+/// The model's score for ending the current segment: its best token that
+/// starts the following literal, or its end-of-turn token.
+fn ending_score(tokenizer: &Tokenizer, logits: &[f32], ending: &Ending) -> f32 {
+    match ending {
+        Ending::EndOfTurn => logits[tokenizer.im_end as usize],
+        Ending::Literal(text) => (0..logits.len() as u32)
+            .filter(|&t| {
+                let b = tokenizer.token_bytes(t);
+                !b.is_empty() && !tokenizer.is_control(t) && text.starts_with(b)
+            })
+            .map(|t| logits[t as usize])
+            .fold(f32::NEG_INFINITY, f32::max),
+    }
+}
+
+/// The default model location under a project root.
+pub fn default_model_path(root: &Path) -> PathBuf {
+    root.join(DEFAULT_MODEL_PATH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_are_found_across_the_boundary() {
+        let stops = vec!["END".to_string()];
+        assert_eq!(find_stop(b"abcEN", &stops, 3), None);
+        assert_eq!(find_stop(b"abcEND", &stops, 5), Some(3));
+        assert_eq!(find_stop(b"ENDabc", &stops, 5), None);
+        assert_eq!(find_stop(b"ENDabc", &stops, 0), Some(0));
+    }
+
+    #[test]
+    fn seed_depends_on_rollout() {
+        let mut a = LmRequest::new(vec![]);
+        let s1 = request_seed(&a);
+        a.rollout = Some(1);
+        assert_ne!(s1, request_seed(&a));
+    }
+
+    #[test]
+    fn greedy_pick_walks_past_disallowed_tokens() {
+        let mut s = Sampler::new(&LmRequest::new(vec![]));
+        let logits = [0.1, 3.0, 2.0, 1.0];
+        assert_eq!(s.pick(&logits, |t| t != 1, None), Some(Pick::Token(2)));
+        assert_eq!(s.pick(&logits, |t| t == 3, Some(1.5)), Some(Pick::End));
+        assert_eq!(s.pick(&logits, |_| false, None), None);
+    }
+
+    #[test]
+    fn sampling_is_reproducible() {
+        let mut req = LmRequest::new(vec![]);
+        req.temperature = 1.0;
+        let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32).collect();
+        let run = || {
+            let mut s = Sampler::new(&req);
+            (0..20).map(|_| s.pick(&logits, |_| true, None)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(), run());
     }
 }
