@@ -55,11 +55,11 @@ fn main() -> anyhow::Result<()> {
     );
 
     // Decode: generate 64 tokens after a cached prompt.
-    let mut gen = request(suffix, 65);
-    gen.stop = vec![];
+    let mut generate = request(suffix, 65);
+    generate.stop = vec![];
     engine.complete_blocking(&request(suffix, 1))?;
     let t = Instant::now();
-    let r = engine.complete_blocking(&gen)?;
+    let r = engine.complete_blocking(&generate)?;
     let s = t.elapsed().as_secs_f64();
     let n = r.usage.completion_tokens;
     println!("decode: {n} tokens in {s:.3}s ({:.1} tok/s)", n as f64 / s);
