@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
     let engine = LocalEngine::load(&path, LocalOptions { threads, constrained: true })?;
     println!("loaded in {:.2}s", t0.elapsed().as_secs_f64());
 
-    let filler: String = (0..120).map(|i| format!("Rule {i}: answer briefly. ")).collect();
+    let filler: String = (0..72).map(|i| format!("Rule {i}: answer briefly. ")).collect();
     let shared = format!("You sort customer messages into queues.\n{filler}");
     let (tokens, _) = engine.prompt_tokens(&[ChatMessage::new(Role::System, shared.clone())]);
     println!("shared prefix: {} tokens", tokens.len());
@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
         r.max_tokens = max_tokens;
         r
     };
-    let suffix = "My card payment was declined twice at the supermarket today although my balance is fine. What should I do now, and which team handles this kind of problem?";
+    let suffix = "My card payment was declined twice at the supermarket today although my balance is fine. What should I do now?";
 
     // Cold prefill: one generated token, nothing cached that matches.
     let cold = request(suffix, 1);
