@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
     let engine = LocalEngine::load(&path, LocalOptions { threads, constrained: true })?;
     println!("loaded in {:.2}s", t0.elapsed().as_secs_f64());
 
-    let filler: String = (0..120).map(|i| format!("Rule {i}: answer briefly. ")).collect();
+    let filler: String = (0..72).map(|i| format!("Rule {i}: answer briefly. ")).collect();
     let shared = format!("You sort customer messages into queues.\n{filler}");
     let (tokens, _) = engine.prompt_tokens(&[ChatMessage::new(Role::System, shared.clone())]);
     println!("shared prefix: {} tokens", tokens.len());
@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
         r.max_tokens = max_tokens;
         r
     };
-    let suffix = "My card payment was declined twice at the supermarket today although my balance is fine. What should I do now, and which team handles this kind of problem?";
+    let suffix = "My card payment was declined twice at the supermarket today although my balance is fine. What should I do now?";
 
     // Cold prefill: one generated token, nothing cached that matches.
     let cold = request(suffix, 1);
@@ -55,11 +55,11 @@ fn main() -> anyhow::Result<()> {
     );
 
     // Decode: generate 64 tokens after a cached prompt.
-    let mut gen = request(suffix, 65);
-    gen.stop = vec![];
+    let mut generate = request(suffix, 65);
+    generate.stop = vec![];
     engine.complete_blocking(&request(suffix, 1))?;
     let t = Instant::now();
-    let r = engine.complete_blocking(&gen)?;
+    let r = engine.complete_blocking(&generate)?;
     let s = t.elapsed().as_secs_f64();
     let n = r.usage.completion_tokens;
     println!("decode: {n} tokens in {s:.3}s ({:.1} tok/s)", n as f64 / s);

@@ -23,8 +23,8 @@ pub struct Tokenizer {
     /// The bytes each token stands for; empty for control tokens.
     token_bytes: Vec<Vec<u8>>,
     control: Vec<bool>,
-    /// The token of every single byte, for text that is not valid UTF-8.
-    byte_token: [u32; 256],
+    /// The token of each single byte, where the vocabulary has one.
+    byte_token: [Option<u32>; 256],
     pub im_start: u32,
     pub im_end: u32,
     pub eos: u32,
@@ -144,13 +144,14 @@ impl Tokenizer {
                 }
             })
             .collect();
-        let mut byte_token = [u32::MAX; 256];
-        for (b, c) in table.iter().enumerate() {
-            let id = tokens
-                .iter()
-                .position(|t| t.chars().eq(std::iter::once(*c)))
-                .with_context(|| format!("the vocabulary has no token for byte {b:#04x}"))?;
-            byte_token[b] = id as u32;
+        let mut byte_token = [None; 256];
+        for (id, t) in tokens.iter().enumerate() {
+            let mut chars = t.chars();
+            if let (Some(c), None) = (chars.next(), chars.next()) {
+                if let Some(&b) = char_to_byte.get(&c) {
+                    byte_token[b as usize].get_or_insert(id as u32);
+                }
+            }
         }
         let find = |s: &str| tokens.iter().position(|t| t == s).map(|i| i as u32);
         let im_start = find("<|im_start|>").context("the vocabulary has no <|im_start|> token")?;
@@ -178,17 +179,20 @@ impl Tokenizer {
         }
         match self.bpe.encode(text, false) {
             Ok(encoding) => encoding.get_ids().to_vec(),
-            // The BPE covers every byte, so this does not happen; fall back to bytes.
-            Err(_) => text.bytes().map(|b| self.byte_token[b as usize]).collect(),
+            // Byte-level BPE covers all text; should it fail, spell the bytes out.
+            Err(_) => text.bytes().filter_map(|b| self.byte_token[b as usize]).collect(),
         }
     }
 
-    /// Tokens of arbitrary bytes: the BPE for valid UTF-8, one token per byte otherwise.
+    /// Tokens of arbitrary bytes: the BPE for the valid UTF-8 runs, single-byte
+    /// tokens (where the vocabulary has them) for the rest.
     pub fn encode_bytes(&self, bytes: &[u8]) -> Vec<u32> {
-        match std::str::from_utf8(bytes) {
-            Ok(text) => self.encode(text),
-            Err(_) => bytes.iter().map(|&b| self.byte_token[b as usize]).collect(),
+        let mut out = Vec::new();
+        for chunk in bytes.utf8_chunks() {
+            out.extend(self.encode(chunk.valid()));
+            out.extend(chunk.invalid().iter().filter_map(|&b| self.byte_token[b as usize]));
         }
+        out
     }
 
     /// The bytes a token stands for (empty for control tokens).
