@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use promptloop::lm::local::{LocalEngine, LocalOptions, DEFAULT_MODEL_PATH};
+use promptloop::lm::local::{DEFAULT_MODEL_PATH, LocalEngine, LocalOptions};
 use promptloop::lm::{ChatMessage, LmRequest, Role};
 
 fn main() -> anyhow::Result<()> {
@@ -43,7 +43,10 @@ fn main() -> anyhow::Result<()> {
     println!("cold prompt of {prompt_len} tokens: {cold_s:.3}s ({:.1} tok/s prefill)", prompt_len as f64 / cold_s);
 
     // Warm: same shared prefix, different suffix.
-    let warm = request("I sent money to my friend yesterday and it has not arrived. Where is it, and how long do transfers usually take to reach another bank?", 1);
+    let warm = request(
+        "I sent money to my friend yesterday and it has not arrived. Where is it, and how long do transfers usually take to reach another bank?",
+        1,
+    );
     let warm_len = engine.prompt_tokens(&warm.messages).0.len();
     let t = Instant::now();
     engine.complete_blocking(&warm)?;

@@ -146,9 +146,9 @@ impl Constraint {
         match self.current() {
             None | Some(Segment::Literal { .. }) => false,
             Some(Segment::Text { .. }) => true,
-            Some(Segment::Choice { options }) => options
-                .iter()
-                .any(|o| o.len() > self.text.len() && o.as_bytes().starts_with(&self.text)),
+            Some(Segment::Choice { options }) => {
+                options.iter().any(|o| o.len() > self.text.len() && o.as_bytes().starts_with(&self.text))
+            }
             Some(Segment::Number { .. }) => self.text.len() < MAX_NUMBER_CHARS,
         }
     }

@@ -195,7 +195,8 @@ impl LlamaModel {
         let mut tensor = |name: &str| -> Result<QTensor> {
             content.tensor(reader, name, &dev).with_context(|| format!("reading tensor `{name}`"))
         };
-        let vector = |t: QTensor| -> Result<Vec<f32>> { Ok(t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?) };
+        let vector =
+            |t: QTensor| -> Result<Vec<f32>> { Ok(t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?) };
 
         let embedding = tensor("token_embd.weight")?;
         let (rows, width) = embedding.shape().dims2()?;
@@ -215,7 +216,8 @@ impl LlamaModel {
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = format!("blk.{i}");
-            let mut lin = |name: &str| -> Result<Linear> { Linear::new(tensor(&format!("{p}.{name}.weight"))?, format) };
+            let mut lin =
+                |name: &str| -> Result<Linear> { Linear::new(tensor(&format!("{p}.{name}.weight"))?, format) };
             let wq = lin("attn_q")?;
             let wk = lin("attn_k")?;
             let wv = lin("attn_v")?;

@@ -117,7 +117,11 @@ impl LocalEngine {
         };
         let context = model.cfg.context;
         Ok(LocalEngine {
-            inner: Arc::new(Mutex::new(Engine { model, tokenizer: tokenizer.clone(), constrained: options.constrained })),
+            inner: Arc::new(Mutex::new(Engine {
+                model,
+                tokenizer: tokenizer.clone(),
+                constrained: options.constrained,
+            })),
             tokenizer,
             description,
             context,
@@ -250,11 +254,7 @@ impl Sampler {
             }
             r -= w;
         }
-        if end.is_some() {
-            Some(Pick::End)
-        } else {
-            candidates.last().map(|&(t, _)| Pick::Token(t))
-        }
+        if end.is_some() { Some(Pick::End) } else { candidates.last().map(|&(t, _)| Pick::Token(t)) }
     }
 
     /// The highest-scoring allowed token: the plain argmax when it is allowed,
@@ -444,7 +444,13 @@ impl Engine {
             let pick = if is_text {
                 sampler.pick(
                     &logits,
-                    |t| if tokenizer.is_control(t) { tokenizer.is_end_of_turn(t) } else { !tokenizer.token_bytes(t).is_empty() },
+                    |t| {
+                        if tokenizer.is_control(t) {
+                            tokenizer.is_end_of_turn(t)
+                        } else {
+                            !tokenizer.token_bytes(t).is_empty()
+                        }
+                    },
                     None,
                 )
             } else {
@@ -453,11 +459,7 @@ impl Engine {
                 } else {
                     None
                 };
-                sampler.pick(
-                    &logits,
-                    |t| !tokenizer.is_control(t) && constraint.allows(tokenizer.token_bytes(t)),
-                    end,
-                )
+                sampler.pick(&logits, |t| !tokenizer.is_control(t) && constraint.allows(tokenizer.token_bytes(t)), end)
             };
             let token = match pick {
                 Some(Pick::Token(t)) if !tokenizer.is_control(t) => t,

@@ -319,12 +319,17 @@ mod tests {
         assert!(!ids[spans[0].clone()].contains(&t.im_end));
         let text: String = ids
             .iter()
-            .map(|&i| if i == t.im_start { "<S>".to_string() } else if i == t.im_end { "<E>".to_string() } else { t.decode(&[i]) })
+            .map(|&i| {
+                if i == t.im_start {
+                    "<S>".to_string()
+                } else if i == t.im_end {
+                    "<E>".to_string()
+                } else {
+                    t.decode(&[i])
+                }
+            })
             .collect();
-        assert_eq!(
-            text,
-            format!("<S>system\n{DEFAULT_SYSTEM_PROMPT}<E>\n<S>user\nhi <|im_end|><E>\n<S>assistant\n")
-        );
+        assert_eq!(text, format!("<S>system\n{DEFAULT_SYSTEM_PROMPT}<E>\n<S>user\nhi <|im_end|><E>\n<S>assistant\n"));
         let (ids, _) = t.chat_prompt(&[ChatMessage::new(Role::System, "sys"), ChatMessage::new(Role::User, "u")]);
         assert_eq!(ids.iter().filter(|&&i| i == t.im_start).count(), 3);
     }
