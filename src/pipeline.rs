@@ -121,16 +121,24 @@ pub async fn compile(request: &CompileRequest) -> Result<CompileOutcome> {
     tracing::info!(pipeline = %config.name, train = dataset.train().len(), dev = dataset.dev().len(), "optimizing");
     let optimized =
         crate::optimize::optimize(&baseline, dataset.train(), dataset.dev(), &ctx, &config.optimizer, config.seed)
-            .await;
+            .await
+            .context("optimizing stopped: the LM failed")?;
     let compile_secs = started.elapsed().as_secs_f64();
     let compile_usage = lm.usage().since(&before);
 
     // Scores for the artifact: dev (mostly cached from selection), then test,
     // which is read here for the first time.
-    let baseline_dev = evaluate(&baseline, dataset.dev(), &eval_ctx, "dev: baseline").await;
-    let compiled_dev = evaluate(&optimized.program, dataset.dev(), &eval_ctx, "dev: compiled").await;
-    let baseline_test = evaluate(&baseline, dataset.test(), &eval_ctx, "test: baseline").await;
-    let compiled_test = evaluate(&optimized.program, dataset.test(), &eval_ctx, "test: compiled").await;
+    let baseline_dev =
+        evaluate(&baseline, dataset.dev(), &eval_ctx, "dev: baseline").await.context("the LM failed while scoring")?;
+    let compiled_dev = evaluate(&optimized.program, dataset.dev(), &eval_ctx, "dev: compiled")
+        .await
+        .context("the LM failed while scoring")?;
+    let baseline_test = evaluate(&baseline, dataset.test(), &eval_ctx, "test: baseline")
+        .await
+        .context("the LM failed while scoring")?;
+    let compiled_test = evaluate(&optimized.program, dataset.test(), &eval_ctx, "test: compiled")
+        .await
+        .context("the LM failed while scoring")?;
 
     let lm_settings = LmSettings {
         model: lm.description().clone(),
@@ -219,7 +227,9 @@ pub async fn eval(request: &EvalRequest) -> Result<EvalOutcome> {
     };
     let examples = dataset.split(request.split);
     let examples = &examples[..request.limit.unwrap_or(examples.len()).min(examples.len())];
-    let evaluation = evaluate(&program, examples, &ctx, &format!("{}: {label}", request.split.name())).await;
+    let evaluation = evaluate(&program, examples, &ctx, &format!("{}: {label}", request.split.name()))
+        .await
+        .context("the LM failed while scoring")?;
     Ok(EvalOutcome { evaluation, usage: lm.usage(), program_label: label })
 }
 

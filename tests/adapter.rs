@@ -176,7 +176,7 @@ async fn an_unparseable_reply_is_retried_once_in_the_other_format() {
         temperature: 0.0,
         max_tokens: 32,
     };
-    let call = triage_predictor().call(&settings, &obj(json!({"message": "send money"})), None).await;
+    let call = triage_predictor().call(&settings, &obj(json!({"message": "send money"})), None).await.unwrap();
     assert_eq!(call.outputs.unwrap()["queue"], "transfers");
     assert_eq!(lm.calls(), 2);
 }
@@ -190,7 +190,7 @@ async fn a_reply_unparseable_in_both_formats_fails_with_both_reasons() {
         temperature: 0.0,
         max_tokens: 32,
     };
-    let call = triage_predictor().call(&settings, &obj(json!({"message": "x"})), None).await;
+    let call = triage_predictor().call(&settings, &obj(json!({"message": "x"})), None).await.unwrap();
     assert!(call.outputs.is_none());
     assert!(call.format_error);
     let error = call.error.unwrap();
@@ -212,7 +212,7 @@ async fn chain_of_thought_asks_for_reasoning_first() {
         temperature: 0.0,
         max_tokens: 32,
     };
-    let call = predictor.call(&settings, &obj(json!({"message": "x"})), None).await;
+    let call = predictor.call(&settings, &obj(json!({"message": "x"})), None).await.unwrap();
     let out = call.outputs.unwrap();
     assert_eq!(out["reasoning"], "It is about money moving.");
     assert_eq!(out["queue"], "transfers");

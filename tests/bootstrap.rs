@@ -81,7 +81,9 @@ async fn bootstrapped_demos_are_the_traces_the_metric_accepted() {
         BootstrapSettings { max_bootstrapped_demos: 3, max_labeled_demos: 5, max_rounds: 1, metric_threshold: 1.0 };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let (program, stats) =
-        bootstrap_few_shot(&Program::baseline(&config()), d.train(), &context(lm.clone()), &settings, &mut rng).await;
+        bootstrap_few_shot(&Program::baseline(&config()), d.train(), &context(lm.clone()), &settings, &mut rng)
+            .await
+            .unwrap();
 
     let demos = &program.predictors[0].demos;
     assert_eq!(demos.len(), 5, "3 bootstrapped + 2 labeled");
@@ -130,7 +132,8 @@ async fn random_search_keeps_the_candidate_that_wins_on_dev() {
         metric_threshold: 1.0,
         teacher: None,
     };
-    let optimized = optimize(&Program::baseline(&self::config()), d.train(), d.dev(), &context(lm), &config, 11).await;
+    let optimized =
+        optimize(&Program::baseline(&self::config()), d.train(), d.dev(), &context(lm), &config, 11).await.unwrap();
     let best = optimized.candidates.iter().map(|c| c.dev_score).fold(f64::MIN, f64::max);
     assert_eq!(optimized.dev_score, Some(best));
     assert_eq!(optimized.candidates.len(), 3 + 6);
@@ -154,8 +157,9 @@ async fn the_optimizer_never_sees_a_test_example() {
         metric_threshold: 1.0,
         teacher: None,
     };
-    let optimized =
-        optimize(&Program::baseline(&self::config()), d.train(), d.dev(), &context(lm.clone()), &config, 5).await;
+    let optimized = optimize(&Program::baseline(&self::config()), d.train(), d.dev(), &context(lm.clone()), &config, 5)
+        .await
+        .unwrap();
     let test_messages: Vec<&str> = d.test().iter().map(|e| e.inputs["message"].as_str().unwrap()).collect();
     assert!(!test_messages.is_empty());
     let requests = lm.requests.lock().unwrap();

@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value};
 
 use crate::dataset::Example;
+use crate::lm::LmError;
 use crate::metric;
 use crate::optimize::evaluate::{EvalContext, evaluate};
 use crate::program::Program;
@@ -94,7 +95,7 @@ pub async fn bootstrap_few_shot(
     ctx: &OptimizeContext,
     settings: &BootstrapSettings,
     rng: &mut ChaCha8Rng,
-) -> (Program, BootstrapStats) {
+) -> Result<(Program, BootstrapStats), LmError> {
     let teacher = labeled_few_shot(student, train, settings.max_labeled_demos, rng);
     let mut stats = BootstrapStats::default();
     let mut bootstrapped: Vec<Vec<Demo>> = vec![Vec::new(); student.predictors.len()];
@@ -115,7 +116,7 @@ pub async fn bootstrap_few_shot(
                 predict.temperature = 0.7 + 0.1 * round as f32;
             }
             stats.attempts += 1;
-            let run = teacher_here.run(&predict, &example.inputs, (round > 0).then_some(round as u32)).await;
+            let run = teacher_here.run(&predict, &example.inputs, (round > 0).then_some(round as u32)).await?;
             let Some(prediction) = &run.prediction else {
                 continue;
             };
@@ -147,7 +148,7 @@ pub async fn bootstrap_few_shot(
             rest.choose_multiple(rng, room.min(rest.len())).map(|e| labeled_demo(student, i, e)).collect();
         program.predictors[i].demos = demos.into_iter().chain(extra).collect();
     }
-    (program, stats)
+    Ok((program, stats))
 }
 
 /// BootstrapFewShot once, with the training set in a seeded random order.
@@ -157,12 +158,12 @@ pub async fn bootstrap_once(
     ctx: &OptimizeContext,
     settings: &BootstrapSettings,
     seed: u64,
-) -> Optimized {
+) -> Result<Optimized, LmError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut order = train.to_vec();
     order.shuffle(&mut rng);
-    let (program, _) = bootstrap_few_shot(student, &order, ctx, settings, &mut rng).await;
-    Optimized { program, candidates: Vec::new(), dev_score: None }
+    let (program, _) = bootstrap_few_shot(student, &order, ctx, settings, &mut rng).await?;
+    Ok(Optimized { program, candidates: Vec::new(), dev_score: None })
 }
 
 /// Random search over bootstrapped demo sets: the zero-shot program, labeled
@@ -177,12 +178,12 @@ pub async fn bootstrap_random_search(
     settings: &BootstrapSettings,
     num_candidates: usize,
     seed: u64,
-) -> Optimized {
+) -> Result<Optimized, LmError> {
     let mut candidates: Vec<(String, Program)> = Vec::new();
     candidates.push(("zero-shot".into(), student.clone()));
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     candidates.push(("labeled".into(), labeled_few_shot(student, train, settings.max_labeled_demos, &mut rng)));
-    let (in_order, _) = bootstrap_few_shot(student, train, ctx, settings, &mut rng).await;
+    let (in_order, _) = bootstrap_few_shot(student, train, ctx, settings, &mut rng).await?;
     candidates.push(("bootstrapped".into(), in_order));
     for i in 0..num_candidates {
         let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1 + i as u64));
@@ -190,14 +191,14 @@ pub async fn bootstrap_random_search(
         order.shuffle(&mut rng);
         let size = rng.random_range(1..=settings.max_bootstrapped_demos.max(1));
         let local = BootstrapSettings { max_bootstrapped_demos: size, ..*settings };
-        let (program, _) = bootstrap_few_shot(student, &order, ctx, &local, &mut rng).await;
+        let (program, _) = bootstrap_few_shot(student, &order, ctx, &local, &mut rng).await?;
         candidates.push((format!("random-{}", i + 1), program));
     }
 
     let mut scored = Vec::new();
     let mut best: Option<(f64, usize)> = None;
     for (index, (name, program)) in candidates.iter().enumerate() {
-        let eval = evaluate(program, dev, &ctx.student, &format!("dev: {name}")).await;
+        let eval = evaluate(program, dev, &ctx.student, &format!("dev: {name}")).await?;
         let score = eval.summary.mean;
         tracing::info!(candidate = %name, demos = program.demo_count(), dev = score, "scored candidate on dev");
         scored.push(CandidateScore { name: name.clone(), demos: program.demo_count(), dev_score: score });
@@ -206,5 +207,5 @@ pub async fn bootstrap_random_search(
         }
     }
     let (dev_score, index) = best.expect("at least the zero-shot candidate");
-    Optimized { program: candidates.swap_remove(index).1, candidates: scored, dev_score: Some(dev_score) }
+    Ok(Optimized { program: candidates.swap_remove(index).1, candidates: scored, dev_score: Some(dev_score) })
 }

@@ -2,13 +2,13 @@
 
 use std::time::Instant;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::MetricConfig;
 use crate::dataset::Example;
-use crate::lm::TokenUsage;
+use crate::lm::{LmError, TokenUsage};
 use crate::metric;
 use crate::program::Program;
 use crate::program::predictor::PredictSettings;
@@ -68,7 +68,14 @@ impl Evaluation {
     }
 }
 
-pub async fn evaluate(program: &Program, examples: &[Example], ctx: &EvalContext, label: &str) -> Evaluation {
+/// Scores `program` on `examples`. Stops at the first LM failure (after the
+/// client's retries): an outage is an error, not a row of zeros.
+pub async fn evaluate(
+    program: &Program,
+    examples: &[Example],
+    ctx: &EvalContext,
+    label: &str,
+) -> Result<Evaluation, LmError> {
     let started = Instant::now();
     let bar = progress_bar(ctx.progress, examples.len(), label);
     let results: Vec<ExampleResult> = futures::stream::iter(examples)
@@ -81,8 +88,9 @@ pub async fn evaluate(program: &Program, examples: &[Example], ctx: &EvalContext
             }
         })
         .buffered(ctx.concurrency.max(1))
-        .collect()
-        .await;
+        .try_collect()
+        .await
+        .inspect_err(|_| bar.abandon())?;
     bar.finish_and_clear();
     let mut summary = EvalSummary { n: results.len(), ..Default::default() };
     for r in &results {
@@ -99,11 +107,11 @@ pub async fn evaluate(program: &Program, examples: &[Example], ctx: &EvalContext
         summary.mean /= summary.n as f64;
     }
     summary.wall_secs = started.elapsed().as_secs_f64();
-    Evaluation { summary, results }
+    Ok(Evaluation { summary, results })
 }
 
-async fn evaluate_one(program: &Program, example: &Example, ctx: &EvalContext) -> ExampleResult {
-    let run = program.run(&ctx.settings, &example.inputs, None).await;
+async fn evaluate_one(program: &Program, example: &Example, ctx: &EvalContext) -> Result<ExampleResult, LmError> {
+    let run = program.run(&ctx.settings, &example.inputs, None).await?;
     let (score, feedback) = match &run.prediction {
         Some(prediction) => {
             let s = metric::score(&ctx.metric, example, prediction);
@@ -111,7 +119,7 @@ async fn evaluate_one(program: &Program, example: &Example, ctx: &EvalContext) -
         }
         None => (0.0, run.error.clone().unwrap_or_default()),
     };
-    ExampleResult {
+    Ok(ExampleResult {
         example_id: example.id.clone(),
         prediction: run.prediction,
         score,
@@ -122,7 +130,7 @@ async fn evaluate_one(program: &Program, example: &Example, ctx: &EvalContext) -
         usage: run.usage,
         lm_calls: run.lm_calls,
         cache_hits: run.cache_hits,
-    }
+    })
 }
 
 fn progress_bar(enabled: bool, len: usize, label: &str) -> indicatif::ProgressBar {

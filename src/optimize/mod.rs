@@ -8,6 +8,7 @@ pub mod evaluate;
 
 use crate::config::{OptimizerConfig, OptimizerKind};
 use crate::dataset::Example;
+use crate::lm::LmError;
 use crate::program::Program;
 use bootstrap::{BootstrapSettings, OptimizeContext, Optimized};
 
@@ -18,7 +19,7 @@ pub async fn optimize(
     ctx: &OptimizeContext,
     config: &OptimizerConfig,
     seed: u64,
-) -> Optimized {
+) -> Result<Optimized, LmError> {
     let settings = BootstrapSettings {
         max_bootstrapped_demos: config.max_bootstrapped_demos,
         max_labeled_demos: config.max_labeled_demos,
@@ -26,7 +27,7 @@ pub async fn optimize(
         metric_threshold: config.metric_threshold,
     };
     match config.kind {
-        OptimizerKind::None => Optimized { program: student.clone(), candidates: Vec::new(), dev_score: None },
+        OptimizerKind::None => Ok(Optimized { program: student.clone(), candidates: Vec::new(), dev_score: None }),
         OptimizerKind::BootstrapFewShot => bootstrap::bootstrap_once(student, train, ctx, &settings, seed).await,
         OptimizerKind::BootstrapRandomSearch => {
             bootstrap::bootstrap_random_search(student, train, dev, ctx, &settings, config.num_candidates, seed).await

@@ -9,7 +9,7 @@ pub mod signature;
 use serde_json::{Map, Value};
 
 use crate::config::PipelineConfig;
-use crate::lm::TokenUsage;
+use crate::lm::{LmError, TokenUsage};
 use predictor::{PredictSettings, Predictor};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,7 +60,14 @@ impl Program {
         Program { predictors }
     }
 
-    pub async fn run(&self, settings: &PredictSettings, inputs: &Map<String, Value>, rollout: Option<u32>) -> Run {
+    /// Runs every predictor in turn. `Err` only when the LM fails; a reply that
+    /// cannot be parsed is a failed run with the reason kept.
+    pub async fn run(
+        &self,
+        settings: &PredictSettings,
+        inputs: &Map<String, Value>,
+        rollout: Option<u32>,
+    ) -> Result<Run, LmError> {
         let mut run = Run::default();
         let mut known = inputs.clone();
         let mut prediction = Map::new();
@@ -76,11 +83,11 @@ impl Program {
                             "predictor `{}` needs input `{}`, which is neither an example input nor an earlier output",
                             predictor.name, field.name
                         ));
-                        return run;
+                        return Ok(run);
                     }
                 }
             }
-            let call = predictor.call(settings, &step_inputs, rollout).await;
+            let call = predictor.call(settings, &step_inputs, rollout).await?;
             run.usage.prompt_tokens += call.usage.prompt_tokens;
             run.usage.completion_tokens += call.usage.completion_tokens;
             run.lm_calls += call.lm_calls;
@@ -89,7 +96,7 @@ impl Program {
             let Some(outputs) = call.outputs else {
                 run.error = call.error.map(|e| format!("{}: {e}", predictor.name));
                 run.format_error = call.format_error;
-                return run;
+                return Ok(run);
             };
             for (k, v) in &outputs {
                 known.insert(k.clone(), v.clone());
@@ -98,7 +105,7 @@ impl Program {
             run.trace.push(TraceStep { predictor: predictor.name.clone(), inputs: step_inputs, outputs });
         }
         run.prediction = Some(prediction);
-        run
+        Ok(run)
     }
 
     pub fn predictor_mut(&mut self, name: &str) -> Option<&mut Predictor> {

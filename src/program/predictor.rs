@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::{AdapterFormat, Module};
-use crate::lm::{Lm, LmRequest, TokenUsage};
+use crate::lm::{Lm, LmError, LmRequest, TokenUsage};
 use crate::program::adapter::{self, Prompt};
 use crate::program::signature::{Field, FieldType, Signature};
 
@@ -77,12 +77,15 @@ impl Predictor {
 
     /// Runs the predictor once. A reply that does not parse is retried once in
     /// the other format; if that fails too, the call fails with both reasons.
+    /// An LM that fails (after its retries) is an error for the whole run —
+    /// scoring it as wrong answers would hide an outage — except a prompt too
+    /// long for the model, which fails this prediction alone.
     pub async fn call(
         &self,
         settings: &PredictSettings,
         inputs: &Map<String, Value>,
         rollout: Option<u32>,
-    ) -> PredictorCall {
+    ) -> Result<PredictorCall, LmError> {
         let reply_fields = self.reply_fields();
         let mut result = PredictorCall::default();
         let mut reasons = Vec::new();
@@ -110,10 +113,11 @@ impl Predictor {
             };
             let completion = match settings.lm.complete(&request).await {
                 Ok(c) => c,
-                Err(e) => {
-                    result.error = Some(format!("LM call failed: {e}"));
-                    return result;
+                Err(e @ LmError::ContextOverflow { .. }) => {
+                    result.error = Some(e.to_string());
+                    return Ok(result);
                 }
+                Err(e) => return Err(e),
             };
             result.lm_calls += 1;
             result.cache_hits += u32::from(completion.cache_hit);
@@ -122,7 +126,7 @@ impl Predictor {
             match adapter::parse(format, &reply_fields, &completion.response.text) {
                 Ok(outputs) => {
                     result.outputs = Some(outputs);
-                    return result;
+                    return Ok(result);
                 }
                 Err(reason) => {
                     reasons.push(format!("{} format: {reason}", format_name(format)));
@@ -132,7 +136,7 @@ impl Predictor {
         }
         result.format_error = true;
         result.error = Some(format!("unparseable reply ({})", reasons.join("; then ")));
-        result
+        Ok(result)
     }
 }
 

@@ -1,0 +1,69 @@
+//! The CLI as a user meets its errors: a down endpoint, a broken pipeline file.
+
+use assert_cmd::Command;
+
+mod common;
+
+fn project(lm: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+    std::fs::create_dir_all(dir.path().join("datasets")).unwrap();
+    std::fs::copy("tests/data/mini-triage.jsonl", dir.path().join("datasets/mini-triage.jsonl")).unwrap();
+    let toml = common::triage_toml("datasets/mini-triage.jsonl", lm, "kind = \"bootstrap_few_shot\"");
+    std::fs::write(dir.path().join("pipelines/mini-triage.toml"), toml).unwrap();
+    dir
+}
+
+fn closed_port() -> u16 {
+    // Bind, read the port, close: nothing listens there afterwards.
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn a_down_endpoint_stops_the_compile_with_a_clear_error_and_writes_nothing() {
+    let lm = format!(
+        "provider = \"openai\"\nbase_url = \"http://127.0.0.1:{}/v1\"\nmodel = \"m\"\nmax_retries = 1\ntimeout_secs = 5",
+        closed_port()
+    );
+    let dir = project(&lm);
+    let out = Command::cargo_bin("promptloop")
+        .unwrap()
+        .args(["--root", dir.path().to_str().unwrap(), "compile", "mini-triage"])
+        .timeout(std::time::Duration::from_secs(120))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("optimizing stopped: the LM failed"), "{err}");
+    assert!(err.contains("cannot reach") && err.contains("2 attempts"), "{err}");
+    assert!(!dir.path().join("artifacts").exists(), "a failed compile writes no artifact");
+}
+
+#[test]
+fn a_broken_pipeline_file_is_reported_with_file_and_line() {
+    let dir = project("provider = \"embedded\"\nmodel = \"m.gguf\"");
+    let file = dir.path().join("pipelines/mini-triage.toml");
+    let text = std::fs::read_to_string(&file).unwrap().replace("[metric]", "[metric");
+    std::fs::write(&file, text).unwrap();
+    let out = Command::cargo_bin("promptloop")
+        .unwrap()
+        .args(["--root", dir.path().to_str().unwrap(), "eval", "mini-triage", "--baseline"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mini-triage.toml") && err.contains("line"), "{err}");
+}
+
+#[test]
+fn a_missing_embedded_model_says_how_to_fetch_it() {
+    let dir = project("provider = \"embedded\"\nmodel = \"nowhere/model.gguf\"");
+    let out = Command::cargo_bin("promptloop")
+        .unwrap()
+        .args(["--root", dir.path().to_str().unwrap(), "eval", "mini-triage", "--baseline"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nowhere/model.gguf") && err.contains("scripts/setup-model.sh"), "{err}");
+}
