@@ -17,6 +17,7 @@ fn description() -> LmDescription {
         model: "test-model".into(),
         endpoint: Some("http://127.0.0.1:8081/v1".into()),
         constrained_decoding: false,
+        response_format: Some("json_schema".into()),
     }
 }
 
@@ -149,6 +150,7 @@ fn every_field_changes_the_key() {
         LmDescription { endpoint: None, ..description() },
         LmDescription { endpoint: Some("https://api.example.com/v1".into()), ..description() },
         LmDescription { constrained_decoding: true, ..description() },
+        LmDescription { response_format: Some("json_object".into()), ..description() },
     ];
     for d in &descriptions {
         assert!(seen.insert(request_key(d, &request())), "description change {d:?} did not change the key");

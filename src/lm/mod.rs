@@ -180,6 +180,10 @@ pub struct LmDescription {
     pub endpoint: Option<String>,
     /// Whether decoding is constrained to the reply template.
     pub constrained_decoding: bool,
+    /// How a JSON Schema is sent to a remote endpoint (`json_schema`,
+    /// `json_object`, `none`): it changes the replies, so it keys the cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<String>,
 }
 
 /// Counters for one run: how many calls, tokens, cache hits.

@@ -299,6 +299,14 @@ impl LanguageModel for OpenAiClient {
             model: self.config.model.clone(),
             endpoint: Some(self.endpoint.clone()),
             constrained_decoding: false,
+            response_format: Some(
+                match self.config.schema_style {
+                    SchemaStyle::OpenAi => "json_schema",
+                    SchemaStyle::JsonObject => "json_object",
+                    SchemaStyle::None => "none",
+                }
+                .into(),
+            ),
         }
     }
 

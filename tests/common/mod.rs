@@ -27,7 +27,13 @@ impl ScriptedLm {
 #[async_trait]
 impl LanguageModel for ScriptedLm {
     fn describe(&self) -> LmDescription {
-        LmDescription { provider: "scripted".into(), model: "test".into(), endpoint: None, constrained_decoding: false }
+        LmDescription {
+            provider: "scripted".into(),
+            model: "test".into(),
+            endpoint: None,
+            constrained_decoding: false,
+            response_format: None,
+        }
     }
 
     async fn complete(&self, request: &LmRequest) -> Result<LmResponse, LmError> {

@@ -114,6 +114,7 @@ impl LocalEngine {
             model: name,
             endpoint: path.file_name().map(|s| s.to_string_lossy().into_owned()),
             constrained_decoding: options.constrained,
+            response_format: None,
         };
         let context = model.cfg.context;
         Ok(LocalEngine {
