@@ -25,7 +25,9 @@ RESULTS = REPO / "bench" / "results"
 
 SERVER_BASE = os.environ.get("PEERS_BASE_URL", "http://127.0.0.1:8081/v1")
 SERVER_MODEL = os.environ.get("PEERS_MODEL", "smollm2")
-SERVER_FLAGS = "--n_ctx 4096 --n_threads 2 --model_alias smollm2 (llama-cpp-python[server]==0.3.36, SmolLM2-135M-Instruct.Q4_1.gguf)"
+# The server's flags as started (see README.md); recorded with each result.
+SERVER_FLAGS = os.environ.get("PEERS_SERVER_FLAGS", "--n_ctx 4096 --n_threads 2 --model_alias smollm2")
+SERVER_SOFTWARE = "llama-cpp-python[server]==0.3.36, SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,8 @@ def write_result(name: str, payload: dict) -> Path:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "pipeline": str(PIPELINE.relative_to(REPO)),
         "dataset_license": "Banking77 (PolyAI), CC-BY-4.0",
-        "server": {"base_url": SERVER_BASE, "model": SERVER_MODEL, "flags": SERVER_FLAGS},
+        "server": {"base_url": SERVER_BASE, "model": SERVER_MODEL, "flags": SERVER_FLAGS,
+                   "software": SERVER_SOFTWARE},
         "machine": machine(),
         **payload,
     }

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import sys
 
-from common import RESULTS, SERVER_FLAGS
+from collections import Counter
+
+from common import RESULTS, SERVER_FLAGS, load_task
 
 ORDER = ["dspy-zeroshot", "dspy-bootstrap", "zeroshot", "zeroshot-json", "kshot7", "kshot7-json"]
 
@@ -45,11 +47,18 @@ def main() -> None:
     lines += ["", "Methods:", ""]
     for m in methods:
         lines.append(f"- `{m}`: {docs[m]['description']}.")
+    test = load_task().test
+    (top, count), = Counter(e.queue for e in test).most_common(1)
     lines += [
+        "",
+        f"For scale: always answering the most common test queue (`{top}`) scores "
+        f"{count / len(test) * 100:.1f}% ({count}/{len(test)}).",
         "",
         "A format error is a prediction that did not parse into one of the seven queues (scored 0);",
         "for the DSPy rows it is a failure of both the ChatAdapter and its JSONAdapter fallback,",
-        "each failure costing two LM calls. Per-example predictions are in `peers-<method>.json`.",
+        "each failure costing two LM calls. The constrained (`-json`) rows fail only when the reply",
+        "is cut by max_tokens=16 before the JSON closes (the schema grammar allows padding whitespace).",
+        "Per-example predictions are in `peers-<method>.json`.",
         "",
     ]
     (RESULTS / "peers.md").write_text("\n".join(lines), encoding="utf-8")
