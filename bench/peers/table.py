@@ -7,9 +7,17 @@ import sys
 
 from collections import Counter
 
-from common import RESULTS, SERVER_FLAGS, load_task
+import re
+
+from common import RESULTS, SERVER_SOFTWARE, load_task
 
 ORDER = ["dspy-zeroshot", "dspy-bootstrap", "zeroshot", "zeroshot-json", "kshot7", "kshot7-json"]
+
+
+def flags(doc: dict) -> str:
+    """The server's thread flags, the only ones that differ between runs."""
+    f = doc["server"]["flags"]
+    return " ".join(re.findall(r"--n_threads(?:_batch)? \d+", f)) or f
 
 
 def main() -> None:
@@ -28,12 +36,12 @@ def main() -> None:
         f"Run {dates[0][:10]}" + (f" to {dates[-1][:10]}" if dates[-1][:10] != dates[0][:10] else "")
         + f"; machine: {next(iter(docs.values()))['machine']['cores']} cores (shared with other work, "
         "so wall times are indicative); "
-        f"server: llama-cpp-python `{SERVER_FLAGS}`; test split, n = {', '.join(map(str, sorted(n)))}.",
+        f"server: {SERVER_SOFTWARE}, flags per row below; test split, n = {', '.join(map(str, sorted(n)))}.",
         "",
         "The data is built from Banking77 (PolyAI, CC-BY-4.0). Scripts and setup: `bench/peers/`.",
         "",
-        "| method | test accuracy | correct | LM calls (compile + eval) | compile wall | eval wall | format errors | load avg (1 min) at end |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| method | test accuracy | correct | LM calls (compile + eval) | compile wall | eval wall | format errors | server flags | load avg (1 min) at end |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for m in methods:
         d = docs[m]
@@ -42,7 +50,7 @@ def main() -> None:
         lost = d["format_errors"] + d.get("exceptions", 0)
         lines.append(
             f"| {m} | {d['accuracy'] * 100:.1f}% | {d['correct']}/{d['n']} | {compile_calls} + {eval_calls} = {d['lm_calls']} "
-            f"| {d.get('compile_wall_s', 0):.0f} s | {d['eval_wall_s']:.0f} s | {lost} | {d['machine']['loadavg_1_5_15_at_write'][0]} |"
+            f"| {d.get('compile_wall_s', 0):.0f} s | {d['eval_wall_s']:.0f} s | {lost} | `{flags(d)}` | {d['machine']['loadavg_1_5_15_at_write'][0]} |"
         )
     lines += ["", "Methods:", ""]
     for m in methods:
