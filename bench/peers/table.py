@@ -45,6 +45,12 @@ def main() -> None:
     ]
     for m in methods:
         d = docs[m]
+        if d.get("status") == "stopped":
+            lines.append(
+                f"| {m} | not reached | — | {d['compile_lm_calls']} + 0 (stopped) | {d['compile_wall_s']:.0f} s (stopped) "
+                f"| — | {d['compile_errors']} in compile | `{flags(d)}` | {d['machine']['loadavg_1_5_15_at_write'][0]} |"
+            )
+            continue
         compile_calls = d.get("compile_lm_calls", 0)
         eval_calls = d.get("eval_lm_calls", d["lm_calls"] - compile_calls)
         lost = d["format_errors"] + d.get("exceptions", 0)
@@ -55,6 +61,8 @@ def main() -> None:
     lines += ["", "Methods:", ""]
     for m in methods:
         lines.append(f"- `{m}`: {docs[m]['description']}.")
+        if docs[m].get("note"):
+            lines.append(f"  {docs[m]['note']}")
     test = load_task().test
     (top, count), = Counter(e.queue for e in test).most_common(1)
     lines += [
