@@ -108,10 +108,6 @@ impl Program {
         Ok(run)
     }
 
-    pub fn predictor_mut(&mut self, name: &str) -> Option<&mut Predictor> {
-        self.predictors.iter_mut().find(|p| p.name == name)
-    }
-
     pub fn demo_count(&self) -> usize {
         self.predictors.iter().map(|p| p.demos.len()).sum()
     }
