@@ -106,6 +106,14 @@ pub struct LmConfig {
     /// Embedded: constrain decoding to the reply's shape (default on).
     #[serde(default = "yes")]
     pub constrained: bool,
+    /// Embedded: memory for the attention state of recent prompt prefixes, in
+    /// MiB (0 turns prefix reuse off).
+    #[serde(default = "default_prefix_cache_mb")]
+    pub prefix_cache_mb: usize,
+}
+
+fn default_prefix_cache_mb() -> usize {
+    256
 }
 
 fn default_max_tokens() -> u32 {

@@ -24,7 +24,11 @@ use crate::program::predictor::PredictSettings;
 pub fn build_lm(config: &LmConfig, state_dir: &Path, use_cache: bool) -> Result<Lm> {
     let model: Arc<dyn LanguageModel> = match config.provider {
         Provider::Embedded => {
-            let options = LocalOptions { threads: config.threads, constrained: config.constrained };
+            let options = LocalOptions {
+                threads: config.threads,
+                constrained: config.constrained,
+                prefix_cache_mb: config.prefix_cache_mb,
+            };
             Arc::new(LocalEngine::load(Path::new(&config.model), options)?)
         }
         Provider::Openai => {

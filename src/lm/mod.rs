@@ -52,6 +52,9 @@ pub enum Segment {
     /// as the text produced contains `until` (which is cut off: the next segment
     /// usually starts with it).
     Text { until: String },
+    /// One JSON value (no surrounding whitespace) that the JSON Schema accepts.
+    /// `{}` accepts any JSON value.
+    Json { schema: serde_json::Value },
 }
 
 /// The whole reply shape: segments in order. After the last one, decoding stops.

@@ -108,7 +108,7 @@ impl Constraint {
         }
         match self.current() {
             None | Some(Segment::Literal { .. }) => false,
-            Some(Segment::Text { .. }) => true,
+            Some(Segment::Text { .. } | Segment::Json { .. }) => true,
             Some(Segment::Choice { options }) => options.iter().any(|o| {
                 let o = o.as_bytes();
                 o.len() >= self.text.len() + bytes.len()
@@ -135,7 +135,7 @@ impl Constraint {
         match self.current() {
             None => true,
             Some(Segment::Literal { .. }) => false,
-            Some(Segment::Text { .. }) => true,
+            Some(Segment::Text { .. } | Segment::Json { .. }) => true,
             Some(Segment::Choice { options }) => options.iter().any(|o| o.as_bytes() == self.text.as_slice()),
             Some(Segment::Number { integer }) => number_state(&self.text, *integer) == Some(true),
         }
@@ -145,7 +145,7 @@ impl Constraint {
     pub fn can_continue(&self) -> bool {
         match self.current() {
             None | Some(Segment::Literal { .. }) => false,
-            Some(Segment::Text { .. }) => true,
+            Some(Segment::Text { .. } | Segment::Json { .. }) => true,
             Some(Segment::Choice { options }) => {
                 options.iter().any(|o| o.len() > self.text.len() && o.as_bytes().starts_with(&self.text))
             }

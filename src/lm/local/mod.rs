@@ -36,11 +36,14 @@ pub struct LocalOptions {
     pub threads: Option<usize>,
     /// Enforce the request's reply template while decoding.
     pub constrained: bool,
+    /// Memory for the attention state of recent prompt prefixes, in MiB
+    /// (0 turns prefix reuse off).
+    pub prefix_cache_mb: usize,
 }
 
 impl Default for LocalOptions {
     fn default() -> Self {
-        Self { threads: None, constrained: true }
+        Self { threads: None, constrained: true, prefix_cache_mb: 256 }
     }
 }
 
