@@ -14,7 +14,7 @@ fn main() -> anyhow::Result<()> {
     let path = args.next().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL_PATH));
     let threads = args.next().map(|t| t.parse()).transpose()?;
     let t0 = Instant::now();
-    let engine = LocalEngine::load(&path, LocalOptions { threads, constrained: true })?;
+    let engine = LocalEngine::load(&path, LocalOptions { threads, constrained: true, prefix_cache_mb: 256 })?;
     println!("loaded in {:.2}s", t0.elapsed().as_secs_f64());
 
     let filler: String = (0..72).map(|i| format!("Rule {i}: answer briefly. ")).collect();
