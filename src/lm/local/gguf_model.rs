@@ -129,7 +129,8 @@ impl PrefixStore {
 pub struct LlamaModel {
     pub cfg: Config,
     embedding: Matrix,
-    output: Matrix,
+    /// `None` when the output projection is the embedding matrix (tied).
+    output: Option<Matrix>,
     norm: Vec<f32>,
     layers: Vec<Layer>,
     /// cos/sin of every (position, frequency) pair: `[context][head_dim / 2]`.
@@ -283,10 +284,9 @@ impl LlamaModel {
             );
         }
         let output = if content.tensor_infos.contains_key("output.weight") {
-            read_matrix(content, reader, "output.weight")?
+            Some(read_matrix(content, reader, "output.weight")?)
         } else {
-            // Tied embeddings: the output projection is the embedding matrix.
-            embedding.clone()
+            None
         };
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for (i, (attn_norm, ffn_norm)) in norms.into_iter().enumerate() {
@@ -372,7 +372,7 @@ impl LlamaModel {
             .iter()
             .map(|l| l.wqkv.memory_bytes() + l.wo.memory_bytes() + l.w_gate_up.memory_bytes() + l.w_down.memory_bytes())
             .sum();
-        layers + self.embedding.memory_bytes() + self.output.memory_bytes()
+        layers + self.embedding.memory_bytes() + self.output.as_ref().map_or(0, Matrix::memory_bytes)
     }
 
     /// The tokens whose state the live cache holds.
@@ -514,7 +514,7 @@ impl LlamaModel {
         let last = &x[(n - 1) * d..];
         let mut normed = vec![0f32; d];
         rms_norm(last, &self.norm, cfg.rms_eps, &mut normed);
-        let mut logits = self.output.matmul(&normed, 1);
+        let mut logits = self.output.as_ref().unwrap_or(&self.embedding).matmul(&normed, 1);
         logits.truncate(cfg.vocab);
         Ok(logits)
     }
