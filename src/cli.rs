@@ -3,12 +3,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::config::PipelineConfig;
 use crate::dataset::Split;
 use crate::lm::UsageSummary;
+use crate::lm::local::{LocalEngine, LocalOptions};
 use crate::optimize::evaluate::EvalSummary;
 use crate::pipeline::{self, CompileRequest, EvalRequest, EvalTarget};
 
@@ -63,6 +64,54 @@ pub enum Command {
         #[arg(long)]
         unconstrained: bool,
     },
+    /// Work with the embedded model directly.
+    Lm {
+        #[command(subcommand)]
+        command: LmCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LmCommand {
+    /// Serve the embedded model over an OpenAI-compatible HTTP API
+    /// (`/v1/chat/completions`, `/v1/models`) until Ctrl-C or SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The GGUF model file [default: <root>/.promptloop/models/SmolLM2-135M-Instruct.Q4_1.gguf].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Address to listen on. Only loopback addresses unless --allow-remote.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one; the listening line shows which).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Listen on a non-loopback address. The server has no authentication:
+    /// anyone who can reach the address can use it.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// CPU threads for the model [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Memory for the attention state of recent prompt prefixes, in MiB (0 turns prefix reuse off).
+    #[arg(long, default_value_t = 256)]
+    pub prefix_cache_mb: usize,
+    /// Do not constrain decoding: JSON response formats are then not enforced.
+    #[arg(long)]
+    pub no_constrain: bool,
+    /// The model's name in /v1/models and in replies.
+    #[arg(long, default_value = "smollm2")]
+    pub model_id: String,
+}
+
+impl Cli {
+    /// Whether the command runs a server (whose request log is on by default).
+    pub fn is_server(&self) -> bool {
+        matches!(self.command, Command::Lm { command: LmCommand::Serve(_) })
+    }
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -133,8 +182,42 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!("wrote per-example results to {}", path.display());
             }
         }
+        Command::Lm { command: LmCommand::Serve(args) } => serve(&cli.root, args).await?,
     }
     Ok(())
+}
+
+async fn serve(root: &std::path::Path, args: ServeArgs) -> Result<()> {
+    use std::io::Write;
+
+    // Check the address before the slow part, loading the model.
+    let address = crate::serve::bind_address(&args.host, args.port, args.allow_remote)?;
+    let model = args.model.unwrap_or_else(|| crate::lm::local::default_model_path(root));
+    let options =
+        LocalOptions { threads: args.threads, constrained: !args.no_constrain, prefix_cache_mb: args.prefix_cache_mb };
+    let engine = tokio::task::spawn_blocking(move || LocalEngine::load(&model, options)).await??;
+    let listener =
+        tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+    let local = listener.local_addr()?;
+    if !local.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {local}, which is not a loopback address: anyone who can reach it can use the model"
+        );
+    }
+    let serve_options = crate::serve::ServeOptions { model_id: args.model_id, ..Default::default() };
+    println!("listening on http://{local}/v1");
+    std::io::stdout().flush()?;
+    // The first Ctrl-C or SIGTERM stops taking requests and lets those in
+    // flight finish; a second one stops at once.
+    let shutdown = async {
+        crate::serve::shutdown_signal().await;
+        tokio::spawn(async {
+            crate::serve::shutdown_signal().await;
+            eprintln!("stopping without waiting for the requests in flight");
+            std::process::exit(130);
+        });
+    };
+    crate::serve::serve_with_shutdown(listener, std::sync::Arc::new(engine), serve_options, shutdown).await
 }
 
 fn usage_line(u: &UsageSummary) -> String {

@@ -10,3 +10,4 @@ pub mod metric;
 pub mod optimize;
 pub mod pipeline;
 pub mod program;
+pub mod serve;

@@ -1,0 +1,662 @@
+//! `promptloop lm serve` against the real embedded model: a server on
+//! 127.0.0.1 (ephemeral port) answering OpenAI-shaped requests, checked with
+//! plain HTTP and with our own OpenAI client. The model file must be present:
+//! `scripts/setup-model.sh` fetches it (`scripts/test.sh` runs it first).
+
+use std::collections::HashSet;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use promptloop::lm::local::{DEFAULT_MODEL_PATH, LocalEngine, LocalOptions};
+use promptloop::lm::openai::{OpenAiClient, OpenAiConfig, SchemaStyle};
+use promptloop::lm::{ChatMessage, LanguageModel, LmRequest, Role};
+use promptloop::serve::{ServeOptions, serve_with_shutdown};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Loaded once per test binary (nextest runs each test in its own process,
+/// so in practice once per test).
+static ENGINE: LazyLock<Arc<LocalEngine>> = LazyLock::new(|| {
+    let path = model_path();
+    assert!(path.is_file(), "no model at {}; run scripts/setup-model.sh", path.display());
+    Arc::new(LocalEngine::load(&path, LocalOptions::default()).expect("the model loads"))
+});
+
+fn model_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL_PATH)
+}
+
+struct Server {
+    /// `http://127.0.0.1:PORT`
+    root: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    http: reqwest::Client,
+}
+
+impl Server {
+    async fn start() -> Self {
+        Self::start_with(ServeOptions::default()).await
+    }
+
+    async fn start_with(options: ServeOptions) -> Self {
+        let engine = tokio::task::spawn_blocking(|| ENGINE.clone()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let root = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve_with_shutdown(listener, engine, options, async {
+            let _ = stopped.await;
+        }));
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(300)).build().unwrap();
+        Self { root, stop: Some(stop), task: Some(task), http }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.root)
+    }
+
+    fn base_url(&self) -> String {
+        self.url("/v1")
+    }
+
+    /// POSTs a JSON body to /v1/chat/completions.
+    async fn chat(&self, body: Value) -> (StatusCode, Value) {
+        let response = self.http.post(self.url("/v1/chat/completions")).json(&body).send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+        (status, value)
+    }
+
+    /// A chat that must succeed; returns the body after checking its shape.
+    async fn chat_ok(&self, body: Value) -> Value {
+        let (status, value) = self.chat(body).await;
+        assert_eq!(status, StatusCode::OK, "{value}");
+        assert_completion_shape(&value);
+        value
+    }
+
+    /// Stops the server gracefully; it must exit cleanly.
+    async fn shutdown(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), task).await.expect("the server stops").unwrap().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+fn user(text: &str) -> Value {
+    json!([{"role": "user", "content": text}])
+}
+
+fn content(reply: &Value) -> &str {
+    reply["choices"][0]["message"]["content"].as_str().unwrap()
+}
+
+fn finish(reply: &Value) -> &str {
+    reply["choices"][0]["finish_reason"].as_str().unwrap()
+}
+
+fn usage(reply: &Value, field: &str) -> u64 {
+    reply["usage"][field].as_u64().unwrap()
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Every required field of OpenAI's CreateChatCompletionResponse, with its type.
+fn assert_completion_shape(v: &Value) {
+    let object = v.as_object().unwrap_or_else(|| panic!("not an object: {v}"));
+    let id = object["id"].as_str().expect("id is a string");
+    assert!(id.starts_with("chatcmpl-") && id.len() > "chatcmpl-".len(), "{id}");
+    assert_eq!(object["object"], "chat.completion");
+    let created = object["created"].as_u64().expect("created is an integer");
+    assert!(created.abs_diff(now()) < 600, "created {created}");
+    assert_eq!(object["model"], "smollm2");
+    let choices = object["choices"].as_array().expect("choices is an array");
+    assert_eq!(choices.len(), 1);
+    let choice = choices[0].as_object().expect("a choice is an object");
+    assert_eq!(choice["index"], 0);
+    assert!(choice.contains_key("logprobs") && choice["logprobs"].is_null(), "{v}");
+    assert!(matches!(choice["finish_reason"].as_str(), Some("stop" | "length")), "{v}");
+    let message = choice["message"].as_object().expect("message is an object");
+    assert_eq!(message["role"], "assistant");
+    assert!(message["content"].is_string(), "{v}");
+    assert!(message.contains_key("refusal") && message["refusal"].is_null(), "{v}");
+    let usage = object["usage"].as_object().expect("usage is an object");
+    let count = |k: &str| usage[k].as_u64().unwrap_or_else(|| panic!("usage.{k} is not a count: {v}"));
+    assert!(count("prompt_tokens") > 0);
+    assert_eq!(count("total_tokens"), count("prompt_tokens") + count("completion_tokens"));
+}
+
+/// OpenAI's error shape, with the given parameter named.
+fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, param: Option<&str>) {
+    assert_eq!(status, expected, "{body}");
+    let error = body["error"].as_object().unwrap_or_else(|| panic!("no error object: {body}"));
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    let kind = error["type"].as_str().expect("type is a string");
+    assert_eq!(kind, if expected.is_server_error() { "server_error" } else { "invalid_request_error" });
+    assert!(error.contains_key("param") && error.contains_key("code"), "{body}");
+    assert!(error["code"].is_null() || error["code"].is_string(), "{body}");
+    match param {
+        Some(p) => assert_eq!(error["param"], p, "{body}"),
+        None => assert!(error["param"].is_null(), "{body}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_endpoints_have_openai_shape() {
+    let server = Server::start().await;
+    let list: Value = server.http.get(server.url("/v1/models")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["object"], "list");
+    let data = list["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1);
+    let model = &data[0];
+    assert_eq!(model["id"], "smollm2");
+    assert_eq!(model["object"], "model");
+    assert!(model["created"].as_u64().is_some_and(|c| c.abs_diff(now()) < 600), "{model}");
+    assert!(model["owned_by"].is_string());
+
+    let one = server.http.get(server.url("/v1/models/smollm2")).send().await.unwrap();
+    assert_eq!(one.status(), StatusCode::OK);
+    assert_eq!(&one.json::<Value>().await.unwrap(), model);
+
+    let missing = server.http.get(server.url("/v1/models/gpt-4o")).send().await.unwrap();
+    let status = missing.status();
+    let body: Value = missing.json().await.unwrap();
+    assert_error(status, &body, StatusCode::NOT_FOUND, Some("model"));
+    assert_eq!(body["error"]["code"], "model_not_found");
+
+    let health = server.http.get(server.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(health.json::<Value>().await.unwrap()["status"], "ok");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_completion_has_openai_shape() {
+    let server = Server::start().await;
+    let response = server
+        .http
+        .post(server.url("/v1/chat/completions"))
+        .json(&json!({
+            "model": "smollm2",
+            "messages": [
+                {"role": "system", "content": "You answer in one short sentence."},
+                {"role": "user", "content": "What colour is the sky on a clear day?"},
+            ],
+            "temperature": 0,
+            "max_tokens": 24,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(content_type.starts_with("application/json"), "{content_type}");
+    let reply: Value = response.json().await.unwrap();
+    assert_completion_shape(&reply);
+    assert!(!content(&reply).is_empty());
+    assert!(usage(&reply, "completion_tokens") <= 24);
+
+    // The other accepted forms: developer role, text parts, the *_tokens alias,
+    // harmless fields, no model name, the path without /v1.
+    let response = server
+        .http
+        .post(server.url("/chat/completions"))
+        .json(&json!({
+            "messages": [
+                {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+                {"role": "user", "content": [{"type": "text", "text": "Say hello."}]},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "Again."},
+            ],
+            "temperature": 0.0,
+            "max_completion_tokens": 8,
+            "top_p": 1, "frequency_penalty": 0, "presence_penalty": 0, "n": 1, "logprobs": false,
+            "user": "someone", "metadata": {"run": "1"}, "store": false, "response_format": {"type": "text"},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let reply: Value = response.json().await.unwrap();
+    assert_completion_shape(&reply);
+    assert!(usage(&reply, "completion_tokens") <= 8);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_openai_client_completes_against_the_server() {
+    let server = Server::start().await;
+    let mut config = OpenAiConfig::new(server.base_url(), "smollm2");
+    config.max_retries = 0;
+    config.timeout_secs = 300.0;
+    let client = OpenAiClient::new(config.clone()).unwrap();
+    let mut request = LmRequest::new(vec![
+        ChatMessage::new(Role::System, "You answer briefly."),
+        ChatMessage::new(Role::User, "Name a fruit."),
+    ]);
+    request.max_tokens = 16;
+    let reply = client.complete(&request).await.unwrap();
+    assert!(!reply.text.is_empty());
+    assert!(reply.usage.prompt_tokens > 0 && (1..=16).contains(&reply.usage.completion_tokens), "{reply:?}");
+    assert!(matches!(reply.finish_reason.as_deref(), Some("stop" | "length")));
+
+    // The same request straight to the engine gives the same text (greedy).
+    let direct = ENGINE.complete(&request).await.unwrap();
+    assert_eq!(reply.text, direct.text);
+
+    // A JSON-schema reply, in both of the client's styles. Until the JSON
+    // decoder lands the text need not be JSON; see `json_schema_replies_follow_the_schema`.
+    request.json_schema = Some(json!({
+        "type": "object",
+        "properties": {"fruit": {"type": "string"}},
+        "required": ["fruit"],
+        "additionalProperties": false,
+    }));
+    for style in [SchemaStyle::OpenAi, SchemaStyle::JsonObject] {
+        let client = OpenAiClient::new(OpenAiConfig { schema_style: style, ..config.clone() }).unwrap();
+        let reply = client.complete(&request).await.unwrap();
+        assert!(reply.usage.completion_tokens <= 16, "{style:?}: {reply:?}");
+    }
+    server.shutdown().await;
+}
+
+/// Needs the JSON-schema decoder (the constraint work in src/lm/local/): with
+/// the current stub, `Segment::Json` does not constrain the reply. Run after
+/// the merge with `cargo nextest run --release --run-ignored all serve`, then
+/// drop the `ignore`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "enable once the JSON-schema decoder is merged"]
+async fn json_schema_replies_follow_the_schema() {
+    let server = Server::start().await;
+    let schema = json!({
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+        "required": ["city", "country"],
+        "additionalProperties": false,
+    });
+    let messages = user("Name a large city and its country, as JSON.");
+    let formats = [
+        json!({"type": "json_schema", "json_schema": {"name": "place", "schema": schema, "strict": true}}),
+        json!({"type": "json_object", "schema": schema}),
+    ];
+    for format in formats {
+        let reply = server
+            .chat_ok(json!({"messages": messages, "temperature": 0, "max_tokens": 64, "response_format": format}))
+            .await;
+        assert_eq!(finish(&reply), "stop", "{reply}");
+        let value: Value = serde_json::from_str(content(&reply)).unwrap_or_else(|e| panic!("not JSON ({e}): {reply}"));
+        assert!(jsonschema::is_valid(&schema, &value), "{value} does not satisfy {schema}");
+    }
+    // json_object alone: any JSON object.
+    let reply = server
+        .chat_ok(json!({"messages": messages, "temperature": 0, "max_tokens": 64,
+                        "response_format": {"type": "json_object"}}))
+        .await;
+    let value: Value = serde_json::from_str(content(&reply)).unwrap_or_else(|e| panic!("not JSON ({e}): {reply}"));
+    assert!(value.is_object(), "{value}");
+
+    // Through our client too.
+    let client = OpenAiClient::new(OpenAiConfig::new(server.base_url(), "smollm2")).unwrap();
+    let mut request = LmRequest::new(vec![ChatMessage::new(Role::User, "Name a large city and its country.")]);
+    request.max_tokens = 64;
+    request.json_schema = Some(schema.clone());
+    let reply = client.complete(&request).await.unwrap();
+    let value: Value = serde_json::from_str(&reply.text).unwrap();
+    assert!(jsonschema::is_valid(&schema, &value), "{value}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_tokens_is_honoured() {
+    let server = Server::start().await;
+    let story = user("Write a long story about a dragon who learns to bake bread.");
+    for field in ["max_tokens", "max_completion_tokens"] {
+        let mut body = json!({"messages": story, "temperature": 0});
+        body[field] = json!(5);
+        let reply = server.chat_ok(body).await;
+        assert!(usage(&reply, "completion_tokens") <= 5, "{field}: {reply}");
+        assert_eq!(finish(&reply), "length", "{field}: {reply}");
+    }
+    // Both: the newer name wins.
+    let reply = server
+        .chat_ok(json!({"messages": story, "temperature": 0, "max_tokens": 50, "max_completion_tokens": 3}))
+        .await;
+    assert!(usage(&reply, "completion_tokens") <= 3, "{reply}");
+    assert_eq!(finish(&reply), "length");
+
+    // A budget beyond the context window is capped (DSPy asks for 4000 and more).
+    let reply = server.chat_ok(json!({"messages": user("Hi"), "temperature": 0, "max_tokens": 100_000})).await;
+    assert_eq!(finish(&reply), "stop", "{reply}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_string_cuts_the_reply() {
+    let server = Server::start().await;
+    let messages = user("List the days of the week, separated by commas.");
+    let full = server.chat_ok(json!({"messages": messages, "temperature": 0, "max_tokens": 40})).await;
+    let text = content(&full).to_string();
+    // A stop string from the middle of the reply.
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    assert!(chars.len() >= 8, "reply too short to cut: {text:?}");
+    let mid = chars[chars.len() / 2].0;
+    let end = chars.get(chars.len() / 2 + 3).map_or(text.len(), |c| c.0);
+    let stop = &text[mid..end];
+    let cut = text.find(stop).unwrap();
+    for form in [json!(stop), json!(["NEVER-IN-THE-REPLY", stop])] {
+        let reply =
+            server.chat_ok(json!({"messages": messages, "temperature": 0, "max_tokens": 40, "stop": form})).await;
+        assert_eq!(content(&reply), &text[..cut], "stop {stop:?} in {text:?}");
+        assert_eq!(finish(&reply), "stop");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_seed_reproduces_a_sampled_reply() {
+    let server = Server::start().await;
+    let messages = user("Write a short poem about the sea.");
+    let sample = |seed: Option<i64>| {
+        let mut body = json!({"messages": messages, "temperature": 1.0, "max_tokens": 16});
+        if let Some(seed) = seed {
+            body["seed"] = json!(seed);
+        }
+        let server = &server;
+        async move { content(&server.chat_ok(body).await).to_string() }
+    };
+    let a = sample(Some(42)).await;
+    let b = sample(Some(42)).await;
+    assert_eq!(a, b);
+    // Other seeds, and no seed at all, sample afresh.
+    let seeded: HashSet<String> = [a.clone(), sample(Some(1)).await, sample(Some(2)).await].into();
+    assert!(seeded.len() > 1, "{seeded:?}");
+    let unseeded: HashSet<String> = [sample(None).await, sample(None).await, sample(None).await].into();
+    assert!(unseeded.len() > 1, "{unseeded:?}");
+    server.shutdown().await;
+}
+
+/// The `data:` payloads of a Server-Sent Events body, checking its framing.
+fn sse_events(body: &str) -> Vec<String> {
+    assert!(body.ends_with("\n\n"), "{body:?}");
+    body.trim_end_matches('\n')
+        .split("\n\n")
+        .map(|event| {
+            let data = event.strip_prefix("data: ").unwrap_or_else(|| panic!("not a data event: {event:?}"));
+            assert!(!data.contains('\n'), "{event:?}");
+            data.to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_sends_openai_chunks_that_add_up_to_the_reply() {
+    let server = Server::start().await;
+    let body = json!({"messages": user("Describe a cat in two sentences."), "temperature": 0, "max_tokens": 40});
+    let whole = server.chat_ok(body.clone()).await;
+
+    for include_usage in [false, true] {
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        if include_usage {
+            streamed["stream_options"] = json!({"include_usage": true});
+        }
+        let response = server.http.post(server.url("/v1/chat/completions")).json(&streamed).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        let events = sse_events(&response.text().await.unwrap());
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+        let id = chunks[0]["id"].as_str().unwrap();
+        assert!(id.starts_with("chatcmpl-"));
+        let (mut text, mut finishes) = (String::new(), Vec::new());
+        for (i, chunk) in chunks.iter().enumerate() {
+            assert_eq!(chunk["id"], id);
+            assert_eq!(chunk["object"], "chat.completion.chunk");
+            assert!(chunk["created"].is_u64());
+            assert_eq!(chunk["model"], "smollm2");
+            let choices = chunk["choices"].as_array().unwrap();
+            if include_usage && i == chunks.len() - 1 {
+                // The usage chunk: no choices, the same counts as the whole reply.
+                assert!(choices.is_empty(), "{chunk}");
+                assert_eq!(chunk["usage"], whole["usage"]);
+                continue;
+            }
+            if include_usage {
+                assert!(chunk["usage"].is_null(), "{chunk}");
+            } else {
+                assert!(chunk.get("usage").is_none(), "{chunk}");
+            }
+            assert_eq!(choices.len(), 1);
+            let choice = &choices[0];
+            assert_eq!(choice["index"], 0);
+            let delta = choice["delta"].as_object().unwrap();
+            if i == 0 {
+                assert_eq!(delta["role"], "assistant");
+            } else {
+                assert!(!delta.contains_key("role"));
+            }
+            if let Some(piece) = delta.get("content") {
+                text.push_str(piece.as_str().unwrap());
+            }
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                finishes.push((i, reason.to_string()));
+            }
+        }
+        assert_eq!(text, content(&whole));
+        let last_choice_chunk = if include_usage { chunks.len() - 2 } else { chunks.len() - 1 };
+        assert_eq!(finishes, vec![(last_choice_chunk, finish(&whole).to_string())]);
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_openai_errors_and_the_server_keeps_serving() {
+    let server = Server::start_with(ServeOptions { max_body_bytes: 64 * 1024, ..ServeOptions::default() }).await;
+    let chat = server.url("/v1/chat/completions");
+    let ok = user("Hi");
+    let raw = |content_type: &'static str, body: &'static str| {
+        server.http.post(&chat).header("content-type", content_type).body(body).send()
+    };
+    let read = |response: reqwest::Response| async move {
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str::<Value>(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+    };
+
+    // Malformed JSON, a body that is not an object, the wrong content type.
+    for (content_type, body) in
+        [("application/json", "{\"messages\": [}"), ("application/json", "[1, 2]"), ("text/plain", "{}")]
+    {
+        let (status, value) = read(raw(content_type, body).await.unwrap()).await;
+        assert_error(status, &value, StatusCode::BAD_REQUEST, None);
+    }
+    let (status, value) = read(server.http.post(&chat).body("{}").send().await.unwrap()).await;
+    assert_error(status, &value, StatusCode::BAD_REQUEST, None);
+    assert!(value["error"]["message"].as_str().unwrap().contains("Content-Type"), "{value}");
+
+    // Bad fields: missing or empty messages, wrong types, out-of-range values,
+    // what the engine cannot honour.
+    let cases = [
+        (json!({"model": "smollm2"}), "messages"),
+        (json!({"messages": []}), "messages"),
+        (json!({"messages": {"role": "user"}}), "messages"),
+        (json!({"messages": [{"role": "user", "content": 7}]}), "messages[0].content"),
+        (json!({"messages": [{"role": "wizard", "content": "x"}]}), "messages[0].role"),
+        (
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}),
+            "messages[0].content[0].type",
+        ),
+        (json!({"messages": ok, "temperature": "warm"}), "temperature"),
+        (json!({"messages": ok, "temperature": 2.5}), "temperature"),
+        (json!({"messages": ok, "temperature": -1}), "temperature"),
+        (json!({"messages": ok, "max_tokens": 0}), "max_tokens"),
+        (json!({"messages": ok, "max_completion_tokens": "ten"}), "max_completion_tokens"),
+        (json!({"messages": ok, "stop": ["a", "b", "c", "d", "e"]}), "stop"),
+        (json!({"messages": ok, "stop": {"at": "x"}}), "stop"),
+        (json!({"messages": ok, "seed": 1.5}), "seed"),
+        (json!({"messages": ok, "stream": "yes"}), "stream"),
+        (json!({"messages": ok, "response_format": {"type": "yaml"}}), "response_format"),
+        (
+            json!({"messages": ok, "response_format": {"type": "json_schema", "json_schema": {"schema": 3}}}),
+            "response_format",
+        ),
+        (json!({"messages": ok, "n": 3}), "n"),
+        (json!({"messages": ok, "logprobs": true}), "logprobs"),
+        (json!({"messages": ok, "tools": [{"type": "function", "function": {"name": "f"}}]}), "tools"),
+        (json!({"messages": ok, "tool_choice": "required"}), "tool_choice"),
+        (json!({"messages": ok, "functions": [{"name": "f"}]}), "functions"),
+        (json!({"messages": ok, "top_p": 0.5}), "top_p"),
+        (json!({"messages": ok, "frequency_penalty": 1}), "frequency_penalty"),
+    ];
+    for (body, param) in cases {
+        let (status, value) = server.chat(body.clone()).await;
+        assert_error(status, &value, StatusCode::BAD_REQUEST, Some(param));
+    }
+
+    // Unknown path, wrong method, oversized body.
+    let (status, value) = read(server.http.get(server.url("/v1/completions/nope")).send().await.unwrap()).await;
+    assert_error(status, &value, StatusCode::NOT_FOUND, None);
+    let response = server.http.get(&chat).send().await.unwrap();
+    assert_eq!(response.headers()["allow"], "POST");
+    let (status, value) = read(response).await;
+    assert_error(status, &value, StatusCode::METHOD_NOT_ALLOWED, None);
+    let (status, value) = read(server.http.post(server.url("/v1/models")).send().await.unwrap()).await;
+    assert_error(status, &value, StatusCode::METHOD_NOT_ALLOWED, None);
+    let huge = json!({"messages": [{"role": "user", "content": "x".repeat(100 * 1024)}]});
+    let (status, value) = read(server.http.post(&chat).json(&huge).send().await.unwrap()).await;
+    assert_error(status, &value, StatusCode::PAYLOAD_TOO_LARGE, None);
+
+    // Still serving.
+    let reply = server.chat_ok(json!({"messages": ok, "temperature": 0, "max_tokens": 8})).await;
+    assert!(!content(&reply).is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_longer_than_the_context_is_refused() {
+    let server = Server::start().await;
+    let context = ENGINE.context_size();
+    let long = "hello ".repeat(context + 100);
+    let prompt_tokens = ENGINE.prompt_tokens(&[ChatMessage::new(Role::User, long.clone())]).0.len();
+    assert!(prompt_tokens > context);
+    let (status, value) = server.chat(json!({"messages": user(&long), "max_tokens": 16})).await;
+    assert_error(status, &value, StatusCode::BAD_REQUEST, Some("messages"));
+    assert_eq!(value["error"]["code"], "context_length_exceeded");
+    let message = value["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&context.to_string()) && message.contains(&prompt_tokens.to_string()), "{message}");
+
+    // And our client sees a non-retryable HTTP 400.
+    let mut config = OpenAiConfig::new(server.base_url(), "smollm2");
+    config.max_retries = 3;
+    let client = OpenAiClient::new(config).unwrap();
+    let error = client.complete(&LmRequest::new(vec![ChatMessage::new(Role::User, long)])).await.unwrap_err();
+    assert!(!error.is_retryable() && error.to_string().contains("context_length_exceeded"), "{error}");
+
+    server.chat_ok(json!({"messages": user("Hi"), "temperature": 0, "max_tokens": 4})).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_answers_while_the_model_works() {
+    let server = Arc::new(Server::start().await);
+    let long = json!({"messages": user("Write a long story about a lighthouse keeper."), "temperature": 0,
+                      "max_tokens": 60});
+    let busy = {
+        let server = server.clone();
+        let long = long.clone();
+        tokio::spawn(async move { server.chat_ok(long).await })
+    };
+    let queued = {
+        let server = server.clone();
+        tokio::spawn(async move { server.chat_ok(long).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    let health = server.http.get(server.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert!(!busy.is_finished(), "the generation should still be running");
+    // Both generations complete, one after the other, with the same (greedy) text.
+    let (a, b) = (busy.await.unwrap(), queued.await.unwrap());
+    assert_eq!(content(&a), content(&b));
+    Arc::into_inner(server).expect("no other handle").shutdown().await;
+}
+
+#[cfg(unix)]
+#[test]
+fn cli_serve_prints_the_listening_line_and_stops_on_sigterm() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_promptloop"))
+        .args(["--root", root, "lm", "serve", "--port", "0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(180)) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("no listening line within 180 s");
+        }
+    };
+    let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_string();
+    assert!(base.starts_with("http://127.0.0.1:") && base.ends_with("/v1"), "{base}");
+    let port: u16 = base["http://127.0.0.1:".len()..base.len() - 3].parse().unwrap();
+    assert_ne!(port, 0);
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let models: Value = runtime.block_on(async {
+        reqwest::get(format!("{base}/models")).await.unwrap().error_for_status().unwrap().json().await.unwrap()
+    });
+    assert_eq!(models["data"][0]["id"], "smollm2");
+
+    // SIGTERM: a graceful stop and a clean exit.
+    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server did not stop within 30 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn cli_serve_refuses_a_non_loopback_host() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_promptloop"))
+        .args(["lm", "serve", "--host", "0.0.0.0", "--port", "0", "--model", "/nonexistent.gguf"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--allow-remote") && err.contains("0.0.0.0"), "{err}");
+}
