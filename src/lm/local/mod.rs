@@ -333,7 +333,15 @@ impl Engine {
         if prompt.len() + max_tokens > context {
             return Err(LmError::ContextOverflow { prompt_tokens: prompt.len(), max_tokens, context });
         }
+        let before = self.model.prefix_stats();
         self.model.begin(&prompt);
+        let after = self.model.prefix_stats();
+        tracing::debug!(
+            prompt_tokens = prompt.len(),
+            reused = after.reused_positions - before.reused_positions,
+            stored_prefixes = after.stored_prefixes,
+            "embedded model: prompt state"
+        );
         let mut reply = Reply {
             prompt_len: prompt.len(),
             seq: prompt,
