@@ -27,7 +27,11 @@ SERVER_BASE = os.environ.get("PEERS_BASE_URL", "http://127.0.0.1:8081/v1")
 SERVER_MODEL = os.environ.get("PEERS_MODEL", "smollm2")
 # The server's flags as started (see README.md); recorded with each result.
 SERVER_FLAGS = os.environ.get("PEERS_SERVER_FLAGS", "--n_ctx 4096 --n_threads 2 --model_alias smollm2")
-SERVER_SOFTWARE = "llama-cpp-python[server]==0.3.36, SmolLM2-135M-Instruct.Q4_1.gguf"
+SERVER_SOFTWARE = os.environ.get(
+    "PEERS_SERVER_SOFTWARE", "llama-cpp-python[server]==0.3.36, SmolLM2-135M-Instruct.Q4_1.gguf"
+)
+# Appended to result file names, so runs against another server keep their own files.
+RESULT_SUFFIX = os.environ.get("PEERS_RESULT_SUFFIX", "")
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ def machine() -> dict:
 
 def write_result(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
+    name = f"{name}{RESULT_SUFFIX}"
     out = RESULTS / f"peers-{name}.json"
     doc = {
         "name": name,
