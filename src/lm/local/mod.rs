@@ -9,6 +9,7 @@
 
 pub mod constrain;
 pub mod gguf_model;
+pub mod json_constrain;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -417,8 +418,23 @@ impl Engine {
             if constraint.is_done() {
                 return Ok("stop");
             }
-            if reply.out_of_budget() {
-                return Ok("length");
+            // When the tokens left only just cover the shortest way to finish the
+            // template, write that: a reply cut by `max_tokens` still parses. The
+            // forced tokens count as produced, even past the budget.
+            let completion = constraint.completion();
+            let left = reply.budget.saturating_sub(reply.produced);
+            if completion.is_empty() {
+                if left == 0 {
+                    return Ok("length");
+                }
+            } else {
+                let tokens = tokenizer.encode_bytes(&completion);
+                if left <= tokens.len() + BUDGET_MARGIN {
+                    for token in tokens {
+                        reply.push(tokenizer, token);
+                    }
+                    return Ok("length");
+                }
             }
             match constraint.step() {
                 Step::Done => return Ok("stop"),
@@ -442,6 +458,20 @@ impl Engine {
             if !is_text && constraint.is_complete() && !constraint.can_continue() {
                 constraint.finish_segment();
                 segment_start = reply.reply_tokens();
+                continue;
+            }
+            // Bytes the grammar leaves no choice about (an object's only key, the
+            // `": "` after it) are written like a literal, without asking the model.
+            let determined = constraint.determined();
+            if !determined.is_empty() {
+                let before = reply.bytes.len();
+                for token in tokenizer.encode_bytes(&determined) {
+                    reply.push(tokenizer, token);
+                }
+                constraint.push(&determined);
+                if find_stop(&reply.bytes, &request.stop, before).is_some() {
+                    return Ok("stop");
+                }
                 continue;
             }
             let logits = self.model.logits_after(&reply.seq)?;
@@ -468,7 +498,12 @@ impl Engine {
             let token = match pick {
                 Some(Pick::Token(t)) if !tokenizer.is_control(t) => t,
                 // End of turn inside a text segment, or the model prefers ending here.
+                // (Should nothing be allowed mid-segment, the segment is finished
+                // at its shortest, so the reply still parses.)
                 _ => {
+                    for token in tokenizer.encode_bytes(&constraint.segment_completion()) {
+                        reply.push(tokenizer, token);
+                    }
                     constraint.finish_segment();
                     segment_start = reply.reply_tokens();
                     continue;
@@ -503,6 +538,10 @@ impl Engine {
         }
     }
 }
+
+/// Tokens kept in hand beyond the shortest completion of the template: when
+/// fewer are left, decoding stops and writes that completion.
+const BUDGET_MARGIN: usize = 2;
 
 /// The model's score for ending the current segment: its best token that
 /// starts the following literal, or its end-of-turn token.
