@@ -906,7 +906,14 @@ impl JsonGrammar {
 
     /// A fresh automaton at the start of a value.
     pub fn start(self: &Arc<Self>) -> JsonState {
-        JsonState { grammar: self.clone(), stack: vec![Frame::Value { node: self.root }], dead: false }
+        let mut state = JsonState {
+            grammar: self.clone(),
+            stack: vec![Frame::Value { node: self.root }],
+            dead: false,
+            next: [0; 4],
+        };
+        state.refresh_next();
+        state
     }
 
     /// Past `Alt` nodes: the node that handles a value starting with `b`.
@@ -1667,17 +1674,77 @@ pub struct JsonState {
     stack: Vec<Frame>,
     /// Bytes the grammar does not allow were pushed: nothing is allowed any more.
     dead: bool,
+    /// The bytes that may come next, as a 256-bit set (most tokens fail on
+    /// their first byte, so this answers them at once).
+    next: [u64; 4],
 }
 
 impl JsonState {
     /// Whether appending `bytes` keeps the text a prefix of some accepted value.
     /// Allocates nothing and leaves the state as it is.
     pub fn allows(&self, bytes: &[u8]) -> bool {
-        if self.dead || bytes.is_empty() {
+        match bytes {
+            [] => false,
+            [b] => self.next_allowed(*b),
+            [b, ..] => self.next_allowed(*b) && self.check(bytes),
+        }
+    }
+
+    fn next_allowed(&self, b: u8) -> bool {
+        self.next[(b >> 6) as usize] & (1 << (b & 63)) != 0
+    }
+
+    fn refresh_next(&mut self) {
+        self.next = [0; 4];
+        if self.dead {
+            return;
+        }
+        for b in 0..=255u8 {
+            if self.check(&[b]) {
+                self.next[(b >> 6) as usize] |= 1 << (b & 63);
+            }
+        }
+    }
+
+    /// The check behind [`JsonState::allows`].
+    fn check(&self, bytes: &[u8]) -> bool {
+        if self.dead {
             return false;
         }
-        let mut overlay = Overlay::new(&self.stack);
-        bytes.iter().all(|&b| feed(&self.grammar, &mut overlay, b))
+        let g = &*self.grammar;
+        let Some(&first) = self.stack.last() else { return false };
+        // Fast path: while the bytes only change the top frame (most of a
+        // string, a number, a literal), keep it in a local.
+        let mut top = first;
+        let mut i = 0;
+        while i < bytes.len() {
+            if let Frame::Str { node, chars, esc: ESC_NONE, utf8 } = top {
+                // A run of plain ASCII text in a string.
+                let run =
+                    bytes[i..].iter().take_while(|&&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\').count();
+                if run > 0 && utf8.need == 0 {
+                    let Node::String { max, .. } = g.nodes[node as usize] else { return false };
+                    if chars as u64 + run as u64 > max as u64 {
+                        return false;
+                    }
+                    top = Frame::Str { node, chars: chars + run as u32, esc: ESC_NONE, utf8 };
+                    i += run;
+                    continue;
+                }
+            }
+            match step(g, top, bytes[i]) {
+                Act::Set(f) => top = f,
+                Act::Reject => return false,
+                _ => {
+                    // The byte opens or closes a value: go on with the stack.
+                    let mut overlay = Overlay::new(&self.stack);
+                    overlay.set_top(top);
+                    return bytes[i..].iter().all(|&b| feed(g, &mut overlay, b));
+                }
+            }
+            i += 1;
+        }
+        true
     }
 
     /// Appends bytes; `false` (and a dead state) if the grammar does not allow them.
@@ -1688,10 +1755,11 @@ impl JsonState {
         for &b in bytes {
             if !feed(&self.grammar, &mut self.stack, b) {
                 self.dead = true;
-                return false;
+                break;
             }
         }
-        true
+        self.refresh_next();
+        !self.dead
     }
 
     /// Whether the text is a whole accepted value.
@@ -1701,7 +1769,7 @@ impl JsonState {
 
     /// Whether some byte may still follow.
     pub fn can_continue(&self) -> bool {
-        !self.dead && (0..=255u8).any(|b| self.allows(&[b]))
+        self.next != [0; 4]
     }
 
     /// The bytes that must come next: while exactly one byte is allowed and
@@ -1709,15 +1777,13 @@ impl JsonState {
     pub fn determined(&self) -> Vec<u8> {
         let mut out = Vec::new();
         let mut s = self.clone();
-        while out.len() < 256 && !s.dead && !s.grammar.complete(&s.stack) {
-            let mut allowed = (0..=255u8).filter(|&b| s.allows(&[b]));
-            match (allowed.next(), allowed.next()) {
-                (Some(b), None) => {
-                    s.push(&[b]);
-                    out.push(b);
-                }
-                _ => break,
+        while out.len() < 256 && !s.grammar.complete(&s.stack) {
+            if s.next.iter().map(|w| w.count_ones()).sum::<u32>() != 1 {
+                break;
             }
+            let b = (0..=255u8).find(|&b| s.next_allowed(b)).expect("one byte is allowed");
+            s.push(&[b]);
+            out.push(b);
         }
         out
     }
@@ -2114,10 +2180,11 @@ mod tests {
             let whole = format!("{prefix}{rest}");
             assert!(accepts(&schema, &whole) && valid(&schema, &whole), "{whole}");
         }
-        // Mid-character: the completion finishes the character first.
+        // Inside an enum value: its shortest option.
         let mut s = g.start();
-        s.push(&[b'{', b'"', b'k', b'i', b'n', b'd', b'"', b':', b' ', b'"']);
+        s.push(b"{\"kind\": \"");
         assert_eq!(s.completion(), b"bug\", \"items\": [{\"sku\": \"\", \"qty\": 0}]}");
+        // Mid-character: the completion finishes the character first.
         let mut s = state(json!({"type": "string", "minLength": 2}));
         s.push(&[b'"', 0xe2, 0x82]);
         assert_eq!(s.completion(), [0x80, b'x', b'"']);
