@@ -354,6 +354,51 @@ fn a_reply_cut_by_the_budget_is_forced_closed_and_counted() {
     assert!(value["story"].as_str().is_some_and(|s| !s.is_empty()), "{}", reply.text);
 }
 
+#[test]
+fn a_short_budget_ends_free_text_but_leaves_the_choice_to_the_model() {
+    // "x" is the shortest option: forcing the shortest completion would pick it.
+    let options: Vec<String> = ["x", "cards", "transfers", "top_ups"].iter().map(|s| s.to_string()).collect();
+    let mut messages = banking("I topped up 20 euros by card but my balance did not change.");
+    messages[0].content.push_str(
+        "\nReply in this format:\n[[ ## reasoning ## ]]\n{your reasoning}\n\n[[ ## queue ## ]]\n{cards, transfers or top_ups}\n\n[[ ## completed ## ]]",
+    );
+    let mut request = LmRequest::new(messages);
+    request.max_tokens = 30;
+    request.template = Some(OutputTemplate {
+        segments: vec![
+            Segment::Literal { text: "[[ ## reasoning ## ]]\n".into() },
+            Segment::Text { until: "\n\n[[ ##".into() },
+            Segment::Literal { text: "\n\n[[ ## queue ## ]]\n".into() },
+            Segment::Choice { options: options.clone() },
+            Segment::Literal { text: "\n\n[[ ## completed ## ]]".into() },
+        ],
+    });
+    let reply = engine().complete_blocking(&request).unwrap();
+    assert_eq!(reply.finish_reason.as_deref(), Some("length"), "{:?}", reply.text);
+    let rest = reply.text.strip_prefix("[[ ## reasoning ## ]]\n").expect("starts with the reasoning header");
+    let (reasoning, rest) = rest.split_once("\n\n[[ ## queue ## ]]\n").expect("has the queue header");
+    assert!(!reasoning.is_empty(), "{:?}", reply.text);
+    let queue = rest.strip_suffix("\n\n[[ ## completed ## ]]").expect("ends with the completed marker");
+    assert!(QUEUES.contains(&queue), "the model's choice, not the shortest option: {queue:?}");
+    assert!(reply.usage.completion_tokens <= 30, "{:?}", reply.usage);
+
+    // The same in a JSON reply: the reasoning string ends, the model picks the queue.
+    let mut request = LmRequest::new(banking("I topped up 20 euros by card but my balance did not change."));
+    request.max_tokens = 30;
+    let schema = json!({
+        "type": "object",
+        "properties": {"reasoning": {"type": "string"}, "queue": {"enum": options}},
+        "required": ["reasoning", "queue"],
+        "additionalProperties": false
+    });
+    request.template = Some(OutputTemplate { segments: vec![Segment::Json { schema }] });
+    let reply = engine().complete_blocking(&request).unwrap();
+    let value: Value = serde_json::from_str(&reply.text).unwrap_or_else(|e| panic!("{e}: {}", reply.text));
+    assert!(value["reasoning"].as_str().is_some_and(|r| !r.is_empty()), "{}", reply.text);
+    assert!(QUEUES.contains(&value["queue"].as_str().unwrap()), "{}", reply.text);
+    assert_eq!(reply.finish_reason.as_deref(), Some("length"), "{}", reply.text);
+}
+
 /// What checking one token against a JSON state costs (printed; a loose bound
 /// catches a pathological slowdown).
 #[test]

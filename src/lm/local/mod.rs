@@ -414,15 +414,17 @@ impl Engine {
     ) -> Result<&'static str> {
         // Where the current segment's tokens start in the reply.
         let mut segment_start = 0usize;
+        // The budget is running out: free text ends as soon as it can.
+        let mut closing = false;
         loop {
             if constraint.is_done() {
-                return Ok("stop");
+                return Ok(if closing { "length" } else { "stop" });
             }
             // When the tokens left only just cover the shortest way to finish the
             // template, write that: a reply cut by `max_tokens` still parses. The
             // forced tokens count as produced, even past the budget.
-            let completion = constraint.completion();
             let left = reply.budget.saturating_sub(reply.produced);
+            let completion = constraint.completion();
             if completion.is_empty() {
                 if left == 0 {
                     return Ok("length");
@@ -435,6 +437,14 @@ impl Engine {
                     }
                     return Ok("length");
                 }
+            }
+            // A little earlier, when the tokens left only cover finishing with the
+            // longest option of each choice still to come, free text (a text
+            // segment, a JSON string) ends, so the budget goes to the values the
+            // model still chooses rather than to whichever option is shortest.
+            if !closing {
+                let roomy = constraint.roomy_completion();
+                closing = roomy != completion && left <= tokenizer.encode_bytes(&roomy).len() + BUDGET_MARGIN;
             }
             match constraint.step() {
                 Step::Done => return Ok("stop"),
@@ -455,9 +465,20 @@ impl Engine {
                 Step::Pick => {}
             }
             let is_text = matches!(constraint.current(), Some(Segment::Text { .. }));
-            if !is_text && constraint.is_complete() && !constraint.can_continue() {
+            if (!is_text && constraint.is_complete() && !constraint.can_continue()) || (closing && is_text) {
                 constraint.finish_segment();
                 segment_start = reply.reply_tokens();
+                continue;
+            }
+            if let Some(end) = constraint.json_string_end().filter(|_| closing) {
+                let before = reply.bytes.len();
+                for token in tokenizer.encode_bytes(&end) {
+                    reply.push(tokenizer, token);
+                }
+                constraint.push(&end);
+                if find_stop(&reply.bytes, &request.stop, before).is_some() {
+                    return Ok("stop");
+                }
                 continue;
             }
             // Bytes the grammar leaves no choice about (an object's only key, the
