@@ -418,7 +418,8 @@ impl Engine {
         let mut closing = false;
         loop {
             if constraint.is_done() {
-                return Ok(if closing { "length" } else { "stop" });
+                let cut = closing || reply.produced > reply.budget;
+                return Ok(if cut { "length" } else { "stop" });
             }
             // When the tokens left only just cover the shortest way to finish the
             // template, write that: a reply cut by `max_tokens` still parses. The
@@ -449,10 +450,9 @@ impl Engine {
             match constraint.step() {
                 Step::Done => return Ok("stop"),
                 Step::Force(text) => {
+                    // Whole, even should the budget run out in it: the check above
+                    // then forces the rest, and the reply still parses.
                     for token in tokenizer.encode(&text) {
-                        if reply.out_of_budget() {
-                            return Ok("length");
-                        }
                         let before = reply.bytes.len();
                         reply.push(tokenizer, token);
                         if find_stop(&reply.bytes, &request.stop, before).is_some() {
@@ -548,9 +548,6 @@ impl Engine {
                 }
                 reply.truncate(keep);
                 for token in tokenizer.encode_bytes(&segment_text[kept_bytes..cut]) {
-                    if reply.out_of_budget() {
-                        return Ok("length");
-                    }
                     reply.push(tokenizer, token);
                 }
                 constraint.finish_segment();
