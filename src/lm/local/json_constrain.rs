@@ -47,7 +47,6 @@ const UNSUPPORTED: &[&str] = &[
     "exclusiveMinimum",
     "exclusiveMaximum",
     "multipleOf",
-    "allOf",
     "not",
     "if",
     "then",
@@ -80,6 +79,7 @@ const UNSUPPORTED: &[&str] = &[
 /// Keywords the grammar enforces. `$ref`, `anyOf` and `oneOf` take no such sibling.
 const ENFORCED: &[&str] = &[
     "$ref",
+    "allOf",
     "anyOf",
     "oneOf",
     "type",
@@ -398,6 +398,11 @@ impl<'a> Compiler<'a> {
             Value::Object(map) => map,
             _ => return T_ALL,
         };
+        if let Some(Value::Array(all)) = map.get("allOf") {
+            if let [one] = all.as_slice() {
+                return self.types_of(one, depth + 1);
+            }
+        }
         if let Some(Value::String(r)) = map.get("$ref") {
             return match local_pointer(r).and_then(|p| self.document.pointer(&p)) {
                 Some(target) => self.types_of(target, depth + 1),
@@ -447,6 +452,22 @@ impl<'a> Compiler<'a> {
             if (UNSUPPORTED.contains(&key.as_str()) && !harmless) || (key == "$id" && !ptr.is_empty()) {
                 return Err(SchemaError::unsupported(key, ptr));
             }
+        }
+
+        // `allOf` of one schema (pydantic v1 wraps a described `$ref` so) is that schema.
+        if let Some(all) = map.get("allOf") {
+            let one = match all.as_array().map(Vec::as_slice) {
+                Some([one]) => one,
+                _ => return Err(SchemaError::new(Some("allOf"), ptr, format!("with more than one schema {CANNOT}"))),
+            };
+            if let Some(other) = ENFORCED.iter().find(|k| **k != "allOf" && map.contains_key(**k)) {
+                return Err(SchemaError::new(
+                    Some(other),
+                    ptr,
+                    format!("next to `allOf` {CANNOT} (move it into its schema)"),
+                ));
+            }
+            return self.compile(one, &format!("{ptr}/allOf/0"));
         }
 
         if let Some(reference) = map.get("$ref") {
@@ -2156,6 +2177,14 @@ mod tests {
             "items": {"$ref": "#/definitions/Point"}
         });
         assert!(accepts(&old_style, r#"[{"x": 1}, {"x": -2.5}]"#));
+        // pydantic v1 wraps a described reference in a one-schema `allOf`.
+        let wrapped = json!({
+            "definitions": {"Point": {"type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]}},
+            "type": "object",
+            "properties": {"p": {"allOf": [{"$ref": "#/definitions/Point"}], "description": "a point"}},
+            "required": ["p"]
+        });
+        assert!(accepts(&wrapped, r#"{"p": {"x": 3}}"#) && !accepts(&wrapped, r#"{"p": 3}"#));
         let root_ref = json!({"anyOf": [{"type": "integer"}, {"type": "array", "items": {"$ref": "#"}}]});
         assert!(accepts(&root_ref, "[1, [2, [[]]]]"));
         assert!(valid(&root_ref, "[1, [2, [[]]]]"));
@@ -2325,7 +2354,8 @@ mod tests {
             (json!({"type": "number", "exclusiveMinimum": 0}), "exclusiveMinimum", "the schema's root"),
             (json!({"type": "number", "exclusiveMaximum": 0}), "exclusiveMaximum", "the schema's root"),
             (json!({"type": "number", "multipleOf": 2}), "multipleOf", "the schema's root"),
-            (json!({"allOf": [{"type": "string"}]}), "allOf", "the schema's root"),
+            (json!({"allOf": [{"type": "string"}, {"maxLength": 2}]}), "allOf", "the schema's root"),
+            (json!({"allOf": [{"type": "string"}], "maxLength": 2}), "maxLength", "the schema's root"),
             (json!({"not": {"type": "string"}}), "not", "the schema's root"),
             (json!({"if": {"type": "string"}, "then": {"maxLength": 1}}), "if", "the schema's root"),
             (json!({"type": "object", "patternProperties": {"^x": {}}}), "patternProperties", "the schema's root"),
