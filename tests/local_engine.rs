@@ -437,5 +437,11 @@ fn json_token_check_cost() {
         );
         assert!(allowed > 0);
         assert!(per_pass.as_millis() < 100, "{label}: {per_pass:?} per pass");
+        // What the decoding loop adds per step for the budget: both completions, tokenized.
+        let start = std::time::Instant::now();
+        for _ in 0..rounds {
+            let _ = tokenizer.encode_bytes(&c.completion()).len() + tokenizer.encode_bytes(&c.roomy_completion()).len();
+        }
+        println!("{label}: budget check {:.0} µs per step", start.elapsed().as_secs_f64() * 1e6 / rounds as f64);
     }
 }
