@@ -58,6 +58,10 @@ pub enum Command {
         results: Option<PathBuf>,
         #[arg(long)]
         no_cache: bool,
+        /// Let the embedded model decode freely instead of constraining its
+        /// reply to the expected shape (to measure what constraining changes).
+        #[arg(long)]
+        unconstrained: bool,
     },
 }
 
@@ -88,7 +92,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("total LM use: {}", usage_line(&outcome.total_usage));
             println!("wrote {}", outcome.artifact_path.display());
         }
-        Command::Eval { pipeline, artifact, baseline, split, limit, results, no_cache } => {
+        Command::Eval { pipeline, artifact, baseline, split, limit, results, no_cache, unconstrained } => {
             let file = PipelineConfig::locate(&pipeline, &cli.root)?;
             let target = if baseline {
                 EvalTarget::Baseline
@@ -105,7 +109,15 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
                 EvalTarget::Artifact(path)
             };
-            let request = EvalRequest { pipeline: file, target, split, limit, use_cache: !no_cache, progress: true };
+            let request = EvalRequest {
+                pipeline: file,
+                target,
+                split,
+                limit,
+                use_cache: !no_cache,
+                progress: true,
+                unconstrained,
+            };
             let outcome = pipeline::eval(&request).await?;
             let s = &outcome.evaluation.summary;
             println!("{} on {} (n={}): {:.3}", outcome.program_label, split.name(), s.n, s.mean);

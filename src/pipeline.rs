@@ -207,6 +207,9 @@ pub struct EvalRequest {
     pub limit: Option<usize>,
     pub use_cache: bool,
     pub progress: bool,
+    /// Decode without enforcing the reply's shape (embedded model), to measure
+    /// what constrained decoding changes.
+    pub unconstrained: bool,
 }
 
 pub struct EvalOutcome {
@@ -216,7 +219,10 @@ pub struct EvalOutcome {
 }
 
 pub async fn eval(request: &EvalRequest) -> Result<EvalOutcome> {
-    let config = PipelineConfig::load(&request.pipeline)?;
+    let mut config = PipelineConfig::load(&request.pipeline)?;
+    if request.unconstrained {
+        config.lm.constrained = false;
+    }
     let dataset = Dataset::load(&config.dataset.path, &config.dataset.split)?;
     let (program, label) = match &request.target {
         EvalTarget::Baseline => (Program::baseline(&config), "hand-written baseline".to_string()),

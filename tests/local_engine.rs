@@ -120,24 +120,76 @@ fn reasoning_template_parses() {
     assert!(reply.usage.completion_tokens <= 400);
 }
 
+fn load(prefix_cache_mb: usize) -> LocalEngine {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL_PATH);
+    LocalEngine::load(&path, LocalOptions { prefix_cache_mb, ..LocalOptions::default() }).expect("the model loads")
+}
+
+fn ask(system: &str, user: &str) -> LmRequest {
+    let mut r = LmRequest::new(vec![ChatMessage::new(Role::System, system), ChatMessage::new(Role::User, user)]);
+    r.max_tokens = 12;
+    r
+}
+
+/// A long system prompt that differs from `other`'s from its first word.
+fn program(name: &str, rules: usize) -> String {
+    let rules: String = (0..rules).map(|i| format!("Rule {i}: be brief and polite. ")).collect();
+    format!("{name} routes customer messages. {rules}")
+}
+
 #[test]
 fn prefix_reuse_matches_a_cold_run() {
     let engine = engine();
-    let instructions: String = (0..40).map(|i| format!("Rule {i}: be brief and polite. ")).collect();
-    let request = |system: &str, user: &str| {
-        let mut r = LmRequest::new(vec![ChatMessage::new(Role::System, system), ChatMessage::new(Role::User, user)]);
-        r.max_tokens = 20;
-        r
-    };
-    let target = request(&instructions, "Which queue handles a lost card?");
-    // Cold: the cache holds an unrelated conversation.
-    engine.complete_blocking(&request("Unrelated.", "Something else entirely.")).unwrap();
-    let cold = engine.complete_blocking(&target).unwrap();
+    let instructions = program("Program", 25);
+    let target = ask(&instructions, "Which queue handles a lost card?");
+    let cold = load(0).complete_blocking(&target).unwrap();
     // Warm: the cache holds the same instructions with another question.
-    engine.complete_blocking(&request(&instructions, "Where is my transfer?")).unwrap();
+    engine.complete_blocking(&ask(&instructions, "Where is my transfer?")).unwrap();
     let warm = engine.complete_blocking(&target).unwrap();
     assert_eq!(cold.text, warm.text);
     assert_eq!(cold.usage, warm.usage);
+}
+
+#[test]
+fn interleaved_programs_each_keep_their_prefix() {
+    let with_store = engine();
+    let without = load(0);
+    let (a, b) = (program("Alpha", 25), program("Bravo", 25));
+    let prefix_len = with_store.prompt_tokens(&[ChatMessage::new(Role::System, a.clone())]).0.len() as u64;
+    let mut replies = Vec::new();
+    for question in ["Where is my card?", "Why was I charged twice?"] {
+        for system in [&a, &b] {
+            let before = with_store.prefix_stats();
+            let reply = with_store.complete_blocking(&ask(system, question)).unwrap();
+            let reused = with_store.prefix_stats().reused_positions - before.reused_positions;
+            replies.push((question, system.clone(), reused, reply.text));
+        }
+    }
+    // First round: nothing shared beyond the chat template's opening tokens.
+    assert!(replies[0].2 < 10 && replies[1].2 < 10, "{:?}", &replies[..2]);
+    // Second round: each program finds its own instructions in the store.
+    for (question, system, reused, text) in &replies[2..] {
+        assert!(*reused >= prefix_len - 2, "{question}: reused {reused} of a {prefix_len}-token prefix");
+        assert_eq!(&without.complete_blocking(&ask(system, question)).unwrap().text, text);
+    }
+    assert!(with_store.prefix_stats().stored_prefixes >= 1);
+    // Without the store nothing is reused across requests.
+    assert_eq!(without.prefix_stats().reused_positions, 0);
+}
+
+#[test]
+fn prefix_store_stays_within_its_budget() {
+    const MIB: usize = 1 << 20;
+    let engine = load(16);
+    let prefix_len = engine.prompt_tokens(&[ChatMessage::new(Role::System, program("P0", 12))]).0.len();
+    // Each stored prompt takes about prefix_len * 45 KiB with this model: only a few fit in 16 MiB.
+    for i in 0..8 {
+        engine.complete_blocking(&ask(&program(&format!("P{i}"), 12), "Hello")).unwrap();
+        let stats = engine.prefix_stats();
+        assert!(stats.stored_bytes <= 16 * MIB, "{stats:?}");
+    }
+    let stats = engine.prefix_stats();
+    assert!(stats.stored_prefixes >= 1 && stats.stored_prefixes < 7, "{stats:?} ({prefix_len}-token prompts)");
 }
 
 #[test]

@@ -10,6 +10,7 @@
 pub mod constrain;
 pub mod gguf_model;
 pub mod json_constrain;
+pub mod kernels;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -23,7 +24,8 @@ use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
 use self::constrain::{Constraint, Ending, Step};
-use self::gguf_model::{LlamaModel, WeightFormat};
+pub use self::gguf_model::PrefixStats;
+use self::gguf_model::{LlamaModel, ModelOptions};
 use self::tokenizer::Tokenizer;
 use super::{ChatMessage, LanguageModel, LmDescription, LmError, LmRequest, LmResponse, Segment, TokenUsage};
 
@@ -32,8 +34,7 @@ pub const DEFAULT_MODEL_PATH: &str = ".promptloop/models/SmolLM2-135M-Instruct.Q
 
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
-    /// Worker threads for the matrix kernels (default: all cores). The first
-    /// engine loaded in a process decides; later values are ignored.
+    /// Worker threads (default: all cores).
     pub threads: Option<usize>,
     /// Enforce the request's reply template while decoding.
     pub constrained: bool,
@@ -62,33 +63,11 @@ struct Engine {
     constrained: bool,
 }
 
-fn configure_threads(threads: Option<usize>) {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    let Some(n) = threads.filter(|&n| n > 0) else { return };
-    ONCE.call_once(|| {
-        // candle sizes its CPU worker pool from these on first use.
-        // SAFETY: set once, before the engine starts any worker thread.
-        unsafe {
-            std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
-            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        }
-    });
-}
-
 impl LocalEngine {
-    /// Loads the model. The layer weights are dequantized to `f32` at load
-    /// (about 4x the file size in memory): on x86 that dense path is several
-    /// times faster than candle's quantized kernels for this format. Setting
-    /// `PROMPTLOOP_EMBEDDED_WEIGHTS=quantized` keeps them as stored instead.
+    /// Loads the model: weights as stored in the file (Q4_1 and Q8_0 run
+    /// natively), its own pool of worker threads, and a prefix store of the
+    /// configured size.
     pub fn load(path: &Path, options: LocalOptions) -> Result<LocalEngine> {
-        let format = match std::env::var("PROMPTLOOP_EMBEDDED_WEIGHTS").as_deref() {
-            Ok("quantized") => WeightFormat::Quantized,
-            _ => WeightFormat::F32,
-        };
-        Self::load_with(path, options, format)
-    }
-
-    fn load_with(path: &Path, options: LocalOptions, format: WeightFormat) -> Result<LocalEngine> {
         if !path.is_file() {
             anyhow::bail!(
                 "the embedded model was expected at {} but there is no file there; \
@@ -96,13 +75,16 @@ impl LocalEngine {
                 path.display()
             );
         }
-        configure_threads(options.threads);
         let mut file =
             std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?);
         let content = gguf_file::Content::read(&mut file)
             .map_err(|e| anyhow!("{} is not a readable GGUF file: {e}", path.display()))?;
         let tokenizer = Arc::new(Tokenizer::from_gguf(&content).context("building the tokenizer")?);
-        let model = LlamaModel::load(&content, &mut file, format).context("loading the model weights")?;
+        let model_options = ModelOptions {
+            threads: options.threads,
+            prefix_cache_bytes: options.prefix_cache_mb.saturating_mul(1 << 20),
+        };
+        let model = LlamaModel::load(&content, &mut file, model_options).context("loading the model weights")?;
         if tokenizer.vocab_size() > model.cfg.vocab {
             anyhow::bail!("the tokenizer has {} tokens but the model only {}", tokenizer.vocab_size(), model.cfg.vocab);
         }
@@ -131,6 +113,14 @@ impl LocalEngine {
             description,
             context,
         })
+    }
+
+    /// How much prompt computation prefix reuse has saved so far.
+    pub fn prefix_stats(&self) -> PrefixStats {
+        match self.inner.lock() {
+            Ok(engine) => engine.model.prefix_stats(),
+            Err(poisoned) => poisoned.into_inner().model.prefix_stats(),
+        }
     }
 
     /// The model's context window in tokens.
@@ -344,6 +334,7 @@ impl Engine {
         if prompt.len() + max_tokens > context {
             return Err(LmError::ContextOverflow { prompt_tokens: prompt.len(), max_tokens, context });
         }
+        self.model.begin(&prompt);
         let mut reply = Reply {
             prompt_len: prompt.len(),
             seq: prompt,
