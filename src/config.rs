@@ -8,6 +8,7 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::lm::local::constrain::validate_schema;
 use crate::program::signature::{Field, FieldType, Signature};
 
 /// A pipeline as the rest of the program sees it: paths resolved, types parsed.
@@ -393,6 +394,20 @@ impl PipelineConfig {
             );
         }
 
+        // The embedded model enforces each output's JSON Schema while decoding, so
+        // every schema must be one its grammar can enforce.
+        let enforces_schemas = |lm: &LmConfig| lm.provider == Provider::Embedded && lm.constrained;
+        if enforces_schemas(&raw.lm) || raw.optimizer.teacher.as_ref().is_some_and(enforces_schemas) {
+            for (sig_name, sig) in &signatures {
+                for field in &sig.signature.outputs {
+                    if let Some(schema) = output_schema(&field.ty) {
+                        validate_schema(schema)
+                            .map_err(|m| err(&format!("signatures.{sig_name}.outputs.{}.schema", field.name), m))?;
+                    }
+                }
+            }
+        }
+
         let mut predictors = Vec::new();
         for (i, p) in raw.program.predictors.into_iter().enumerate() {
             let key = format!("program.predictors[{i}]");
@@ -493,6 +508,15 @@ impl PipelineConfig {
     /// Local state: `.promptloop/` next to `pipelines/`.
     pub fn state_dir(&self) -> PathBuf {
         self.root.join(".promptloop")
+    }
+}
+
+/// The JSON Schema a field's type carries, also inside `list<json>`.
+fn output_schema(ty: &FieldType) -> Option<&Value> {
+    match ty {
+        FieldType::Json { schema } => Some(schema),
+        FieldType::List { items } => output_schema(items),
+        _ => None,
     }
 }
 

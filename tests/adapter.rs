@@ -2,8 +2,9 @@
 //! malformed ones included.
 
 use promptloop::config::{AdapterFormat, Module};
+use promptloop::lm::local::constrain::Constraint;
 use promptloop::lm::{Lm, Segment};
-use promptloop::program::adapter::{Prompt, parse, render, template};
+use promptloop::program::adapter::{Prompt, parse, render, reply_schema, template};
 use promptloop::program::predictor::{Demo, DemoSource, PredictSettings, Predictor};
 use promptloop::program::signature::{Field, FieldType, Signature};
 use serde_json::{Map, Value, json};
@@ -67,6 +68,78 @@ fn the_chat_template_matches_the_demo_replies() {
     // Filling the template reproduces the reply format the demos use, which parses.
     let filled = "[[ ## queue ## ]]\ncards\n\n[[ ## completed ## ]]";
     assert_eq!(parse(AdapterFormat::Chat, &[queue()], filled).unwrap()["queue"], "cards");
+}
+
+fn details() -> Field {
+    let schema = json!({
+        "type": "object",
+        "properties": {"kind": {"enum": ["refund", "bug"]}, "lines": {"type": "array", "items": {"type": "integer"}}},
+        "required": ["kind", "lines"],
+        "additionalProperties": false
+    });
+    Field::new("details", FieldType::Json { schema }, "")
+}
+
+fn tags() -> Field {
+    Field::new("tags", FieldType::List { items: Box::new(FieldType::String) }, "")
+}
+
+#[test]
+fn the_json_template_is_one_json_value_of_the_reply_schema() {
+    let outputs = [queue(), Field::new("why", FieldType::String, ""), tags(), details()];
+    let t = template(AdapterFormat::Json, &outputs).unwrap();
+    assert_eq!(t.segments, vec![Segment::Json { schema: reply_schema(&outputs) }]);
+    // The demo layout is what the grammar produces, and it parses.
+    let filled = r#"{"queue": "cards", "why": "He said \"card\".", "tags": ["a", "b"], "details": {"kind": "bug", "lines": [1, 2]}}"#;
+    let mut c = Constraint::new(&t);
+    assert!(c.allows(filled.as_bytes()));
+    c.push(filled.as_bytes());
+    assert!(c.is_complete() && !c.can_continue());
+    let out = parse(AdapterFormat::Json, &outputs, filled).unwrap();
+    assert_eq!(out["why"], "He said \"card\".");
+    assert_eq!(out["details"]["lines"], json!([1, 2]));
+}
+
+#[test]
+fn the_chat_template_puts_lists_and_json_values_in_json_segments() {
+    let outputs = [tags(), details(), Field::new("why", FieldType::String, "")];
+    let t = template(AdapterFormat::Chat, &outputs).unwrap();
+    assert_eq!(
+        t.segments,
+        vec![
+            Segment::Literal { text: "[[ ## tags ## ]]\n".into() },
+            Segment::Json { schema: json!({"type": "array", "items": {"type": "string"}}) },
+            Segment::Literal { text: "\n\n[[ ## details ## ]]\n".into() },
+            Segment::Json { schema: details().ty.json_schema() },
+            Segment::Literal { text: "\n\n[[ ## why ## ]]\n".into() },
+            Segment::Text { until: "[[ ##".into() },
+            Segment::Literal { text: "\n\n[[ ## completed ## ]]".into() },
+        ]
+    );
+}
+
+#[test]
+fn demos_lay_out_json_values_as_constrained_decoding_writes_them() {
+    let demo_in = obj(json!({"message": "Refund lines 1 and 2"}));
+    let demo_out = obj(json!({"tags": ["a", "b"], "details": {"kind": "refund", "lines": [1, 2]}}));
+    let values = obj(json!({"message": "x"}));
+    let inputs = [message()];
+    let outputs = [tags(), details()];
+    let prompt = Prompt {
+        instructions: "",
+        inputs: &inputs,
+        outputs: &outputs,
+        demos: vec![(&demo_in, &demo_out)],
+        values: &values,
+    };
+    let chat = render(AdapterFormat::Chat, &prompt);
+    assert!(chat.messages[2].content.contains("[[ ## details ## ]]\n{\"kind\": \"refund\", \"lines\": [1, 2]}"));
+    assert!(chat.messages[2].content.contains("[[ ## tags ## ]]\n[\"a\", \"b\"]"));
+    let json_format = render(AdapterFormat::Json, &prompt);
+    assert_eq!(
+        json_format.messages[2].content,
+        r#"{"tags": ["a", "b"], "details": {"kind": "refund", "lines": [1, 2]}}"#
+    );
 }
 
 #[test]

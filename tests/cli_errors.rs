@@ -67,3 +67,24 @@ fn a_missing_embedded_model_says_how_to_fetch_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nowhere/model.gguf") && err.contains("scripts/setup-model.sh"), "{err}");
 }
+
+#[test]
+fn a_json_schema_the_embedded_model_cannot_enforce_stops_the_load() {
+    let dir = project("provider = \"embedded\"\nmodel = \"m.gguf\"");
+    let file = dir.path().join("pipelines/mini-triage.toml");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "[signatures.triage.outputs]\n",
+        "[signatures.triage.outputs]\nrefund = { type = \"json\", schema = { type = \"object\", properties = { iban = { type = \"string\", pattern = \"^[A-Z]{2}\" } } } }\n",
+    );
+    std::fs::write(&file, text).unwrap();
+    let out = Command::cargo_bin("promptloop")
+        .unwrap()
+        .args(["--root", dir.path().to_str().unwrap(), "eval", "mini-triage", "--baseline"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mini-triage.toml"), "{err}");
+    assert!(err.contains("signatures.triage.outputs.refund.schema"), "{err}");
+    assert!(err.contains("`pattern` at /properties/iban"), "{err}");
+}

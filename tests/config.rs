@@ -117,3 +117,51 @@ fn an_openai_lm_needs_a_base_url_and_an_env_var_name_not_a_key() {
     assert!(err.contains("not the key itself"), "{err}");
     assert!(!err.contains("sk-live-123456"), "the error must not echo a key: {err}");
 }
+
+fn with_json_output(lm: &str, schema: &str) -> String {
+    common::triage_toml("d.jsonl", lm, "kind = \"none\"").replace(
+        "[signatures.triage.outputs]\n",
+        &format!("[signatures.triage.outputs]\ndetails = {{ type = \"json\", schema = {schema} }}\n"),
+    )
+}
+
+const ZIP_PATTERN: &str = r#"{ type = "object", properties = { zip = { type = "string", pattern = "^[0-9]{5}$" } } }"#;
+
+#[test]
+fn an_embedded_lm_rejects_a_json_schema_keyword_it_cannot_enforce() {
+    let err = parse(&with_json_output(embedded(), ZIP_PATTERN)).unwrap_err().to_string();
+    assert!(err.contains("pipelines/test.toml"), "{err}");
+    assert!(err.contains("[signatures.triage.outputs.details.schema]"), "{err}");
+    assert!(err.contains("keyword `pattern` at /properties/zip"), "{err}");
+    assert!(err.contains("constrained = false"), "{err}");
+
+    // Inside list<json> too.
+    let text = with_json_output(embedded(), ZIP_PATTERN).replace("type = \"json\"", "type = \"list<json>\"");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("[signatures.triage.outputs.details.schema]") && err.contains("`pattern`"), "{err}");
+
+    // An embedded teacher decodes the same outputs.
+    let teacher = "kind = \"bootstrap_few_shot\"\n[optimizer.teacher]\nprovider = \"embedded\"\nmodel = \"t.gguf\"";
+    let text = common::triage_toml(
+        "d.jsonl",
+        "provider = \"openai\"\nmodel = \"gpt\"\nbase_url = \"http://127.0.0.1:1/v1\"",
+        teacher,
+    )
+    .replace(
+        "[signatures.triage.outputs]\n",
+        &format!("[signatures.triage.outputs]\ndetails = {{ type = \"json\", schema = {ZIP_PATTERN} }}\n"),
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("`pattern`"), "{err}");
+}
+
+#[test]
+fn json_schemas_are_only_checked_when_decoding_enforces_them() {
+    let unconstrained = format!("{}\nconstrained = false", embedded());
+    parse(&with_json_output(&unconstrained, ZIP_PATTERN)).unwrap();
+    let remote = "provider = \"openai\"\nmodel = \"gpt\"\nbase_url = \"http://127.0.0.1:1/v1\"";
+    parse(&with_json_output(remote, ZIP_PATTERN)).unwrap();
+    // What the grammar enforces loads.
+    let supported = r#"{ type = "object", properties = { zip = { type = "string", maxLength = 5 }, kind = { enum = ["a", "b"] } }, required = ["zip"], additionalProperties = false }"#;
+    parse(&with_json_output(embedded(), supported)).unwrap();
+}

@@ -250,3 +250,250 @@ fn missing_model_file_explains_how_to_get_it() {
     assert!(err.contains("/nonexistent/model.gguf"), "{err}");
     assert!(err.contains("scripts/setup-model.sh"), "{err}");
 }
+
+// ---- JSON outputs under constrained decoding ------------------------------------
+
+use promptloop::config::AdapterFormat;
+use promptloop::program::adapter::{Prompt, parse, render};
+use promptloop::program::signature::{Field, FieldType};
+use serde_json::{Map, Value, json};
+
+fn ticket_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "category": {"type": "string", "enum": ["billing", "technical", "account"]},
+            "items": {
+                "type": "array",
+                "maxItems": 3,
+                "items": {
+                    "type": "object",
+                    "properties": {"name": {"type": "string", "maxLength": 40}, "quantity": {"type": "integer"}},
+                    "required": ["name", "quantity"],
+                    "additionalProperties": false
+                }
+            },
+            "note": {"type": "string", "maxLength": 60}
+        },
+        "required": ["category", "items"],
+        "additionalProperties": false
+    })
+}
+
+fn ticket_outputs() -> Vec<Field> {
+    vec![
+        Field::new("ticket", FieldType::Json { schema: ticket_schema() }, "the support ticket"),
+        Field::new("tags", FieldType::List { items: Box::new(FieldType::String) }, "a few keywords"),
+    ]
+}
+
+const ORDERS: [&str; 4] = [
+    "I was charged twice for my order of 2 blue mugs and a teapot.",
+    "The app crashes every time I open the settings page.",
+    "Please change the email address on my account to sam@example.com.",
+    "Where is my package? I ordered 3 notebooks last week.",
+];
+
+/// Renders the request as the predictor would, runs it, and parses the reply.
+fn ask_ticket(format: AdapterFormat, message: &str, max_tokens: u32) -> (String, Option<String>, Map<String, Value>) {
+    ask_ticket_at(format, message, max_tokens, 0.0)
+}
+
+fn ask_ticket_at(
+    format: AdapterFormat,
+    message: &str,
+    max_tokens: u32,
+    temperature: f32,
+) -> (String, Option<String>, Map<String, Value>) {
+    let inputs = [Field::new("message", FieldType::String, "the customer's message")];
+    let outputs = ticket_outputs();
+    let demo_in: Map<String, Value> =
+        json!({"message": "My invoice shows a pen I never bought."}).as_object().unwrap().clone();
+    let demo_out: Map<String, Value> = json!({
+        "ticket": {"category": "billing", "items": [{"name": "pen", "quantity": 1}], "note": "refund the pen"},
+        "tags": ["invoice", "refund"]
+    })
+    .as_object()
+    .unwrap()
+    .clone();
+    let values: Map<String, Value> = json!({"message": message}).as_object().unwrap().clone();
+    let rendered = render(
+        format,
+        &Prompt {
+            instructions: "Turn the customer's message into a support ticket.",
+            inputs: &inputs,
+            outputs: &outputs,
+            demos: vec![(&demo_in, &demo_out)],
+            values: &values,
+        },
+    );
+    let mut request = LmRequest::new(rendered.messages);
+    request.max_tokens = max_tokens;
+    request.temperature = temperature;
+    request.template = rendered.template;
+    request.json_schema = rendered.json_schema;
+    let reply = engine().complete_blocking(&request).unwrap();
+    println!(
+        "{format:?}, max_tokens {max_tokens}, t={temperature}: {:?} ({:?}, {} tokens)",
+        reply.text, reply.finish_reason, reply.usage.completion_tokens
+    );
+    let parsed = parse(format, &outputs, &reply.text)
+        .unwrap_or_else(|e| panic!("{format:?}, {message:?}, max_tokens {max_tokens}: {e}\n{}", reply.text));
+    assert!(reply.usage.completion_tokens > 0);
+    (reply.text, reply.finish_reason, parsed)
+}
+
+fn assert_valid_ticket(parsed: &Map<String, Value>, text: &str) {
+    let validator = jsonschema::validator_for(&ticket_schema()).unwrap();
+    assert!(validator.is_valid(&parsed["ticket"]), "{text}");
+    assert!(parsed["tags"].as_array().is_some_and(|t| t.iter().all(Value::is_string)), "{text}");
+}
+
+#[test]
+fn nested_json_outputs_parse_in_both_formats() {
+    for format in [AdapterFormat::Json, AdapterFormat::Chat] {
+        for message in ORDERS {
+            let (text, _, parsed) = ask_ticket(format, message, 256);
+            assert_valid_ticket(&parsed, &text);
+            if format == AdapterFormat::Json {
+                // One JSON object, nothing around it.
+                assert!(text.starts_with('{') && text.ends_with('}'), "{text}");
+                assert!(serde_json::from_str::<Value>(&text).is_ok(), "{text}");
+            } else {
+                assert!(text.starts_with("[[ ## ticket ## ]]\n{"), "{text}");
+                assert!(text.ends_with("\n\n[[ ## completed ## ]]"), "{text}");
+            }
+        }
+        // Sampling weighs every allowed token, odd ones included.
+        for message in &ORDERS[..2] {
+            let (text, _, parsed) = ask_ticket_at(format, message, 160, 1.0);
+            assert_valid_ticket(&parsed, &text);
+        }
+    }
+}
+
+#[test]
+fn a_small_token_budget_still_yields_a_parseable_reply() {
+    for format in [AdapterFormat::Json, AdapterFormat::Chat] {
+        for max_tokens in [1, 8, 24, 48] {
+            let (text, finish, parsed) = ask_ticket(format, ORDERS[0], max_tokens);
+            assert_valid_ticket(&parsed, &text);
+            if max_tokens <= 8 {
+                assert_eq!(finish.as_deref(), Some("length"), "{text}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_reply_cut_by_the_budget_is_forced_closed_and_counted() {
+    // Free text inside a JSON string would run on; the budget closes it.
+    let mut request = LmRequest::new(vec![ChatMessage::new(Role::User, "Write a long story about a dragon.")]);
+    request.max_tokens = 20;
+    let schema = json!({
+        "type": "object",
+        "properties": {"story": {"type": "string"}, "moral": {"type": "string"}},
+        "required": ["story", "moral"],
+        "additionalProperties": false
+    });
+    request.template = Some(OutputTemplate { segments: vec![Segment::Json { schema: schema.clone() }] });
+    let reply = engine().complete_blocking(&request).unwrap();
+    assert_eq!(reply.finish_reason.as_deref(), Some("length"), "{}", reply.text);
+    let value: Value = serde_json::from_str(&reply.text).unwrap_or_else(|e| panic!("{e}: {}", reply.text));
+    assert!(jsonschema::validator_for(&schema).unwrap().is_valid(&value), "{}", reply.text);
+    // The closing tokens are forced while they still fit, and counted.
+    assert!((18..=20).contains(&reply.usage.completion_tokens), "{:?}: {}", reply.usage, reply.text);
+    assert!(value["story"].as_str().is_some_and(|s| !s.is_empty()), "{}", reply.text);
+}
+
+#[test]
+fn a_short_budget_ends_free_text_but_leaves_the_choice_to_the_model() {
+    // "x" is the shortest option: forcing the shortest completion would pick it.
+    let options: Vec<String> = ["x", "cards", "transfers", "top_ups"].iter().map(|s| s.to_string()).collect();
+    let mut messages = banking("I topped up 20 euros by card but my balance did not change.");
+    messages[0].content.push_str(
+        "\nReply in this format:\n[[ ## reasoning ## ]]\n{your reasoning}\n\n[[ ## queue ## ]]\n{cards, transfers or top_ups}\n\n[[ ## completed ## ]]",
+    );
+    let mut request = LmRequest::new(messages);
+    request.max_tokens = 30;
+    request.template = Some(OutputTemplate {
+        segments: vec![
+            Segment::Literal { text: "[[ ## reasoning ## ]]\n".into() },
+            Segment::Text { until: "\n\n[[ ##".into() },
+            Segment::Literal { text: "\n\n[[ ## queue ## ]]\n".into() },
+            Segment::Choice { options: options.clone() },
+            Segment::Literal { text: "\n\n[[ ## completed ## ]]".into() },
+        ],
+    });
+    let reply = engine().complete_blocking(&request).unwrap();
+    assert_eq!(reply.finish_reason.as_deref(), Some("length"), "{:?}", reply.text);
+    let rest = reply.text.strip_prefix("[[ ## reasoning ## ]]\n").expect("starts with the reasoning header");
+    let (reasoning, rest) = rest.split_once("\n\n[[ ## queue ## ]]\n").expect("has the queue header");
+    assert!(!reasoning.is_empty(), "{:?}", reply.text);
+    let queue = rest.strip_suffix("\n\n[[ ## completed ## ]]").expect("ends with the completed marker");
+    assert!(QUEUES.contains(&queue), "the model's choice, not the shortest option: {queue:?}");
+    assert!(reply.usage.completion_tokens <= 30, "{:?}", reply.usage);
+
+    // The same in a JSON reply: the reasoning string ends, the model picks the queue.
+    let mut request = LmRequest::new(banking("I topped up 20 euros by card but my balance did not change."));
+    request.max_tokens = 30;
+    let schema = json!({
+        "type": "object",
+        "properties": {"reasoning": {"type": "string"}, "queue": {"enum": options}},
+        "required": ["reasoning", "queue"],
+        "additionalProperties": false
+    });
+    request.template = Some(OutputTemplate { segments: vec![Segment::Json { schema }] });
+    let reply = engine().complete_blocking(&request).unwrap();
+    let value: Value = serde_json::from_str(&reply.text).unwrap_or_else(|e| panic!("{e}: {}", reply.text));
+    assert!(value["reasoning"].as_str().is_some_and(|r| !r.is_empty()), "{}", reply.text);
+    assert!(QUEUES.contains(&value["queue"].as_str().unwrap()), "{}", reply.text);
+    assert_eq!(reply.finish_reason.as_deref(), Some("length"), "{}", reply.text);
+}
+
+/// What checking one token against a JSON state costs (printed; a loose bound
+/// catches a pathological slowdown).
+#[test]
+fn json_token_check_cost() {
+    use promptloop::lm::local::constrain::Constraint;
+    use promptloop::lm::local::tokenizer::Tokenizer;
+
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL_PATH);
+    let mut file = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&content).unwrap();
+    let vocab = tokenizer.vocab_size() as u32;
+    let template = OutputTemplate {
+        segments: vec![Segment::Json {
+            schema: json!({"type": "object", "properties": {"ticket": ticket_schema()}, "required": ["ticket"]}),
+        }],
+    };
+    for (label, prefix) in [
+        ("inside a string", r#"{"ticket": {"category": "billing", "items": [{"name": "blue m"#),
+        ("choosing a key", r#"{"ticket": {"category": "billing", "items": [{"name": "mug", "quantity": 2}], "#),
+        ("inside a number", r#"{"ticket": {"category": "billing", "items": [{"name": "mug", "quantity": 1"#),
+    ] {
+        let mut c = Constraint::new(&template);
+        c.push(prefix.as_bytes());
+        let rounds = 20;
+        let start = std::time::Instant::now();
+        let mut allowed = 0usize;
+        for _ in 0..rounds {
+            allowed = (0..vocab).filter(|&t| c.allows(tokenizer.token_bytes(t))).count();
+        }
+        let per_pass = start.elapsed() / rounds;
+        println!(
+            "{label}: {allowed} of {vocab} tokens allowed; {:.0} µs per pass over the vocabulary, {:.0} ns per token",
+            per_pass.as_secs_f64() * 1e6,
+            per_pass.as_secs_f64() * 1e9 / vocab as f64
+        );
+        assert!(allowed > 0);
+        assert!(per_pass.as_millis() < 100, "{label}: {per_pass:?} per pass");
+        // What the decoding loop adds per step for the budget: both completions, tokenized.
+        let start = std::time::Instant::now();
+        for _ in 0..rounds {
+            let _ = tokenizer.encode_bytes(&c.completion()).len() + tokenizer.encode_bytes(&c.roomy_completion()).len();
+        }
+        println!("{label}: budget check {:.0} µs per step", start.elapsed().as_secs_f64() * 1e6 / rounds as f64);
+    }
+}

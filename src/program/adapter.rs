@@ -12,6 +12,8 @@ use regex::Regex;
 use serde_json::{Map, Value};
 
 use crate::config::AdapterFormat;
+use crate::lm::local::constrain::validate_schema;
+use crate::lm::local::json_constrain::canonical_json;
 use crate::lm::{ChatMessage, OutputTemplate, Role, Segment};
 use crate::program::signature::{Field, FieldType};
 
@@ -106,7 +108,8 @@ fn show_value(value: Option<&Value>) -> String {
     match value {
         None | Some(Value::Null) => NOT_SUPPLIED.to_string(),
         Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
+        // Laid out like the constrained reply: `{"a": 1, "b": [1, 2]}`.
+        Some(other) => canonical_json(other),
     }
 }
 
@@ -124,9 +127,9 @@ fn json_reply(outputs: &[Field], values: &Map<String, Value>) -> String {
         .iter()
         .map(|f| (f.name.clone(), values.get(&f.name).cloned().unwrap_or_else(|| Value::String(NOT_SUPPLIED.into()))))
         .collect();
-    // `{"a": 1, "b": "x"}`: one line, spaced like a person writes it.
-    let body: Vec<String> = object.iter().map(|(k, v)| format!("{}: {}", Value::String(k.clone()), v)).collect();
-    format!("{{{}}}", body.join(", "))
+    // `{"a": 1, "b": "x"}`: one line, spaced like a person writes it, nested
+    // values too; the layout constrained decoding produces.
+    canonical_json(&Value::Object(object))
 }
 
 /// The JSON Schema of a JSON-format reply.
@@ -137,8 +140,9 @@ pub fn reply_schema(outputs: &[Field]) -> Value {
 }
 
 /// The reply's shape as segments, so an engine that constrains decoding can
-/// only produce a reply this module parses. `None` when a field's type has no
-/// segment form here (lists and JSON values in the JSON format).
+/// only produce a reply this module parses. The JSON format is one JSON value
+/// ([`reply_schema`]); the chat format puts each field's value under its
+/// marker, lists and JSON values as JSON of the field's schema. (Always `Some`.)
 pub fn template(format: AdapterFormat, outputs: &[Field]) -> Option<OutputTemplate> {
     let mut segments = Vec::new();
     match format {
@@ -151,35 +155,22 @@ pub fn template(format: AdapterFormat, outputs: &[Field]) -> Option<OutputTempla
                     FieldType::Bool => Segment::Choice { options: vec!["true".into(), "false".into()] },
                     FieldType::Int => Segment::Number { integer: true },
                     FieldType::Float => Segment::Number { integer: false },
-                    FieldType::String | FieldType::List { .. } | FieldType::Json { .. } => {
-                        Segment::Text { until: "[[ ##".into() }
+                    FieldType::String => Segment::Text { until: "[[ ##".into() },
+                    FieldType::List { .. } | FieldType::Json { .. } => {
+                        let schema = f.ty.json_schema();
+                        // A schema the decoder cannot enforce (only possible when the
+                        // pipeline was not checked for it) stays text up to the next marker.
+                        if validate_schema(&schema).is_ok() {
+                            Segment::Json { schema }
+                        } else {
+                            Segment::Text { until: "[[ ##".into() }
+                        }
                     }
                 });
             }
             segments.push(Segment::Literal { text: "\n\n[[ ## completed ## ]]".into() });
         }
-        AdapterFormat::Json => {
-            for (i, f) in outputs.iter().enumerate() {
-                let sep = if i == 0 { "{" } else { ", " };
-                let key = Value::String(f.name.clone());
-                segments.push(Segment::Literal { text: format!("{sep}{key}: ") });
-                match &f.ty {
-                    FieldType::Enum { values } => segments.push(Segment::Choice {
-                        options: values.iter().map(|v| Value::String(v.clone()).to_string()).collect(),
-                    }),
-                    FieldType::Bool => segments.push(Segment::Choice { options: vec!["true".into(), "false".into()] }),
-                    FieldType::Int => segments.push(Segment::Number { integer: true }),
-                    FieldType::Float => segments.push(Segment::Number { integer: false }),
-                    FieldType::String => {
-                        segments.push(Segment::Literal { text: "\"".into() });
-                        segments.push(Segment::Text { until: "\"".into() });
-                        segments.push(Segment::Literal { text: "\"".into() });
-                    }
-                    FieldType::List { .. } | FieldType::Json { .. } => return None,
-                }
-            }
-            segments.push(Segment::Literal { text: "}".into() });
-        }
+        AdapterFormat::Json => segments.push(Segment::Json { schema: reply_schema(outputs) }),
     }
     Some(OutputTemplate { segments })
 }

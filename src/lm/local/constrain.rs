@@ -7,7 +7,15 @@
 //! stop. Choice and number segments can end where the text is complete; when
 //! they could also go on, the loop compares the model's best continuation with
 //! its best way of starting what follows ([`Constraint::ending`]).
+//!
+//! A JSON segment follows its schema's grammar ([`super::json_constrain`]); a
+//! schema the grammar cannot enforce leaves that segment free text.
+//! [`Constraint::completion`] gives the shortest text that finishes the whole
+//! template, which the decoding loop forces when `max_tokens` runs short.
 
+use std::sync::Arc;
+
+use super::json_constrain::{JsonGrammar, JsonState};
 use crate::lm::{OutputTemplate, Segment};
 
 /// Longest text a number segment may produce.
@@ -35,9 +43,14 @@ pub enum Ending {
 #[derive(Debug, Clone)]
 pub struct Constraint {
     segments: Vec<Segment>,
+    /// The grammar of each JSON segment (`None` for other segments, and for a
+    /// schema the grammar cannot enforce: that segment is then free text).
+    grammars: Vec<Option<Arc<JsonGrammar>>>,
     index: usize,
     /// Bytes produced so far in the current segment.
     text: Vec<u8>,
+    /// Where the current JSON segment stands.
+    json: Option<JsonState>,
 }
 
 /// Where a byte string stands against `-?[0-9]+(\.[0-9]+)?`: `None` if it can
@@ -69,9 +82,50 @@ fn number_state(s: &[u8], integer: bool) -> Option<bool> {
     Some(i > frac_start)
 }
 
+/// The shortest text of a whole segment; `roomy`: with the longest option of a choice.
+fn segment_min_text(segment: &Segment, grammar: Option<&Arc<JsonGrammar>>, roomy: bool) -> Vec<u8> {
+    match segment {
+        Segment::Literal { text } => text.as_bytes().to_vec(),
+        Segment::Choice { options } => {
+            pick_option(options.iter(), roomy).map(|o| o.as_bytes().to_vec()).unwrap_or_default()
+        }
+        Segment::Number { .. } => b"0".to_vec(),
+        Segment::Text { .. } => Vec::new(),
+        Segment::Json { .. } => {
+            grammar.map(|g| if roomy { g.roomy_value().to_vec() } else { g.min_value().to_vec() }).unwrap_or_default()
+        }
+    }
+}
+
+/// The shortest option, or (`roomy`) the longest.
+fn pick_option<'a>(options: impl Iterator<Item = &'a String>, roomy: bool) -> Option<&'a String> {
+    if roomy { options.max_by_key(|o| o.len()) } else { options.min_by_key(|o| o.len()) }
+}
+
 impl Constraint {
     pub fn new(template: &OutputTemplate) -> Self {
-        Self { segments: template.segments.clone(), index: 0, text: Vec::new() }
+        let grammars = template
+            .segments
+            .iter()
+            .map(|segment| match segment {
+                Segment::Json { schema } => match JsonGrammar::compile(schema) {
+                    Ok(g) => Some(Arc::new(g)),
+                    Err(e) => {
+                        tracing::warn!("a JSON reply segment is decoded as free text: {e}");
+                        None
+                    }
+                },
+                _ => None,
+            })
+            .collect();
+        let mut c = Self { segments: template.segments.clone(), grammars, index: 0, text: Vec::new(), json: None };
+        c.enter_segment();
+        c
+    }
+
+    fn enter_segment(&mut self) {
+        self.text.clear();
+        self.json = self.grammars.get(self.index).and_then(|g| g.as_ref()).map(|g| g.start());
     }
 
     /// What comes next. A literal segment is returned as `Force` and the
@@ -108,7 +162,8 @@ impl Constraint {
         }
         match self.current() {
             None | Some(Segment::Literal { .. }) => false,
-            Some(Segment::Text { .. } | Segment::Json { .. }) => true,
+            Some(Segment::Json { .. }) => self.json.as_ref().is_none_or(|j| j.allows(bytes)),
+            Some(Segment::Text { .. }) => true,
             Some(Segment::Choice { options }) => options.iter().any(|o| {
                 let o = o.as_bytes();
                 o.len() >= self.text.len() + bytes.len()
@@ -135,7 +190,8 @@ impl Constraint {
         match self.current() {
             None => true,
             Some(Segment::Literal { .. }) => false,
-            Some(Segment::Text { .. } | Segment::Json { .. }) => true,
+            Some(Segment::Json { .. }) => self.json.as_ref().is_none_or(JsonState::is_complete),
+            Some(Segment::Text { .. }) => true,
             Some(Segment::Choice { options }) => options.iter().any(|o| o.as_bytes() == self.text.as_slice()),
             Some(Segment::Number { integer }) => number_state(&self.text, *integer) == Some(true),
         }
@@ -145,7 +201,8 @@ impl Constraint {
     pub fn can_continue(&self) -> bool {
         match self.current() {
             None | Some(Segment::Literal { .. }) => false,
-            Some(Segment::Text { .. } | Segment::Json { .. }) => true,
+            Some(Segment::Json { .. }) => self.json.as_ref().is_none_or(JsonState::can_continue),
+            Some(Segment::Text { .. }) => true,
             Some(Segment::Choice { options }) => {
                 options.iter().any(|o| o.len() > self.text.len() && o.as_bytes().starts_with(&self.text))
             }
@@ -164,6 +221,72 @@ impl Constraint {
     /// Records bytes the model produced in the current segment.
     pub fn push(&mut self, bytes: &[u8]) {
         self.text.extend_from_slice(bytes);
+        if let Some(json) = self.json.as_mut() {
+            json.push(bytes);
+        }
+    }
+
+    /// The bytes that must come next whatever the model prefers: in a JSON
+    /// segment, as long as exactly one byte is allowed and the value cannot
+    /// end yet (e.g. an object's only possible key). Empty elsewhere.
+    pub fn determined(&self) -> Vec<u8> {
+        self.json.as_ref().map(JsonState::determined).unwrap_or_default()
+    }
+
+    /// The shortest bytes that make the current segment complete (empty if it is).
+    pub fn segment_completion(&self) -> Vec<u8> {
+        self.segment_completion_with(false)
+    }
+
+    fn segment_completion_with(&self, roomy: bool) -> Vec<u8> {
+        match self.current() {
+            None => Vec::new(),
+            Some(Segment::Literal { text }) => text.as_bytes().to_vec(),
+            Some(Segment::Choice { options }) => {
+                pick_option(options.iter().filter(|o| o.as_bytes().starts_with(&self.text)), roomy)
+                    .map(|o| o.as_bytes()[self.text.len()..].to_vec())
+                    .unwrap_or_default()
+            }
+            Some(Segment::Number { integer }) => match number_state(&self.text, *integer) {
+                Some(true) | None => Vec::new(),
+                Some(false) => b"0".to_vec(),
+            },
+            Some(Segment::Text { .. }) => Vec::new(),
+            Some(Segment::Json { .. }) => match &self.json {
+                Some(j) if roomy => j.roomy_completion(),
+                Some(j) => j.completion(),
+                None => Vec::new(),
+            },
+        }
+    }
+
+    /// The shortest bytes that complete the whole template from here: the
+    /// current segment's completion, then every later segment at its
+    /// shortest (literals verbatim, the shortest choice, `0`, no text, the
+    /// schema's smallest value).
+    pub fn completion(&self) -> Vec<u8> {
+        self.completion_with(false)
+    }
+
+    /// Like [`Constraint::completion`], but with the longest option wherever
+    /// the model chooses among fixed texts (choices, JSON `enum`s and
+    /// booleans): what finishing the template takes when free text stops but
+    /// the model still picks those values.
+    pub fn roomy_completion(&self) -> Vec<u8> {
+        self.completion_with(true)
+    }
+
+    fn completion_with(&self, roomy: bool) -> Vec<u8> {
+        let mut out = self.segment_completion_with(roomy);
+        for (segment, grammar) in self.segments.iter().zip(&self.grammars).skip(self.index + 1) {
+            out.extend(segment_min_text(segment, grammar.as_ref(), roomy));
+        }
+        out
+    }
+
+    /// Inside a string of a JSON segment: the shortest bytes that end it.
+    pub fn json_string_end(&self) -> Option<Vec<u8>> {
+        self.json.as_ref().and_then(JsonState::string_end)
     }
 
     /// For a text segment: where its `until` marker starts in the segment's text.
@@ -182,15 +305,14 @@ impl Constraint {
         if self.index < self.segments.len() {
             self.index += 1;
         }
-        self.text.clear();
+        self.enter_segment();
     }
 }
 
 /// Checks that decoding can be constrained to `schema`: `Err` names the first
 /// keyword it cannot enforce and where it is (a JSON Pointer into the schema).
 pub fn validate_schema(schema: &serde_json::Value) -> Result<(), String> {
-    let _ = schema;
-    Ok(())
+    JsonGrammar::compile(schema).map(|_| ()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -306,6 +428,116 @@ mod tests {
         c.push(b"9");
         assert!(!c.allows(b"."));
         assert!(c.allows(b"0"));
+    }
+
+    fn json(schema: serde_json::Value) -> Segment {
+        Segment::Json { schema }
+    }
+
+    #[test]
+    fn json_segment_follows_its_schema() {
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {"tags": {"type": "array", "items": {"enum": ["a", "b"]}}, "n": {"type": "integer"}},
+            "required": ["tags", "n"],
+            "additionalProperties": false
+        });
+        let mut c = Constraint::new(&template(vec![
+            Segment::Literal { text: "[[ ## out ## ]]\n".into() },
+            json(schema),
+            Segment::Literal { text: "\n\n[[ ## completed ## ]]".into() },
+        ]));
+        assert!(matches!(c.step(), Step::Force(_)));
+        assert_eq!(c.step(), Step::Pick);
+        assert!(c.allows(b"{\"") && !c.allows(b"{}") && !c.allows(b"[") && !c.allows(b"{\"n"));
+        assert!(!c.is_complete() && c.can_continue());
+        // Only one key may come first, so the grammar writes it.
+        c.push(b"{");
+        assert_eq!(c.determined(), b"\"tags\": [");
+        c.push(b"\"tags\": [\"a\", \"");
+        assert_eq!(c.determined(), b"");
+        assert!(c.allows(b"b\"]") && !c.allows(b"c"));
+        c.push(b"b\"], \"n\": 4");
+        assert!(!c.is_complete() && c.can_continue());
+        assert_eq!(c.completion(), b"}\n\n[[ ## completed ## ]]");
+        c.push(b"2}");
+        assert!(c.is_complete() && !c.can_continue());
+        assert_eq!(c.ending(), Ending::Literal(b"\n\n[[ ## completed ## ]]".to_vec()));
+        c.finish_segment();
+        assert_eq!(c.step(), Step::Force("\n\n[[ ## completed ## ]]".into()));
+        assert_eq!(c.step(), Step::Done);
+    }
+
+    #[test]
+    fn a_json_number_may_end_or_go_on() {
+        let mut c = Constraint::new(&template(vec![json(serde_json::json!({"type": "number"}))]));
+        c.push(b"-1");
+        assert!(c.is_complete() && c.can_continue());
+        assert!(c.allows(b".5") && !c.allows(b"}"));
+        assert_eq!(c.ending(), Ending::EndOfTurn);
+    }
+
+    #[test]
+    fn completion_covers_the_rest_of_the_template() {
+        let c = Constraint::new(&template(vec![
+            Segment::Literal { text: "A: ".into() },
+            choice(&["long_option", "short"]),
+            Segment::Literal { text: "\nB: ".into() },
+            Segment::Number { integer: false },
+            Segment::Literal { text: "\nC: ".into() },
+            Segment::Text { until: "\n".into() },
+            Segment::Literal { text: "\nD: ".into() },
+            json(serde_json::json!({"type": "object", "properties": {"k": {"type": "boolean"}}, "required": ["k"]})),
+        ]));
+        assert_eq!(c.completion(), b"A: short\nB: 0\nC: \nD: {\"k\": true}");
+        let mut c = c;
+        c.step();
+        c.push(b"lo");
+        assert_eq!(c.completion(), b"ng_option\nB: 0\nC: \nD: {\"k\": true}");
+        c.push(b"ng_option");
+        c.finish_segment();
+        c.step();
+        c.push(b"3.");
+        assert_eq!(c.segment_completion(), b"0");
+        assert_eq!(c.completion(), b"0\nC: \nD: {\"k\": true}");
+    }
+
+    #[test]
+    fn roomy_completion_takes_the_longest_options() {
+        let mut c = Constraint::new(&template(vec![
+            Segment::Literal { text: "R: ".into() },
+            Segment::Text { until: "\n".into() },
+            Segment::Literal { text: "\nQ: ".into() },
+            choice(&["x", "cards", "transfers"]),
+            Segment::Literal { text: "\nJ: ".into() },
+            json(serde_json::json!({"type": "object", "properties": {"k": {"enum": ["a", "bbb"]}}, "required": ["k"]})),
+        ]));
+        assert_eq!(c.completion(), b"R: \nQ: x\nJ: {\"k\": \"a\"}");
+        assert_eq!(c.roomy_completion(), b"R: \nQ: transfers\nJ: {\"k\": \"bbb\"}");
+        c.step();
+        c.push(b"thinking");
+        assert_eq!(c.json_string_end(), None);
+        c.finish_segment();
+        c.step();
+        c.push(b"c");
+        assert_eq!(c.roomy_completion(), b"ards\nJ: {\"k\": \"bbb\"}");
+    }
+
+    #[test]
+    fn a_schema_the_grammar_cannot_enforce_leaves_free_text() {
+        let mut c = Constraint::new(&template(vec![json(serde_json::json!({"type": "string", "pattern": "^a"}))]));
+        assert!(c.allows(b"anything"));
+        c.push(b"anything");
+        assert!(c.is_complete() && c.can_continue());
+        assert_eq!(c.completion(), b"");
+    }
+
+    #[test]
+    fn validate_schema_names_the_keyword() {
+        assert_eq!(validate_schema(&serde_json::json!({"type": "object", "properties": {"a": {}}})), Ok(()));
+        let err = validate_schema(&serde_json::json!({"properties": {"zip": {"type": "string", "pattern": "x"}}}))
+            .unwrap_err();
+        assert!(err.contains("`pattern`") && err.contains("/properties/zip"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod constrain;
 pub mod gguf_model;
+pub mod json_constrain;
 pub mod kernels;
 pub mod tokenizer;
 
@@ -412,20 +413,45 @@ impl Engine {
     ) -> Result<&'static str> {
         // Where the current segment's tokens start in the reply.
         let mut segment_start = 0usize;
+        // The budget is running out: free text ends as soon as it can.
+        let mut closing = false;
         loop {
             if constraint.is_done() {
-                return Ok("stop");
+                let cut = closing || reply.produced > reply.budget;
+                return Ok(if cut { "length" } else { "stop" });
             }
-            if reply.out_of_budget() {
-                return Ok("length");
+            // When the tokens left only just cover the shortest way to finish the
+            // template, write that: a reply cut by `max_tokens` still parses. The
+            // forced tokens count as produced, even past the budget.
+            let left = reply.budget.saturating_sub(reply.produced);
+            let completion = constraint.completion();
+            if completion.is_empty() {
+                if left == 0 {
+                    return Ok("length");
+                }
+            } else {
+                let tokens = tokenizer.encode_bytes(&completion);
+                if left <= tokens.len() + BUDGET_MARGIN {
+                    for token in tokens {
+                        reply.push(tokenizer, token);
+                    }
+                    return Ok("length");
+                }
+            }
+            // A little earlier, when the tokens left only cover finishing with the
+            // longest option of each choice still to come, free text (a text
+            // segment, a JSON string) ends, so the budget goes to the values the
+            // model still chooses rather than to whichever option is shortest.
+            if !closing {
+                let roomy = constraint.roomy_completion();
+                closing = roomy != completion && left <= tokenizer.encode_bytes(&roomy).len() + BUDGET_MARGIN;
             }
             match constraint.step() {
                 Step::Done => return Ok("stop"),
                 Step::Force(text) => {
+                    // Whole, even should the budget run out in it: the check above
+                    // then forces the rest, and the reply still parses.
                     for token in tokenizer.encode(&text) {
-                        if reply.out_of_budget() {
-                            return Ok("length");
-                        }
                         let before = reply.bytes.len();
                         reply.push(tokenizer, token);
                         if find_stop(&reply.bytes, &request.stop, before).is_some() {
@@ -438,9 +464,34 @@ impl Engine {
                 Step::Pick => {}
             }
             let is_text = matches!(constraint.current(), Some(Segment::Text { .. }));
-            if !is_text && constraint.is_complete() && !constraint.can_continue() {
+            if (!is_text && constraint.is_complete() && !constraint.can_continue()) || (closing && is_text) {
                 constraint.finish_segment();
                 segment_start = reply.reply_tokens();
+                continue;
+            }
+            if let Some(end) = constraint.json_string_end().filter(|_| closing) {
+                let before = reply.bytes.len();
+                for token in tokenizer.encode_bytes(&end) {
+                    reply.push(tokenizer, token);
+                }
+                constraint.push(&end);
+                if find_stop(&reply.bytes, &request.stop, before).is_some() {
+                    return Ok("stop");
+                }
+                continue;
+            }
+            // Bytes the grammar leaves no choice about (an object's only key, the
+            // `": "` after it) are written like a literal, without asking the model.
+            let determined = constraint.determined();
+            if !determined.is_empty() {
+                let before = reply.bytes.len();
+                for token in tokenizer.encode_bytes(&determined) {
+                    reply.push(tokenizer, token);
+                }
+                constraint.push(&determined);
+                if find_stop(&reply.bytes, &request.stop, before).is_some() {
+                    return Ok("stop");
+                }
                 continue;
             }
             let logits = self.model.logits_after(&reply.seq)?;
@@ -467,7 +518,12 @@ impl Engine {
             let token = match pick {
                 Some(Pick::Token(t)) if !tokenizer.is_control(t) => t,
                 // End of turn inside a text segment, or the model prefers ending here.
+                // (Should nothing be allowed mid-segment, the segment is finished
+                // at its shortest, so the reply still parses.)
                 _ => {
+                    for token in tokenizer.encode_bytes(&constraint.segment_completion()) {
+                        reply.push(tokenizer, token);
+                    }
                     constraint.finish_segment();
                     segment_start = reply.reply_tokens();
                     continue;
@@ -491,9 +547,6 @@ impl Engine {
                 }
                 reply.truncate(keep);
                 for token in tokenizer.encode_bytes(&segment_text[kept_bytes..cut]) {
-                    if reply.out_of_budget() {
-                        return Ok("length");
-                    }
                     reply.push(tokenizer, token);
                 }
                 constraint.finish_segment();
@@ -502,6 +555,10 @@ impl Engine {
         }
     }
 }
+
+/// Tokens kept in hand beyond the shortest completion of the template: when
+/// fewer are left, decoding stops and writes that completion.
+const BUDGET_MARGIN: usize = 2;
 
 /// The model's score for ending the current segment: its best token that
 /// starts the following literal, or its end-of-turn token.
