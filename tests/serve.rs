@@ -275,12 +275,7 @@ async fn our_openai_client_completes_against_the_server() {
     server.shutdown().await;
 }
 
-/// Needs the JSON-schema decoder (the constraint work in src/lm/local/): with
-/// the current stub, `Segment::Json` does not constrain the reply. Run after
-/// the merge with `cargo nextest run --release --run-ignored all serve`, then
-/// drop the `ignore`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "enable once the JSON-schema decoder is merged"]
 async fn json_schema_replies_follow_the_schema() {
     let server = Server::start().await;
     let schema = json!({
@@ -515,6 +510,12 @@ async fn malformed_requests_get_openai_errors_and_the_server_keeps_serving() {
             json!({"messages": ok, "response_format": {"type": "json_schema", "json_schema": {"schema": 3}}}),
             "response_format",
         ),
+        // A schema constrained decoding cannot enforce: refused, not silently ignored.
+        (
+            json!({"messages": ok, "response_format": {"type": "json_schema", "json_schema": {"name": "z",
+                "schema": {"type": "object", "properties": {"zip": {"type": "string", "pattern": "^[0-9]{5}$"}}}}}}),
+            "response_format",
+        ),
         (json!({"messages": ok, "n": 3}), "n"),
         (json!({"messages": ok, "logprobs": true}), "logprobs"),
         (json!({"messages": ok, "tools": [{"type": "function", "function": {"name": "f"}}]}), "tools"),
@@ -523,10 +524,14 @@ async fn malformed_requests_get_openai_errors_and_the_server_keeps_serving() {
         (json!({"messages": ok, "top_p": 0.5}), "top_p"),
         (json!({"messages": ok, "frequency_penalty": 1}), "frequency_penalty"),
     ];
+    let unenforceable = cases.iter().find(|(body, _)| body.to_string().contains("pattern")).unwrap().0.clone();
     for (body, param) in cases {
         let (status, value) = server.chat(body.clone()).await;
         assert_error(status, &value, StatusCode::BAD_REQUEST, Some(param));
     }
+    let (_, value) = server.chat(unenforceable).await;
+    let message = value["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`pattern`") && message.contains("/properties/zip"), "{message}");
 
     // Unknown path, wrong method, oversized body.
     let (status, value) = read(server.http.get(server.url("/v1/completions/nope")).send().await.unwrap()).await;

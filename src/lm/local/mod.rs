@@ -253,21 +253,26 @@ impl Sampler {
     }
 
     /// The highest-scoring allowed token: the plain argmax when it is allowed,
-    /// else a walk down the tokens in descending order.
+    /// else the best allowed among the top few, else one pass over them all.
     fn best_allowed(&mut self, logits: &[f32], allowed: &impl Fn(u32) -> bool) -> Option<u32> {
-        let argmax = logits
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| !l.is_nan())
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i as u32)?;
+        const TOP: usize = 64;
+        let better = |a: u32, b: u32| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b));
+        let argmax =
+            (0..logits.len() as u32).filter(|&t| !logits[t as usize].is_nan()).min_by(|&a, &b| better(a, b))?;
         if allowed(argmax) {
             return Some(argmax);
         }
         self.order.clear();
-        self.order.extend(0..logits.len() as u32);
-        self.order.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
-        self.order.iter().copied().find(|&t| allowed(t))
+        self.order.extend((0..logits.len() as u32).filter(|&t| !logits[t as usize].is_nan()));
+        if self.order.len() > TOP {
+            self.order.select_nth_unstable_by(TOP - 1, |&a, &b| better(a, b));
+            self.order.truncate(TOP);
+        }
+        self.order.sort_unstable_by(|&a, &b| better(a, b));
+        if let Some(t) = self.order.iter().copied().find(|&t| allowed(t)) {
+            return Some(t);
+        }
+        (0..logits.len() as u32).filter(|&t| !logits[t as usize].is_nan() && allowed(t)).min_by(|&a, &b| better(a, b))
     }
 }
 
