@@ -17,6 +17,9 @@ use crate::lm::local::json_constrain::canonical_json;
 use crate::lm::{ChatMessage, OutputTemplate, Role, Segment};
 use crate::program::signature::{Field, FieldType};
 
+/// One worked example as shown: its inputs and its outputs.
+pub type DemoPair<'a> = (&'a Map<String, Value>, &'a Map<String, Value>);
+
 /// What one prediction shows the model: instructions, fields, demos, inputs.
 pub struct Prompt<'a> {
     pub instructions: &'a str,
@@ -24,7 +27,7 @@ pub struct Prompt<'a> {
     /// The outputs the reply must carry, in order (reasoning first for chain of thought).
     pub outputs: &'a [Field],
     /// Worked examples: (inputs, outputs); a missing output is shown as not supplied.
-    pub demos: Vec<(&'a Map<String, Value>, &'a Map<String, Value>)>,
+    pub demos: Vec<DemoPair<'a>>,
     pub values: &'a Map<String, Value>,
 }
 
