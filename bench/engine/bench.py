@@ -56,6 +56,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -678,9 +679,9 @@ def sha256_of(path: Path) -> str | None:
         return None
 
 
-def git_head() -> str | None:
+def git_head(where: Path = REPO) -> str | None:
     try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+        return subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -746,7 +747,9 @@ def markdown(doc: dict) -> str:
         f"{m['mem_total_mb']} MiB. Model: `{Path(doc['model']['path']).name}` (same file for both). "
         f"Threads: {s['threads']}. Temperature 0. Servers run one at a time.",
         "",
-        f"Versions: `{v['promptloop']}` (commit {str(v['repo_commit'])[:10]}); llama-cpp-python {v['llama_cpp_python']}.",
+        f"Versions: `{v['promptloop']}` (binary built {v['promptloop_binary'].get('mtime')}, its repository at "
+        f"{str(v['promptloop_binary'].get('repo_head_at_run'))[:10]} when run); "
+        f"llama-cpp-python {v['llama_cpp_python']}.",
         "",
         "Cells: median (min–max) over the repetitions.",
         "",
@@ -910,6 +913,20 @@ def main() -> int:
     if not model.exists():
         sys.exit(f"model not found: {model}")
 
+    binary: dict = {"path": str(promptloop)}
+    if args.only != "llama":
+        if not promptloop.exists():
+            sys.exit(f"promptloop binary not found: {promptloop}")
+        # Run a copy, so that a rebuild during the run cannot swap the binary between phases.
+        copy = log_dir / "promptloop"
+        shutil.copy2(promptloop, copy)
+        binary.update({
+            "sha256": sha256_of(copy),
+            "mtime": datetime.fromtimestamp(promptloop.stat().st_mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "repo_head_at_run": git_head(promptloop.parent),
+        })
+        promptloop = copy
+
     task = load_task()
     demos = pick_demos(task, 4)
     program = Program(task, demos)
@@ -928,7 +945,8 @@ def main() -> int:
         "promptloop": version_of([str(promptloop), "--version"]) if args.only != "llama" else None,
         "llama_cpp_python": version_of([args.llama_python, "-c", "import llama_cpp; print(llama_cpp.__version__)"])
         if args.only != "promptloop" else None,
-        "repo_commit": git_head(),
+        "bench_commit": git_head(),
+        "promptloop_binary": binary,
         "python": platform.python_version(),
     }
     machine = {
