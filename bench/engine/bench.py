@@ -728,10 +728,14 @@ def summarize(phases: dict) -> dict:
     def replies(p):
         return [x["reply"] for x in (get(p, "eval", "replies") or [])]
     agree = {}
+    queues = tuple(load_task().queues)
     for a, b, key in ((ours, nore, "ours_reuse_vs_noreuse"), (ours, llama, "ours_vs_llama")):
         ra, rb = replies(a), replies(b)
         if ra and rb and len(ra) == len(rb):
-            agree[key] = {"identical": sum(x == y and x is not None for x, y in zip(ra, rb)), "n": len(ra)}
+            same_label = sum(x is not None and y is not None and label_of(x, "queue", queues) is not None
+                             and label_of(x, "queue", queues) == label_of(y, "queue", queues) for x, y in zip(ra, rb))
+            agree[key] = {"identical": sum(x == y and x is not None for x, y in zip(ra, rb)),
+                          "same_valid_label": same_label, "n": len(ra)}
     r["eval_reply_agreement"] = agree
     return r
 
@@ -804,7 +808,8 @@ def markdown(doc: dict) -> str:
         for k in ("prefill", "decode", "eval"):
             errs += [f"{n}: {e}" for e in (p.get(k) or {}).get("errors", [])]
     for k, a in r.get("eval_reply_agreement", {}).items():
-        lines.append(f"- identical evaluation replies, {k.replace('_', ' ')}: {a['identical']}/{a['n']}")
+        lines.append(f"- evaluation replies, {k.replace('_', ' ')}: identical {a['identical']}/{a['n']}, "
+                     f"same valid label {a.get('same_valid_label', '?')}/{a['n']}")
     lines += ["", "Method:", ""] + [f"- {x}" for x in doc["method"]]
     if errs:
         lines += ["", "Errors:", "", "```"] + [e for x in errs[:30] for e in x.splitlines()] + ["```"]
@@ -840,9 +845,9 @@ METHOD = [
     "order (splits by SHA-256 of the id, as promptloop); max_tokens 16, stop `[[ ## completed ## ]]`; sent "
     "sequentially. Wall = all N requests. A valid label is one of the seven queue names, exactly, on the first non-empty "
     "line after the `[[ ## queue ## ]]` marker (or of the whole reply if it has no marker); the strict count "
-    "requires the whole section up to the next `[[ ## ... ## ]]` marker to be the name (the model often writes "
-    "a malformed end marker such as `[## completed ## ]` after the label, which then stays in the section, and "
-    "the stop sequence is not hit). The evaluation is repeated; its min/median/max are over "
+    "requires the whole section up to the next `[[ ## ... ## ]]` marker to be the name (a reply cut by the "
+    "16-token budget, or one with a malformed end marker such as `[## completed ## ]`, keeps that text in the "
+    "section). The evaluation is repeated; its min/median/max are over "
     "repetitions of all N requests.",
     "Prefix reuse: promptloop keeps the attention state of earlier prompts (`--prefix-cache-mb`); "
     "llama-cpp-python's server also keeps its context's state from the previous request and reuses the longest "
@@ -888,7 +893,23 @@ def main() -> int:
     ap.add_argument("--retry-busy", type=int, default=0, help="run a disturbed phase again, up to this many times")
     ap.add_argument("--note", action="append", default=[], help="a note to record with the results")
     ap.add_argument("--log-dir", default=None, help="server logs (default: a temporary directory)")
+    ap.add_argument("--render-only", metavar="JSON",
+                    help="run nothing: rewrite the Markdown (and ratios, method text, --note notes) of an earlier "
+                    "result file")
     args = ap.parse_args()
+
+    if args.render_only:
+        src = Path(args.render_only)
+        doc = json.loads(src.read_text(encoding="utf-8"))
+        doc["method"] = METHOD
+        doc["notes"] = doc.get("notes", []) + [n for n in args.note if n not in doc.get("notes", [])]
+        doc["ratios"] = summarize(doc["phases"])
+        src.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        md_out = Path(args.md) if args.md else src.with_suffix(".md")
+        md_out.write_text(markdown(doc), encoding="utf-8")
+        print_table(doc)
+        print(f"wrote {src} and {md_out}")
+        return 0
 
     quick = args.quick
     prefill_reps = args.prefill_reps or (2 if quick else 5)
