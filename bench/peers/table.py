@@ -11,7 +11,16 @@ import re
 
 from common import RESULTS, SERVER_SOFTWARE, load_task
 
-ORDER = ["dspy-zeroshot", "dspy-bootstrap", "zeroshot", "zeroshot-json", "kshot7", "kshot7-json"]
+ORDER = [
+    "dspy-zeroshot",
+    "dspy-bootstrap",
+    "dspy-zeroshot-promptloop-serve",
+    "dspy-bootstrap-promptloop-serve",
+    "zeroshot",
+    "zeroshot-json",
+    "kshot7",
+    "kshot7-json",
+]
 
 
 def flags(doc: dict) -> str:
@@ -24,7 +33,7 @@ def main() -> None:
     docs = {}
     for p in sorted(RESULTS.glob("peers-*.json")):
         d = json.loads(p.read_text(encoding="utf-8"))
-        docs[d["method"]] = d
+        docs[d.get("name", d["method"])] = d
     if not docs:
         sys.exit("no results")
     methods = [m for m in ORDER if m in docs] + [m for m in docs if m not in ORDER]
@@ -36,7 +45,8 @@ def main() -> None:
         f"Run {dates[0][:10]}" + (f" to {dates[-1][:10]}" if dates[-1][:10] != dates[0][:10] else "")
         + f"; machine: {next(iter(docs.values()))['machine']['cores']} cores (shared with other work, "
         "so wall times are indicative); "
-        f"server: {SERVER_SOFTWARE}, flags per row below; test split, n = {', '.join(map(str, sorted(n)))}.",
+        f"server: {SERVER_SOFTWARE}, flags per row below (rows ending in `-promptloop-serve`: the same model "
+        f"served by `promptloop lm serve` instead); test split, n = {', '.join(map(str, sorted(n)))}.",
         "",
         "The data is built from Banking77 (PolyAI, CC-BY-4.0). Scripts and setup: `bench/peers/`.",
         "",
@@ -75,6 +85,10 @@ def main() -> None:
         "each failure costing two LM calls. The constrained (`-json`) rows fail only when the reply",
         "is cut by max_tokens=16 before the JSON closes (the schema grammar allows padding whitespace).",
         "Per-example predictions are in `peers-<method>.json`.",
+        "",
+        "Against `promptloop lm serve` (same weights, unconstrained chat replies) every DSPy reply",
+        "parsed on the first call: greedy decoding there closes the reply with the marker the",
+        "ChatAdapter expects, where llama.cpp's numerics lead to a malformed one.",
         "",
     ]
     (RESULTS / "peers.md").write_text("\n".join(lines), encoding="utf-8")
