@@ -208,33 +208,15 @@ impl Matrix {
             }
             Weights::Q4_1(w) => {
                 let acts = quantize_rows(x, n, self.cols);
-                let nb = self.cols / QK;
-                (0..tasks).into_par_iter().for_each(|t| {
-                    for r in t * per_task..((t + 1) * per_task).min(rows) {
-                        let wr = &w[r * nb..(r + 1) * nb];
-                        for_each_group(&acts, nb, n, |i, group| {
-                            let sums = dot_q4_1(wr, group);
-                            for (k, v) in sums.into_iter().enumerate() {
-                                write(i + k, r, v);
-                            }
-                        });
-                    }
-                });
+                (0..tasks)
+                    .into_par_iter()
+                    .for_each(|t| block_rows(w, &acts, n, t * per_task..((t + 1) * per_task).min(rows), write));
             }
             Weights::Q8_0(w) => {
                 let acts = quantize_rows(x, n, self.cols);
-                let nb = self.cols / QK;
-                (0..tasks).into_par_iter().for_each(|t| {
-                    for r in t * per_task..((t + 1) * per_task).min(rows) {
-                        let wr = &w[r * nb..(r + 1) * nb];
-                        for_each_group(&acts, nb, n, |i, group| {
-                            let sums = dot_q8_0(wr, group);
-                            for (k, v) in sums.into_iter().enumerate() {
-                                write(i + k, r, v);
-                            }
-                        });
-                    }
-                });
+                (0..tasks)
+                    .into_par_iter()
+                    .for_each(|t| block_rows(w, &acts, n, t * per_task..((t + 1) * per_task).min(rows), write));
             }
         }
         out
@@ -401,71 +383,85 @@ fn has_avx2() -> bool {
     }
 }
 
-fn dot_q4_1(w: &[BlockQ4_1], group: Group<'_>) -> Sums {
+/// A weight block format the integer kernels multiply against [`BlockQ8`] activations.
+trait WeightBlock: Sized + Sync {
+    /// One block's contribution to a dot product (the portable path).
+    fn dot(&self, a: &BlockQ8) -> f32;
+    /// One weight row against `R` activation rows with AVX2.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; every activation row holds `w.len()` blocks.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx2<const R: usize>(w: &[Self], a: [&[BlockQ8]; R]) -> [f32; R];
+}
+
+impl WeightBlock for BlockQ4_1 {
+    fn dot(&self, a: &BlockQ8) -> f32 {
+        let mut isum = 0i32;
+        for j in 0..16 {
+            isum += (self.qs[j] & 0x0F) as i32 * a.qs[j] as i32;
+            isum += (self.qs[j] >> 4) as i32 * a.qs[j + 16] as i32;
+        }
+        self.d * a.d * isum as f32 + self.m * a.s
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx2<const R: usize>(w: &[Self], a: [&[BlockQ8]; R]) -> [f32; R] {
+        // SAFETY: forwarded from the caller.
+        unsafe { avx2::q4_1::<R>(w, a) }
+    }
+}
+
+impl WeightBlock for BlockQ8_0 {
+    fn dot(&self, a: &BlockQ8) -> f32 {
+        let isum: i32 = self.qs.iter().zip(&a.qs).map(|(&x, &y)| x as i32 * y as i32).sum();
+        self.d * a.d * isum as f32
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx2<const R: usize>(w: &[Self], a: [&[BlockQ8]; R]) -> [f32; R] {
+        // SAFETY: forwarded from the caller.
+        unsafe { avx2::q8_0::<R>(w, a) }
+    }
+}
+
+/// The weight rows in `rows` against all `n` activation rows; `write(i, r, v)`
+/// stores output `[i][r]`.
+fn block_rows<B: WeightBlock>(
+    w: &[B],
+    acts: &[BlockQ8],
+    n: usize,
+    rows: std::ops::Range<usize>,
+    write: impl Fn(usize, usize, f32),
+) {
+    let nb = acts.len() / n.max(1);
+    for r in rows {
+        let wr = &w[r * nb..(r + 1) * nb];
+        for_each_group(acts, nb, n, |i, group| {
+            for (k, v) in dot_row(wr, group).into_iter().enumerate() {
+                write(i + k, r, v);
+            }
+        });
+    }
+}
+
+/// One weight row against a group of activation rows.
+fn dot_row<B: WeightBlock>(w: &[B], group: Group<'_>) -> Sums {
     let nb = w.len();
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: the CPU has AVX2 and FMA; slices hold `nb` blocks per row.
+        // SAFETY: the CPU has AVX2 and FMA; each activation row holds `nb` blocks.
         return unsafe {
             match group {
-                Group::One(a) => {
-                    let [s] = avx2::q4_1::<1>(w, [a]);
-                    Sums { values: [s, 0.0, 0.0, 0.0], len: 1 }
-                }
+                Group::One(a) => Sums { values: [B::avx2::<1>(w, [a])[0], 0.0, 0.0, 0.0], len: 1 },
                 Group::Four(a) => Sums {
-                    values: avx2::q4_1::<4>(w, [&a[..nb], &a[nb..2 * nb], &a[2 * nb..3 * nb], &a[3 * nb..]]),
+                    values: B::avx2::<4>(w, [&a[..nb], &a[nb..2 * nb], &a[2 * nb..3 * nb], &a[3 * nb..]]),
                     len: 4,
                 },
             }
         };
     }
-    let one = |a: &[BlockQ8]| -> f32 {
-        w.iter()
-            .zip(a)
-            .map(|(wb, ab)| {
-                let mut isum = 0i32;
-                for j in 0..16 {
-                    isum += (wb.qs[j] & 0x0F) as i32 * ab.qs[j] as i32;
-                    isum += (wb.qs[j] >> 4) as i32 * ab.qs[j + 16] as i32;
-                }
-                wb.d * ab.d * isum as f32 + wb.m * ab.s
-            })
-            .sum()
-    };
-    scalar_group(group, nb, one)
-}
-
-fn dot_q8_0(w: &[BlockQ8_0], group: Group<'_>) -> Sums {
-    let nb = w.len();
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU has AVX2 and FMA; slices hold `nb` blocks per row.
-        return unsafe {
-            match group {
-                Group::One(a) => {
-                    let [s] = avx2::q8_0::<1>(w, [a]);
-                    Sums { values: [s, 0.0, 0.0, 0.0], len: 1 }
-                }
-                Group::Four(a) => Sums {
-                    values: avx2::q8_0::<4>(w, [&a[..nb], &a[nb..2 * nb], &a[2 * nb..3 * nb], &a[3 * nb..]]),
-                    len: 4,
-                },
-            }
-        };
-    }
-    let one = |a: &[BlockQ8]| -> f32 {
-        w.iter()
-            .zip(a)
-            .map(|(wb, ab)| {
-                let isum: i32 = wb.qs.iter().zip(&ab.qs).map(|(&x, &y)| x as i32 * y as i32).sum();
-                wb.d * ab.d * isum as f32
-            })
-            .sum()
-    };
-    scalar_group(group, nb, one)
-}
-
-fn scalar_group(group: Group<'_>, nb: usize, one: impl Fn(&[BlockQ8]) -> f32) -> Sums {
+    let one = |a: &[BlockQ8]| -> f32 { w.iter().zip(a).map(|(wb, ab)| wb.dot(ab)).sum() };
     match group {
         Group::One(a) => Sums { values: [one(a), 0.0, 0.0, 0.0], len: 1 },
         Group::Four(a) => {
