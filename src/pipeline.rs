@@ -104,18 +104,12 @@ pub async fn compile(request: &CompileRequest) -> Result<CompileOutcome> {
         );
     }
     let lm = build_lm(&config.lm, &config.state_dir(), request.use_cache)?;
-    let student_settings = predict_settings(&config.lm, lm.clone(), config.adapter);
+    let eval_ctx = eval_context(&config, lm.clone(), request.progress);
     let teacher_settings = match &config.optimizer.teacher {
         Some(teacher) => {
             predict_settings(teacher, build_lm(teacher, &config.state_dir(), request.use_cache)?, config.adapter)
         }
-        None => student_settings.clone(),
-    };
-    let eval_ctx = EvalContext {
-        settings: student_settings,
-        metric: config.metric.clone(),
-        concurrency: config.lm.concurrency,
-        progress: request.progress,
+        None => eval_ctx.settings.clone(),
     };
     let ctx = OptimizeContext { student: eval_ctx.clone(), teacher: teacher_settings };
     let baseline = Program::baseline(&config);
@@ -229,18 +223,23 @@ pub async fn eval(request: &EvalRequest) -> Result<EvalOutcome> {
         EvalTarget::Artifact(path) => (Artifact::load(path)?.program(), path.display().to_string()),
     };
     let lm = build_lm(&config.lm, &config.state_dir(), request.use_cache)?;
-    let ctx = EvalContext {
-        settings: predict_settings(&config.lm, lm.clone(), config.adapter),
-        metric: config.metric.clone(),
-        concurrency: config.lm.concurrency,
-        progress: request.progress,
-    };
+    let ctx = eval_context(&config, lm.clone(), request.progress);
     let examples = dataset.split(request.split);
     let examples = &examples[..request.limit.unwrap_or(examples.len()).min(examples.len())];
     let evaluation = evaluate(&program, examples, &ctx, &format!("{}: {label}", request.split.name()))
         .await
         .context("the LM failed while scoring")?;
     Ok(EvalOutcome { evaluation, usage: lm.usage(), program_label: label })
+}
+
+/// How the pipeline's program is scored: its LM and adapter, its metric.
+fn eval_context(config: &PipelineConfig, lm: Lm, progress: bool) -> EvalContext {
+    EvalContext {
+        settings: predict_settings(&config.lm, lm, config.adapter),
+        metric: config.metric.clone(),
+        concurrency: config.lm.concurrency,
+        progress,
+    }
 }
 
 fn relative_to(path: &Path, root: &Path) -> String {

@@ -8,10 +8,10 @@ use serde_json::{Map, Value};
 
 use crate::config::MetricConfig;
 use crate::dataset::Example;
-use crate::lm::{LmError, TokenUsage};
+use crate::lm::LmError;
 use crate::metric;
-use crate::program::Program;
 use crate::program::predictor::PredictSettings;
+use crate::program::{Program, RunStats};
 
 /// Everything evaluation needs besides the program and the examples.
 #[derive(Clone)]
@@ -30,12 +30,8 @@ pub struct ExampleResult {
     pub prediction: Option<Map<String, Value>>,
     pub score: f64,
     pub feedback: String,
-    pub error: Option<String>,
-    pub format_error: bool,
-    pub format_retries: u32,
-    pub usage: TokenUsage,
-    pub lm_calls: u32,
-    pub cache_hits: u32,
+    #[serde(flatten)]
+    pub stats: RunStats,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -94,14 +90,15 @@ pub async fn evaluate(
     bar.finish_and_clear();
     let mut summary = EvalSummary { n: results.len(), ..Default::default() };
     for r in &results {
+        let stats = &r.stats;
         summary.mean += r.score;
-        summary.failed += usize::from(r.error.is_some());
-        summary.format_errors += usize::from(r.format_error);
-        summary.format_retries += u64::from(r.format_retries);
-        summary.lm_calls += u64::from(r.lm_calls);
-        summary.cache_hits += u64::from(r.cache_hits);
-        summary.prompt_tokens += r.usage.prompt_tokens;
-        summary.completion_tokens += r.usage.completion_tokens;
+        summary.failed += usize::from(stats.error.is_some());
+        summary.format_errors += usize::from(stats.format_error);
+        summary.format_retries += u64::from(stats.format_retries);
+        summary.lm_calls += u64::from(stats.lm_calls);
+        summary.cache_hits += u64::from(stats.cache_hits);
+        summary.prompt_tokens += stats.usage.prompt_tokens;
+        summary.completion_tokens += stats.usage.completion_tokens;
     }
     if summary.n > 0 {
         summary.mean /= summary.n as f64;
@@ -117,20 +114,9 @@ async fn evaluate_one(program: &Program, example: &Example, ctx: &EvalContext) -
             let s = metric::score(&ctx.metric, example, prediction);
             (s.value, s.feedback)
         }
-        None => (0.0, run.error.clone().unwrap_or_default()),
+        None => (0.0, run.stats.error.clone().unwrap_or_default()),
     };
-    Ok(ExampleResult {
-        example_id: example.id.clone(),
-        prediction: run.prediction,
-        score,
-        feedback,
-        error: run.error,
-        format_error: run.format_error,
-        format_retries: run.format_retries,
-        usage: run.usage,
-        lm_calls: run.lm_calls,
-        cache_hits: run.cache_hits,
-    })
+    Ok(ExampleResult { example_id: example.id.clone(), prediction: run.prediction, score, feedback, stats: run.stats })
 }
 
 fn progress_bar(enabled: bool, len: usize, label: &str) -> indicatif::ProgressBar {

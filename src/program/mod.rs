@@ -31,6 +31,12 @@ pub struct Run {
     /// Every output field of every predictor, by name (when all succeeded).
     pub prediction: Option<Map<String, Value>>,
     pub trace: Vec<TraceStep>,
+    pub stats: RunStats,
+}
+
+/// How a run went: why it failed, if it did, and what it cost.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RunStats {
     pub error: Option<String>,
     pub format_error: bool,
     /// Predictor calls whose first reply did not parse.
@@ -79,7 +85,7 @@ impl Program {
                         step_inputs.insert(field.name.clone(), v.clone());
                     }
                     None => {
-                        run.error = Some(format!(
+                        run.stats.error = Some(format!(
                             "predictor `{}` needs input `{}`, which is neither an example input nor an earlier output",
                             predictor.name, field.name
                         ));
@@ -88,14 +94,15 @@ impl Program {
                 }
             }
             let call = predictor.call(settings, &step_inputs, rollout).await?;
-            run.usage.prompt_tokens += call.usage.prompt_tokens;
-            run.usage.completion_tokens += call.usage.completion_tokens;
-            run.lm_calls += call.lm_calls;
-            run.cache_hits += call.cache_hits;
-            run.format_retries += u32::from(call.format_retried);
+            let stats = &mut run.stats;
+            stats.usage.prompt_tokens += call.usage.prompt_tokens;
+            stats.usage.completion_tokens += call.usage.completion_tokens;
+            stats.lm_calls += call.lm_calls;
+            stats.cache_hits += call.cache_hits;
+            stats.format_retries += u32::from(call.format_retried);
             let Some(outputs) = call.outputs else {
-                run.error = call.error.map(|e| format!("{}: {e}", predictor.name));
-                run.format_error = call.format_error;
+                stats.error = call.error.map(|e| format!("{}: {e}", predictor.name));
+                stats.format_error = call.format_error;
                 return Ok(run);
             };
             for (k, v) in &outputs {

@@ -404,14 +404,15 @@ impl LlamaModel {
     /// shares more with this one, they swap. When this prompt would discard
     /// more of the previous prompt than it keeps, the previous prompt's state
     /// is stored first (interleaved programs each keep their prefix).
-    pub fn begin(&mut self, prompt: &[u32]) {
+    /// Returns how many of the prompt's positions come from a cache.
+    pub fn begin(&mut self, prompt: &[u32]) -> usize {
         let w = self.kv_width();
         let Some(store) = &mut self.store else {
             // No reuse across requests: every prompt is computed from scratch.
             self.live.truncate(0, w);
             self.live_prompt = prompt.len();
             self.stats.prompt_positions += prompt.len() as u64;
-            return;
+            return 0;
         };
         let live_common = self.live.common_prefix(prompt);
         if let Some(better) = store.take_best(prompt, live_common) {
@@ -430,7 +431,9 @@ impl LlamaModel {
         self.live_prompt = prompt.len();
         self.stats.prompt_positions += prompt.len() as u64;
         // The last prompt position always runs: its logits start the reply.
-        self.stats.reused_positions += self.live.common_prefix(prompt).min(prompt.len().saturating_sub(1)) as u64;
+        let reused = self.live.common_prefix(prompt).min(prompt.len().saturating_sub(1));
+        self.stats.reused_positions += reused as u64;
+        reused
     }
 
     /// The next-token logits after `seq`, reusing the live state of the

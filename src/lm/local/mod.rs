@@ -339,14 +339,11 @@ impl Engine {
         if prompt.len() + max_tokens > context {
             return Err(LmError::ContextOverflow { prompt_tokens: prompt.len(), max_tokens, context });
         }
-        let before = self.model.prefix_stats();
-        self.model.begin(&prompt);
-        let after = self.model.prefix_stats();
+        let reused = self.model.begin(&prompt);
         tracing::debug!(
             prompt_tokens = prompt.len(),
-            reused = after.reused_positions - before.reused_positions,
-            stored_prefixes = after.stored_prefixes,
-            "embedded model: prompt state"
+            reused,
+            "embedded model: prompt positions from the prefix caches"
         );
         let mut reply = Reply {
             prompt_len: prompt.len(),
