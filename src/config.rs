@@ -29,6 +29,219 @@ pub struct PipelineConfig {
     pub predictors: Vec<PredictorConfig>,
     pub metric: MetricConfig,
     pub optimizer: OptimizerConfig,
+    /// `[source]`: where production logs come from (needed by `pull` only).
+    pub source: Option<SourceConfig>,
+    pub anonymize: AnonymizeConfig,
+    pub signals: SignalsConfig,
+    pub dedup: DedupConfig,
+    pub sample: SampleConfig,
+}
+
+/// `[source]`: where the logs are, their shape, and the limits of one line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceConfig {
+    pub location: SourceLocation,
+    pub format: FormatConfig,
+    /// A longer line is skipped and reported, never held in memory whole.
+    pub max_line_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceLocation {
+    /// Files and glob patterns, resolved against the repository root; `.gz`
+    /// (or any gzip content) is decompressed while reading.
+    Files {
+        patterns: Vec<String>,
+    },
+    Http(HttpSource),
+    S3(S3Source),
+}
+
+/// An HTTP(S) endpoint that answers with JSONL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSource {
+    pub url: String,
+    /// The environment variable holding the bearer token (never the token).
+    pub token_env: Option<String>,
+    /// Query parameters that carry the window (RFC 3339), when the endpoint takes them.
+    pub since_param: Option<String>,
+    pub until_param: Option<String>,
+    pub paging: Paging,
+    pub timeout_secs: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Paging {
+    /// One response holds everything.
+    None,
+    /// `Link: <url>; rel="next"` (RFC 8288), as GitHub pages.
+    Link,
+    /// The next page's cursor comes in a response header and goes back as a query parameter.
+    Cursor { param: String, header: String },
+}
+
+/// An S3-compatible object store: every object under `prefix`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct S3Source {
+    pub bucket: String,
+    pub prefix: String,
+    /// For S3-compatible stores (MinIO, R2, ...); AWS when absent.
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Environment variables holding the credentials.
+    pub access_key_env: String,
+    pub secret_key_env: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// promptloop's own record, one JSON object a line (see `logs::record`).
+    Native,
+    /// OpenAI chat-completion request/response logs.
+    Openai,
+    /// OpenTelemetry GenAI spans exported as OTLP JSON.
+    Otel,
+}
+
+/// How a log shape maps onto the program's fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FormatConfig {
+    pub format: LogFormat,
+    /// Chat-shaped logs: the input field the user's message fills.
+    pub input_field: String,
+    /// The program's output fields (a chat reply is read into these).
+    pub output_fields: Vec<String>,
+}
+
+/// `[anonymize]`: patterns the pipeline adds to the built-in ones.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AnonymizeConfig {
+    pub patterns: Vec<CustomPattern>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomPattern {
+    /// The placeholder's type, upper case: `ORDER_ID` gives `<ORDER_ID_1>`.
+    pub name: String,
+    pub regex: String,
+}
+
+/// `[signals]`: the rule-based routine / urgent / escalating detector.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalsConfig {
+    /// The input field holding the customer's message [default: the first input].
+    #[serde(default)]
+    pub field: String,
+    /// Phrases that mark escalation, added to the built-in ones.
+    #[serde(default)]
+    pub escalation_phrases: Vec<String>,
+    /// Words that mark urgency, added to the built-in ones.
+    #[serde(default)]
+    pub urgent_phrases: Vec<String>,
+    /// Share of all-caps words (of those with 3+ letters) that counts as shouting.
+    #[serde(default = "default_caps_share")]
+    pub caps_share: f64,
+    /// Earlier messages in the history that make an urgent message escalating.
+    #[serde(default = "default_history_repeats")]
+    pub history_repeats: usize,
+}
+
+fn default_caps_share() -> f64 {
+    0.5
+}
+fn default_history_repeats() -> usize {
+    2
+}
+
+impl Default for SignalsConfig {
+    fn default() -> Self {
+        Self {
+            field: String::new(),
+            escalation_phrases: Vec::new(),
+            urgent_phrases: Vec::new(),
+            caps_share: default_caps_share(),
+            history_repeats: default_history_repeats(),
+        }
+    }
+}
+
+/// `[dedup]`: exact and MinHash/LSH near-duplicate detection.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Estimated Jaccard similarity at or above which two messages are near-duplicates.
+    #[serde(default = "default_dedup_threshold")]
+    pub threshold: f64,
+    /// A record this similar to a test example never enters train or dev (and
+    /// the other way round); at most `threshold`.
+    #[serde(default = "default_leak_threshold")]
+    pub leak_threshold: f64,
+    #[serde(default = "default_num_perm")]
+    pub num_perm: usize,
+    /// Shingle length in characters.
+    #[serde(default = "default_shingle")]
+    pub shingle: usize,
+}
+
+fn default_dedup_threshold() -> f64 {
+    0.8
+}
+fn default_leak_threshold() -> f64 {
+    0.6
+}
+fn default_num_perm() -> usize {
+    128
+}
+fn default_shingle() -> usize {
+    5
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self {
+            threshold: default_dedup_threshold(),
+            leak_threshold: default_leak_threshold(),
+            num_perm: default_num_perm(),
+            shingle: default_shingle(),
+        }
+    }
+}
+
+/// `[sample]`: how many new examples one pull may add, per signal.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleConfig {
+    /// Seed of the sample [default: the pipeline's seed].
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// At most this many new examples per pull.
+    #[serde(default = "default_sample_total")]
+    pub total: usize,
+    /// At most this many per signal (`routine`, `urgent`, `escalating`).
+    #[serde(default = "default_caps")]
+    pub caps: std::collections::BTreeMap<String, usize>,
+    /// At most this many records without a reference go to the inbox per pull.
+    #[serde(default = "default_inbox_total")]
+    pub inbox_total: usize,
+}
+
+fn default_sample_total() -> usize {
+    300
+}
+fn default_caps() -> std::collections::BTreeMap<String, usize> {
+    [("routine", 200), ("urgent", 100), ("escalating", 100)].into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+fn default_inbox_total() -> usize {
+    100
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        Self { seed: None, total: default_sample_total(), caps: default_caps(), inbox_total: default_inbox_total() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -231,6 +444,75 @@ struct RawPipeline {
     program: RawProgram,
     metric: RawMetric,
     optimizer: OptimizerConfig,
+    #[serde(default)]
+    source: Option<RawSource>,
+    #[serde(default)]
+    anonymize: RawAnonymize,
+    #[serde(default)]
+    signals: SignalsConfig,
+    #[serde(default)]
+    dedup: DedupConfig,
+    #[serde(default)]
+    sample: SampleConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    kind: String,
+    #[serde(default = "default_log_format")]
+    format: LogFormat,
+    #[serde(default)]
+    input_field: Option<String>,
+    #[serde(default = "default_max_line_bytes")]
+    max_line_bytes: usize,
+    // files
+    #[serde(default)]
+    paths: Vec<String>,
+    // http
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    token_env: Option<String>,
+    #[serde(default)]
+    since_param: Option<String>,
+    #[serde(default)]
+    until_param: Option<String>,
+    #[serde(default)]
+    paging: Option<String>,
+    #[serde(default)]
+    cursor_param: Option<String>,
+    #[serde(default)]
+    cursor_header: Option<String>,
+    #[serde(default)]
+    timeout_secs: Option<f64>,
+    // s3
+    #[serde(default)]
+    bucket: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    access_key_env: Option<String>,
+    #[serde(default)]
+    secret_key_env: Option<String>,
+}
+
+fn default_log_format() -> LogFormat {
+    LogFormat::Native
+}
+fn default_max_line_bytes() -> usize {
+    1 << 20
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAnonymize {
+    #[serde(default)]
+    patterns: Vec<CustomPattern>,
 }
 
 #[derive(Deserialize)]
@@ -484,7 +766,88 @@ impl PipelineConfig {
             return Err(err("optimizer.metric_threshold", "must be between 0 and 1".into()));
         }
 
+        let first_input = predictors
+            .first()
+            .and_then(|p| signatures[&p.signature].signature.inputs.first())
+            .map(|f| f.name.clone())
+            .unwrap_or_default();
+        let output_fields: Vec<String> = all_outputs.iter().map(|s| s.to_string()).collect();
+        let source = match raw.source {
+            Some(source) => Some(parse_source(source, &first_input, output_fields, &root).map_err(|(k, m)| err(k, m))?),
+            None => None,
+        };
+        for (i, pattern) in raw.anonymize.patterns.iter().enumerate() {
+            let key = format!("anonymize.patterns[{i}]");
+            if pattern.name.is_empty()
+                || !pattern.name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(err(
+                    &key,
+                    format!("name `{}` must be upper case letters, digits and `_`, e.g. ORDER_ID", pattern.name),
+                ));
+            }
+            if let Err(e) = regex::Regex::new(&pattern.regex) {
+                return Err(err(&format!("{key}.regex"), format!("not a valid regular expression: {e}")));
+            }
+        }
+        let mut signals = raw.signals;
+        if signals.field.is_empty() {
+            signals.field = first_input.clone();
+        }
+        let program_inputs: Vec<&str> = predictors
+            .iter()
+            .flat_map(|p| signatures[&p.signature].signature.inputs.iter().map(|f| f.name.as_str()))
+            .collect();
+        if !program_inputs.contains(&signals.field.as_str()) {
+            return Err(err(
+                "signals.field",
+                format!("`{}` is not an input field; inputs: {}", signals.field, program_inputs.join(", ")),
+            ));
+        }
+        if let Some(source) = &source {
+            if !program_inputs.contains(&source.format.input_field.as_str()) {
+                return Err(err(
+                    "source.input_field",
+                    format!(
+                        "`{}` is not an input field; inputs: {}",
+                        source.format.input_field,
+                        program_inputs.join(", ")
+                    ),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&signals.caps_share) {
+            return Err(err("signals.caps_share", "must be between 0 and 1".into()));
+        }
+        let dedup = raw.dedup;
+        if !(0.0 < dedup.threshold && dedup.threshold <= 1.0) {
+            return Err(err("dedup.threshold", "must be above 0 and at most 1, e.g. 0.8".into()));
+        }
+        if !(0.0 < dedup.leak_threshold && dedup.leak_threshold <= dedup.threshold) {
+            return Err(err(
+                "dedup.leak_threshold",
+                format!("must be above 0 and at most threshold ({})", dedup.threshold),
+            ));
+        }
+        if dedup.num_perm < 16 || dedup.num_perm > 1024 {
+            return Err(err("dedup.num_perm", "must be between 16 and 1024 (128 is a good default)".into()));
+        }
+        if dedup.shingle == 0 || dedup.shingle > 32 {
+            return Err(err("dedup.shingle", "must be between 1 and 32 characters".into()));
+        }
+        let sample = raw.sample;
+        for label in sample.caps.keys() {
+            if !["routine", "urgent", "escalating"].contains(&label.as_str()) {
+                return Err(err("sample.caps", format!("unknown signal `{label}`; use routine, urgent or escalating")));
+            }
+        }
+
         Ok(PipelineConfig {
+            source,
+            anonymize: AnonymizeConfig { patterns: raw.anonymize.patterns },
+            signals,
+            dedup,
+            sample,
             name: raw.name,
             description: raw.description,
             seed: raw.seed,
@@ -509,6 +872,95 @@ impl PipelineConfig {
     pub fn state_dir(&self) -> PathBuf {
         self.root.join(".promptloop")
     }
+}
+
+/// `[source]` as written → [`SourceConfig`]; an error is (key, message).
+fn parse_source(
+    raw: RawSource,
+    first_input: &str,
+    output_fields: Vec<String>,
+    root: &Path,
+) -> std::result::Result<SourceConfig, (&'static str, String)> {
+    let need = |value: Option<String>, key: &'static str, example: &str| {
+        value
+            .filter(|v| !v.trim().is_empty())
+            .ok_or((key, format!("kind = \"{}\" needs {key}, e.g. {key} = {example}", raw.kind)))
+    };
+    let location = match raw.kind.as_str() {
+        "files" => {
+            if raw.paths.is_empty() {
+                return Err((
+                    "source.paths",
+                    "kind = \"files\" needs paths, e.g. paths = [\"logs/*.jsonl.gz\"]".into(),
+                ));
+            }
+            let patterns =
+                raw.paths
+                    .iter()
+                    .map(|p| {
+                        if Path::new(p).is_absolute() { p.clone() } else { root.join(p).to_string_lossy().into_owned() }
+                    })
+                    .collect();
+            SourceLocation::Files { patterns }
+        }
+        "http" => {
+            let url = need(raw.url.clone(), "source.url", "\"https://logs.example.com/export\"")?;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(("source.url", format!("`{url}` must start with http:// or https://")));
+            }
+            let paging = match raw.paging.as_deref().unwrap_or("none") {
+                "none" => Paging::None,
+                "link" => Paging::Link,
+                "cursor" => Paging::Cursor {
+                    param: raw.cursor_param.clone().unwrap_or_else(|| "cursor".into()),
+                    header: raw.cursor_header.clone().unwrap_or_else(|| "x-next-cursor".into()),
+                },
+                other => return Err(("source.paging", format!("unknown paging `{other}`; use none, link or cursor"))),
+            };
+            if let Some(var) = &raw.token_env {
+                if var.len() > 64 || var.contains(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    return Err((
+                        "source.token_env",
+                        "names the environment variable holding the token (e.g. \"LOGS_TOKEN\"), not the token itself"
+                            .into(),
+                    ));
+                }
+            }
+            let timeout_secs = raw.timeout_secs.unwrap_or(60.0);
+            if timeout_secs <= 0.0 {
+                return Err(("source.timeout_secs", "must be above 0".into()));
+            }
+            SourceLocation::Http(HttpSource {
+                url,
+                token_env: raw.token_env.clone(),
+                since_param: raw.since_param.clone(),
+                until_param: raw.until_param.clone(),
+                paging,
+                timeout_secs,
+            })
+        }
+        "s3" => SourceLocation::S3(S3Source {
+            bucket: need(raw.bucket.clone(), "source.bucket", "\"my-llm-logs\"")?,
+            prefix: raw.prefix.clone().unwrap_or_default(),
+            endpoint: raw.endpoint.clone(),
+            region: raw.region.clone().unwrap_or_else(|| "us-east-1".into()),
+            access_key_env: raw.access_key_env.clone().unwrap_or_else(|| "AWS_ACCESS_KEY_ID".into()),
+            secret_key_env: raw.secret_key_env.clone().unwrap_or_else(|| "AWS_SECRET_ACCESS_KEY".into()),
+        }),
+        other => return Err(("source.kind", format!("unknown source `{other}`; use files, http or s3"))),
+    };
+    if raw.max_line_bytes < 1024 {
+        return Err(("source.max_line_bytes", "must be at least 1024".into()));
+    }
+    Ok(SourceConfig {
+        location,
+        format: FormatConfig {
+            format: raw.format,
+            input_field: raw.input_field.unwrap_or_else(|| first_input.to_string()),
+            output_fields,
+        },
+        max_line_bytes: raw.max_line_bytes,
+    })
 }
 
 /// The JSON Schema a field's type carries, also inside `list<json>`.

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod dataset;
 pub mod lm;
+pub mod logs;
 pub mod metric;
 pub mod optimize;
 pub mod pipeline;
