@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::config::PipelineConfig;
 use crate::dataset::Split;
 use crate::lm::UsageSummary;
+use crate::logs::pull::PullRequest;
 use crate::lm::local::{LocalEngine, LocalOptions};
 use crate::optimize::evaluate::EvalSummary;
 use crate::pipeline::{self, CompileRequest, EvalRequest, EvalTarget};
@@ -63,6 +64,26 @@ pub enum Command {
         /// reply to the expected shape (to measure what constraining changes).
         #[arg(long)]
         unconstrained: bool,
+    },
+    /// Pull production logs into the dataset: read the source, anonymize,
+    /// read signals, deduplicate, sample, and merge into examples.jsonl (new
+    /// records without a reference go to inbox.jsonl).
+    Pull {
+        pipeline: String,
+        /// Where the window starts: `last` (where the last pull ended; everything
+        /// on the first pull), a span before its end (7d, 36h, 2w), a date
+        /// (2026-11-01), an RFC 3339 time, or `all`.
+        #[arg(long, default_value = "last")]
+        since: crate::logs::pull::Since,
+        /// Where the window ends (a date or RFC 3339 time) [default: now].
+        #[arg(long, value_parser = parse_time)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Read, clean and report, but write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Work with the embedded model directly.
     Lm {
@@ -182,6 +203,16 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!("wrote per-example results to {}", path.display());
             }
         }
+        Command::Pull { pipeline, since, until, dry_run, json } => {
+            let file = PipelineConfig::locate(&pipeline, &cli.root)?;
+            let config = PipelineConfig::load(&file)?;
+            let report = crate::logs::pull::pull(PullRequest { config, since, until, dry_run }).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+        }
         Command::Lm { command: LmCommand::Serve(args) } => serve(&cli.root, args).await?,
     }
     Ok(())
@@ -218,6 +249,13 @@ async fn serve(root: &std::path::Path, args: ServeArgs) -> Result<()> {
         });
     };
     crate::serve::serve_with_shutdown(listener, std::sync::Arc::new(engine), serve_options, shutdown).await
+}
+
+fn parse_time(s: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {
+    match s.parse::<crate::logs::pull::Since>()? {
+        crate::logs::pull::Since::Time(time) => Ok(time),
+        _ => Err(format!("`{s}`: give a date (2026-11-01) or an RFC 3339 time")),
+    }
 }
 
 fn usage_line(u: &UsageSummary) -> String {

@@ -6,6 +6,7 @@
 pub mod anonymize;
 pub mod dedup;
 pub mod formats;
+pub mod pull;
 pub mod record;
 pub mod sample;
 pub mod signals;

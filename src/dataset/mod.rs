@@ -12,6 +12,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::SplitFractions;
 
+pub mod store;
+
 /// One example: what goes in, and the reference outputs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Example {

@@ -1,0 +1,216 @@
+//! The dataset's files: `examples.jsonl` merged in place, `inbox.jsonl` for
+//! records that still need a reference, and `manifest.json` describing both.
+//!
+//! People edit these files in pull requests, so a merge never rewrites what is
+//! there: existing lines are kept byte for byte and new ones appended. An inbox
+//! line a person gave `outputs` is promoted into the examples as written. Each
+//! file is written to a temporary file and renamed into place, and a commit
+//! refuses to run when `examples.jsonl` changed since it was read.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::{Example, Split, parse_examples, split_of};
+use crate::config::SplitFractions;
+use crate::program::artifact::write_atomically;
+
+pub struct DatasetStore {
+    pub examples: PathBuf,
+    pub inbox: PathBuf,
+    pub manifest: PathBuf,
+    fractions: SplitFractions,
+}
+
+/// The dataset as read before a merge.
+pub struct Snapshot {
+    examples_bytes: Vec<u8>,
+    pub examples: Vec<Example>,
+    pub inbox: Vec<InboxEntry>,
+}
+
+/// One inbox line: its text as written, and what promptloop reads of it.
+pub struct InboxEntry {
+    text: String,
+    pub id: String,
+    pub inputs: Map<String, Value>,
+    /// Filled in by a person: the line moves into the examples on the next merge.
+    pub outputs: Map<String, Value>,
+}
+
+/// What a merge changed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MergeOutcome {
+    /// New examples per split.
+    pub added: BTreeMap<Split, usize>,
+    /// Inbox lines a person labelled, moved into the examples.
+    pub promoted: usize,
+    pub inbox_added: usize,
+    pub manifest: Manifest,
+}
+
+/// `manifest.json`: a summary reviewers (and the report) can trust without
+/// reading the whole dataset. A pure function of the files, so it only changes
+/// when they do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub examples: usize,
+    pub inbox: usize,
+    /// Examples per split.
+    pub splits: BTreeMap<String, usize>,
+    /// Examples per split and signal (`unlabeled` for examples without one).
+    pub signals: BTreeMap<String, BTreeMap<String, usize>>,
+    /// SHA-256 of examples.jsonl.
+    pub content_hash: String,
+    pub split_fractions: BTreeMap<String, f64>,
+}
+
+impl DatasetStore {
+    /// The store around `examples_path`: the inbox and manifest sit beside it.
+    pub fn new(examples_path: &Path, fractions: SplitFractions) -> Self {
+        let dir = examples_path.parent().unwrap_or(Path::new("."));
+        Self {
+            examples: examples_path.to_path_buf(),
+            inbox: dir.join("inbox.jsonl"),
+            manifest: dir.join("manifest.json"),
+            fractions,
+        }
+    }
+
+    /// Reads the examples (a missing file is an empty dataset) and the inbox.
+    pub fn read(&self) -> Result<Snapshot> {
+        let examples_bytes = read_optional(&self.examples)?;
+        let examples = parse_examples(&examples_bytes, &self.examples)?;
+        let inbox_bytes = read_optional(&self.inbox)?;
+        let inbox = parse_inbox(&inbox_bytes, &self.inbox)?;
+        Ok(Snapshot { examples_bytes, examples, inbox })
+    }
+
+    /// Appends `new_examples` to the examples and `new_inbox` to the inbox,
+    /// promotes labelled inbox lines, and rewrites the manifest.
+    pub fn merge(&self, snapshot: &Snapshot, new_examples: &[Example], new_inbox: &[Example]) -> Result<MergeOutcome> {
+        let now = read_optional(&self.examples)?;
+        if now != snapshot.examples_bytes {
+            bail!(
+                "{} changed while the pull ran; nothing was written. Commit or stash the edit and pull again",
+                self.examples.display()
+            );
+        }
+        let mut ids: HashSet<&str> = snapshot.examples.iter().map(|e| e.id.as_str()).collect();
+        let mut examples_text = String::from_utf8(snapshot.examples_bytes.clone()).expect("parsed as UTF-8 already");
+        if !examples_text.is_empty() && !examples_text.ends_with('\n') {
+            examples_text.push('\n');
+        }
+        let mut outcome = MergeOutcome::default();
+
+        let mut inbox_text = String::new();
+        for entry in &snapshot.inbox {
+            if entry.outputs.is_empty() {
+                inbox_text.push_str(&entry.text);
+                inbox_text.push('\n');
+            } else if ids.insert(entry.id.as_str()) {
+                examples_text.push_str(&entry.text);
+                examples_text.push('\n');
+                outcome.promoted += 1;
+            }
+            // A labelled line whose id is already an example was copied over by
+            // hand; the example is the copy that counts.
+        }
+        for example in new_examples {
+            if !ids.insert(example.id.as_str()) {
+                continue;
+            }
+            examples_text.push_str(&serde_json::to_string(example).expect("an example serializes"));
+            examples_text.push('\n');
+            *outcome.added.entry(split_of(&example.id, &self.fractions)).or_default() += 1;
+        }
+        let inbox_ids: HashSet<&str> = snapshot.inbox.iter().map(|e| e.id.as_str()).collect();
+        for record in new_inbox {
+            if ids.contains(record.id.as_str()) || inbox_ids.contains(record.id.as_str()) {
+                continue;
+            }
+            inbox_text.push_str(&serde_json::to_string(record).expect("an inbox record serializes"));
+            inbox_text.push('\n');
+            outcome.inbox_added += 1;
+        }
+
+        // Parse what we are about to write: a merge must leave a loadable dataset.
+        let merged = parse_examples(examples_text.as_bytes(), &self.examples)
+            .context("the merged dataset does not parse; nothing was written")?;
+        let inbox_count = parse_inbox(inbox_text.as_bytes(), &self.inbox)?.len();
+        outcome.manifest = self.manifest_of(&merged, examples_text.as_bytes(), inbox_count);
+
+        write_atomically(&self.examples, examples_text.as_bytes())?;
+        write_atomically(&self.inbox, inbox_text.as_bytes())?;
+        let mut manifest = serde_json::to_string_pretty(&outcome.manifest).expect("a manifest serializes");
+        manifest.push('\n');
+        write_atomically(&self.manifest, manifest.as_bytes())?;
+        Ok(outcome)
+    }
+
+    fn manifest_of(&self, examples: &[Example], bytes: &[u8], inbox: usize) -> Manifest {
+        let mut manifest = Manifest {
+            examples: examples.len(),
+            inbox,
+            content_hash: hex::encode(Sha256::digest(bytes)),
+            split_fractions: [("train", self.fractions.train), ("dev", self.fractions.dev), ("test", self.fractions.test)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            ..Manifest::default()
+        };
+        for example in examples {
+            let split = split_of(&example.id, &self.fractions).name().to_string();
+            let signal = signal_label(example).unwrap_or("unlabeled").to_string();
+            *manifest.splits.entry(split.clone()).or_default() += 1;
+            *manifest.signals.entry(split).or_default().entry(signal).or_default() += 1;
+        }
+        manifest
+    }
+}
+
+/// The signal label an example carries (`{"signal": {"label": "urgent", ...}}`).
+pub fn signal_label(example: &Example) -> Option<&str> {
+    example.extra.get("signal")?.get("label")?.as_str()
+}
+
+fn read_optional(path: &Path) -> Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Inbox lines need an `id` and `inputs`; `outputs` may be missing or empty.
+fn parse_inbox(bytes: &[u8], path: &Path) -> Result<Vec<InboxEntry>> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let line = bytes[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
+        anyhow::anyhow!("{}:{line}: not valid UTF-8; re-save the file as UTF-8", path.display())
+    })?;
+    let mut entries = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = format!("{}:{}", path.display(), index + 1);
+        let value: Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("{at}: not a JSON object (column {}); fix or delete the line", e.column()))?;
+        let id = value.get("id").and_then(Value::as_str).filter(|s| !s.is_empty());
+        let inputs = value.get("inputs").and_then(Value::as_object);
+        let (Some(id), Some(inputs)) = (id, inputs) else {
+            bail!("{at}: an inbox line needs a string `id` and an object `inputs`; restore them or delete the line");
+        };
+        let outputs = match value.get("outputs") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(outputs)) => outputs.clone(),
+            Some(_) => bail!("{at}: `outputs` must be an object of output fields, e.g. {{\"queue\": \"cards\"}}"),
+        };
+        entries.push(InboxEntry { text: line.to_string(), id: id.to_string(), inputs: inputs.clone(), outputs });
+    }
+    Ok(entries)
+}
