@@ -332,6 +332,7 @@ fn pull_blocking(request: PullRequest, runtime: tokio::runtime::Handle) -> Resul
         for (signal, reservoir) in reservoirs.into_iter().rev() {
             let cap = caps.get(&signal).copied().unwrap_or(total);
             let kept = survivors.entry(signal).or_default();
+            report.not_sampled += reservoir.left_out();
             let held = reservoir.into_sorted();
             let held_count = held.len();
             for (taken, (_, candidate)) in held.into_iter().enumerate() {

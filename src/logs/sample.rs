@@ -34,11 +34,13 @@ pub struct Reservoir<T> {
     /// Max-heap of (rank, key): the top is the first to go.
     order: BinaryHeap<(u64, u128)>,
     items: HashMap<u128, T>,
+    /// Records passed over or pushed out by lower ranks.
+    left_out: u64,
 }
 
 impl<T> Reservoir<T> {
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, order: BinaryHeap::new(), items: HashMap::new() }
+        Self { capacity, order: BinaryHeap::new(), items: HashMap::new(), left_out: 0 }
     }
 
     /// Offers a record with content `key`; `make` builds the entry only when
@@ -49,9 +51,11 @@ impl<T> Reservoir<T> {
             return Offer::Repeat;
         }
         if self.capacity == 0 {
+            self.left_out += 1;
             return Offer::Passed;
         }
         if self.order.len() >= self.capacity {
+            self.left_out += 1;
             let &(top_rank, top_key) = self.order.peek().expect("a full reservoir holds something");
             if (rank, key) > (top_rank, top_key) {
                 return Offer::Passed;
@@ -62,6 +66,11 @@ impl<T> Reservoir<T> {
         self.order.push((rank, key));
         self.items.insert(key, make());
         Offer::Kept
+    }
+
+    /// Distinct records offered but not held.
+    pub fn left_out(&self) -> u64 {
+        self.left_out
     }
 
     pub fn len(&self) -> usize {
@@ -146,6 +155,7 @@ mod tests {
         assert_eq!(reservoir.offer(9, 2, || vec!["d"], |_| {}), Offer::Kept);
         assert_eq!(reservoir.offer(12, 3, || vec!["e"], |_| {}), Offer::Passed);
         assert_eq!(reservoir.offer(1, 4, || vec!["f"], |_| {}), Offer::Kept);
+        assert_eq!(reservoir.left_out(), 2, "e passed over, d pushed out");
         assert_eq!(reservoir.into_sorted(), vec![(1, vec!["f"]), (5, vec!["a", "c"])]);
     }
 

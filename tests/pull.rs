@@ -1,0 +1,483 @@
+//! `pull`: logs in, a clean growing dataset out — tested end to end on real
+//! files (plain and gzip) and a real HTTP server on 127.0.0.1.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use promptloop::config::PipelineConfig;
+use promptloop::dataset::store::Manifest;
+use promptloop::dataset::{Dataset, Split, parse_examples, split_of};
+use promptloop::logs::dedup::{comparable_text, content_key};
+use promptloop::logs::pull::{PullReport, PullRequest, Since, pull};
+use serde_json::{Value, json};
+
+const PIPELINE: &str = r#"
+name = "triage"
+seed = 7
+
+[lm]
+provider = "embedded"
+model = "model.gguf"
+
+[dataset]
+path = "datasets/triage/examples.jsonl"
+
+[source]
+kind = "files"
+paths = ["logs/*.jsonl*"]
+
+[signatures.triage]
+instructions = "Route the message."
+[signatures.triage.inputs]
+message = { type = "string" }
+[signatures.triage.outputs]
+queue = { type = "enum", values = ["cards", "payments", "security", "transfers"] }
+
+[[program.predictors]]
+name = "route"
+signature = "triage"
+
+[metric]
+kind = "exact_match"
+fields = ["queue"]
+
+[optimizer]
+kind = "none"
+"#;
+
+struct Repo {
+    dir: tempfile::TempDir,
+}
+
+impl Repo {
+    fn new(extra_toml: &str) -> Repo {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+        std::fs::create_dir_all(dir.path().join("datasets/triage")).unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        std::fs::write(dir.path().join("pipelines/triage.toml"), format!("{PIPELINE}\n{extra_toml}")).unwrap();
+        Repo { dir }
+    }
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    fn config(&self) -> PipelineConfig {
+        PipelineConfig::load(&self.path("pipelines/triage.toml")).unwrap()
+    }
+    fn write(&self, rel: &str, bytes: &[u8]) {
+        std::fs::write(self.path(rel), bytes).unwrap();
+    }
+    fn write_gz(&self, rel: &str, text: &str) {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(text.as_bytes()).unwrap();
+        self.write(rel, &encoder.finish().unwrap());
+    }
+    fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap_or_default()
+    }
+    fn examples(&self) -> Vec<promptloop::dataset::Example> {
+        let path = self.path("datasets/triage/examples.jsonl");
+        parse_examples(&std::fs::read(&path).unwrap(), &path).unwrap()
+    }
+    fn inbox(&self) -> Vec<Value> {
+        self.read("datasets/triage/inbox.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+    async fn pull(&self, since: Since) -> anyhow::Result<PullReport> {
+        self.pull_until(since, "2026-11-20T00:00:00Z").await
+    }
+    async fn pull_until(&self, since: Since, until: &str) -> anyhow::Result<PullReport> {
+        pull(PullRequest { config: self.config(), since, until: Some(time(until)), dry_run: false }).await
+    }
+}
+
+fn time(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn record(id: &str, day: u32, message: &str, reference: Option<&str>) -> String {
+    let mut r = json!({
+        "id": id,
+        "timestamp": format!("2026-11-{day:02}T10:00:00Z"),
+        "inputs": {"message": message},
+        "output": {"queue": "cards"},
+    });
+    if let Some(queue) = reference {
+        r["reference"] = json!({"queue": queue});
+    }
+    r.to_string()
+}
+
+fn lines(records: &[String]) -> String {
+    records.iter().map(|r| format!("{r}\n")).collect()
+}
+
+const SEED_EXAMPLES: &str = r#"{"id": "seed-1", "inputs": {"message": "How do I activate my new card?"}, "outputs": {"queue": "cards"}}
+{"id": "seed-2", "inputs": {"message": "Why is my transfer still pending after three days?"}, "outputs": {"queue": "transfers"}}
+{"id": "seed-3", "inputs": {"message": "I think someone used my card without permission."}, "outputs": {"queue": "security"}}
+"#;
+
+#[tokio::test]
+async fn pull_turns_raw_logs_into_clean_examples_and_reports_every_step() {
+    let repo = Repo::new("");
+    repo.write("datasets/triage/examples.jsonl", SEED_EXAMPLES.as_bytes());
+    let mut week1 = lines(&[
+        record("r1", 10, "My card has not arrived yet, can you check?", Some("cards")),
+        record("r2", 10, "Please email me at jane.doe@example.com or call +44 20 7946 0958 about my refund", Some("payments")),
+        record("r3", 11, "my card has NOT arrived yet. can you check", Some("cards")),
+        "{not json at all\n".trim_end().to_string(),
+        r#"{"id": "r5", "timestamp": "2026-11-11T10:00:00Z", "output": {"queue": "cards"}}"#.to_string(),
+        record("r6", 12, "How do I activate my new card?", Some("cards")),
+        record("r7", 12, "Why was I charged twice?! Fix this NOW!!!", Some("payments")),
+    ]);
+    week1.push_str("{\"id\": \"r8\", \"timestamp\": 1762855200, \"inputs\": {\"message\": \"caf\u{e9}\"}}\n");
+    let mut bytes = week1.into_bytes();
+    bytes.extend_from_slice(b"{\"id\": \"r9\", \"timestamp\": 1762855200, \"inputs\": {\"message\": \"\xff\xfe\"}}\n");
+    repo.write("logs/week1.jsonl", &bytes);
+    repo.write_gz(
+        "logs/week2.jsonl.gz",
+        &lines(&[
+            record("r10", 13, "This is the third time I've asked: where is my transfer? I want to speak to a manager.", Some("transfers")),
+            record("r11", 13, "Can I get a refund for a payment I cancelled?", None),
+            record("r12", 14, "My card number 4111 1111 1111 1111 was declined at the shop", Some("payments")),
+            record("r13", 14, "What exchange rate do you use?", Some("not_a_queue")),
+        ]),
+    );
+
+    let report = repo.pull(Since::LastPull).await.unwrap();
+
+    assert_eq!(report.units, 2);
+    // Not JSON, no inputs, invalid UTF-8 (r8 has no output or reference: fine).
+    assert_eq!(report.malformed.values().sum::<u64>(), 3, "{:?}", report.problems);
+    assert!(report.malformed.get("invalid_utf8") == Some(&1), "{:?}", report.malformed);
+    assert!(report.problems.iter().any(|p| p.contains("week1.jsonl:4:")), "{:?}", report.problems);
+    assert!(report.problems.iter().any(|p| p.contains("week1.jsonl:5:") && p.contains("inputs")), "{:?}", report.problems);
+    assert!(report.problems.iter().any(|p| p.contains("week1.jsonl:9:")), "{:?}", report.problems);
+    assert_eq!(report.records, 10);
+    assert_eq!(report.anonymized.total(), 3, "email, phone, card");
+    assert_eq!(report.with_reference, 7);
+    assert_eq!(report.without_reference, 2);
+    assert_eq!(report.invalid_reference, 1);
+    assert_eq!(report.duplicates.exact_existing, 1, "r6 is seed-1");
+    assert_eq!(report.duplicates.exact_in_pull, 1, "r3 repeats r1 after normalization");
+
+    let examples = repo.examples();
+    let written = repo.read("datasets/triage/examples.jsonl");
+    assert!(written.starts_with(SEED_EXAMPLES), "existing lines are kept byte for byte");
+    assert_eq!(examples.len(), 3 + 5, "r1, r2, r7, r10, r12");
+    for secret in ["jane.doe@example.com", "7946", "4111"] {
+        assert!(!written.contains(secret), "{secret} reached the dataset");
+        assert!(!repo.read("datasets/triage/inbox.jsonl").contains(secret));
+    }
+    let by_message = |needle: &str| examples.iter().find(|e| e.inputs["message"].as_str().unwrap().contains(needle)).unwrap();
+    assert_eq!(
+        by_message("Please email").inputs["message"],
+        "Please email me at <EMAIL_1> or call <PHONE_1> about my refund"
+    );
+    let repeated = by_message("arrived");
+    assert_eq!(repeated.extra["source_ids"], json!(["r1", "r3"]));
+    assert_eq!(repeated.extra["seen"], 2);
+    assert_eq!(repeated.extra["signal"]["label"], "routine");
+    assert_eq!(by_message("charged twice").extra["signal"]["label"], "urgent");
+    let escalating = by_message("third time");
+    assert_eq!(escalating.extra["signal"]["label"], "escalating");
+    assert!(escalating.extra["signal"]["evidence"].as_array().unwrap().iter().any(|e| e.as_str().unwrap().contains("speak to a manager")));
+    assert_eq!(escalating.extra["production"], json!({"queue": "cards"}));
+    assert_eq!(escalating.extra["added"], "2026-11-20");
+    assert!(examples.iter().all(|e| e.id.starts_with("seed-") || e.id.starts_with("log-")));
+
+    // Records without a (fitting) reference wait in the inbox, anonymized.
+    let inbox = repo.inbox();
+    let inbox_messages: BTreeSet<&str> = inbox.iter().map(|r| r["inputs"]["message"].as_str().unwrap()).collect();
+    assert_eq!(
+        inbox_messages,
+        BTreeSet::from(["Can I get a refund for a payment I cancelled?", "What exchange rate do you use?", "café"])
+    );
+    assert!(inbox.iter().all(|r| r["outputs"] == json!({})));
+
+    // The manifest describes the file as written.
+    let manifest: Manifest = serde_json::from_str(&repo.read("datasets/triage/manifest.json")).unwrap();
+    assert_eq!(manifest.examples, 8);
+    assert_eq!(manifest.inbox, 3);
+    assert_eq!(manifest.splits.values().sum::<usize>(), 8);
+    assert_eq!(manifest.signals.values().flat_map(|s| s.get("unlabeled")).sum::<usize>(), 3);
+    let dataset = Dataset::load(&repo.path("datasets/triage/examples.jsonl"), &repo.config().dataset.split).unwrap();
+    assert_eq!(manifest.content_hash, dataset.content_hash);
+    assert_eq!(report.content_hash, dataset.content_hash);
+    assert_eq!(report.added.values().sum::<usize>(), 5);
+
+    // The printed report walks every step.
+    let printed = report.to_string();
+    for step in ["read", "malformed", "week1.jsonl:4", "anonymized   3", "EMAIL 1", "signals", "duplicates", "sampled", "added", "inbox"] {
+        assert!(printed.contains(step), "`{step}` missing from:\n{printed}");
+    }
+    assert!(!printed.contains("jane.doe"));
+}
+
+#[tokio::test]
+async fn a_second_pull_reads_only_what_is_new_and_keeps_human_edits() {
+    let repo = Repo::new("");
+    repo.write("datasets/triage/examples.jsonl", SEED_EXAMPLES.as_bytes());
+    repo.write(
+        "logs/a.jsonl",
+        lines(&[
+            record("a1", 10, "Where can I see my card PIN?", Some("security")),
+            record("a2", 10, "How long does a transfer from Europe take?", Some("transfers")),
+            record("a3", 10, "Is there a fee for topping up by card?", None),
+        ])
+        .as_bytes(),
+    );
+    let first = repo.pull(Since::LastPull).await.unwrap();
+    assert_eq!(first.added.values().sum::<usize>(), 2);
+    assert_eq!(first.inbox_added, 1);
+
+    // A person corrects an example (a new label, a note, their own key order)
+    // and labels the inbox record.
+    let text = repo.read("datasets/triage/examples.jsonl");
+    let edited_line = r#"{"outputs": {"queue": "cards"}, "id": "seed-1", "note": "checked by hand", "inputs": {"message": "How do I activate my new card?"}}"#;
+    let edited = text.replacen(text.lines().next().unwrap(), edited_line, 1);
+    repo.write("datasets/triage/examples.jsonl", edited.as_bytes());
+    let mut inbox = repo.inbox();
+    inbox[0]["outputs"] = json!({"queue": "payments"});
+    inbox[0]["reviewer"] = json!("sam");
+    let labelled = serde_json::to_string(&inbox[0]).unwrap();
+    repo.write("datasets/triage/inbox.jsonl", format!("{labelled}\n").as_bytes());
+
+    // New logs arrive; the old file is still there.
+    repo.write("logs/b.jsonl", lines(&[record("b1", 22, "My top-up failed twice today", Some("payments"))]).as_bytes());
+    let second = repo.pull_until(Since::LastPull, "2026-11-27T00:00:00Z").await.unwrap();
+    assert_eq!(second.since, Some(time("2026-11-20T00:00:00Z")), "the window starts where the last pull ended");
+    assert_eq!(second.outside_window, 3, "last week's records are read but not taken again");
+    assert_eq!(second.added.values().sum::<usize>(), 1);
+    assert_eq!(second.promoted, 1);
+
+    let after = repo.read("datasets/triage/examples.jsonl");
+    assert!(after.starts_with(&edited), "nothing a person wrote is rewritten");
+    assert!(after.lines().any(|l| l == labelled), "the labelled inbox line moves over as written");
+    assert_eq!(repo.inbox().len(), 0);
+    assert_eq!(repo.examples().len(), 3 + 2 + 1 + 1);
+
+    // --since 7d covers the same week again: its record is already in.
+    let third = repo.pull_until(Since::Ago(chrono::Duration::days(7)), "2026-11-27T00:00:00Z").await.unwrap();
+    assert_eq!(third.since, Some(time("2026-11-20T00:00:00Z")));
+    assert_eq!(third.added.values().sum::<usize>(), 0);
+    assert_eq!(third.duplicates.exact_existing, 1);
+    assert!(repo.read("datasets/triage/examples.jsonl").starts_with(&edited));
+}
+
+/// Distinct, unrelated sentences (no two near each other), the same on every run.
+fn sentences(count: usize, salt: u64) -> Vec<String> {
+    const WORDS: &[&str] = &[
+        "card", "transfer", "refund", "pin", "top-up", "statement", "fee", "limit", "app", "account", "blocked", "pending",
+        "declined", "abroad", "euro", "dollar", "cash", "machine", "salary", "rent", "phone", "stolen", "virtual",
+        "contactless", "cheque", "verify", "identity", "passport", "address", "charge", "twice", "wrong", "amount",
+        "exchange", "rate", "holiday", "merchant", "online", "shop", "partner", "child", "savings", "delivery", "expired",
+        "frozen", "balance", "overdraft", "interest", "receipt", "beneficiary",
+    ];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ salt;
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as usize
+    };
+    (0..count).map(|_| (0..9).map(|_| WORDS[next() % WORDS.len()]).collect::<Vec<_>>().join(" ")).collect()
+}
+
+#[tokio::test]
+async fn the_split_never_changes_as_the_dataset_grows() {
+    let repo = Repo::new("[sample]\ntotal = 1000\ncaps = { routine = 1000 }\n");
+    repo.write("datasets/triage/examples.jsonl", SEED_EXAMPLES.as_bytes());
+    let mut weeks = Vec::new();
+    for week in 0..3u32 {
+        let records: Vec<String> = sentences(60, week as u64)
+            .iter()
+            .enumerate()
+            .map(|(i, message)| record(&format!("w{week}-{i}"), 1 + week * 7, message, Some("cards")))
+            .collect();
+        weeks.push(lines(&records));
+    }
+    let config = repo.config();
+    let mut splits_seen: Vec<(String, Split)> = Vec::new();
+    for (week, text) in weeks.iter().enumerate() {
+        repo.write(&format!("logs/week{week}.jsonl"), text.as_bytes());
+        repo.pull(Since::All).await.unwrap();
+        let dataset = Dataset::load(&repo.path("datasets/triage/examples.jsonl"), &config.dataset.split).unwrap();
+        for (id, split) in &splits_seen {
+            let now = dataset.split(*split);
+            assert!(now.iter().any(|e| &e.id == id), "{id} left {split:?}");
+        }
+        splits_seen = [Split::Train, Split::Dev, Split::Test]
+            .into_iter()
+            .flat_map(|s| dataset.split(s).iter().map(move |e| (e.id.clone(), s)))
+            .collect();
+    }
+    assert_eq!(splits_seen.len(), 3 + 3 * 60);
+    let test = splits_seen.iter().filter(|(_, s)| *s == Split::Test).count();
+    assert!((10..=45).contains(&test), "about 15% in test, got {test}");
+}
+
+/// Finds a variant of `base` whose example id lands in `want`.
+fn variant_in(base: &str, want: Split, config: &PipelineConfig) -> String {
+    for suffix in ["", " please", " thanks", " today", " again", " now", " asap", " quickly", " soon", " here"] {
+        let message = format!("{base}{suffix}");
+        let mut inputs = serde_json::Map::new();
+        inputs.insert("message".into(), Value::String(message.clone()));
+        let id = format!("log-{}", &content_key(&comparable_text(&inputs)).to_string()[..16]);
+        if split_of(&id, &config.dataset.split) == want {
+            return message;
+        }
+    }
+    panic!("no variant of {base} lands in {want:?}");
+}
+
+#[tokio::test]
+async fn a_near_duplicate_of_a_test_example_never_enters_train_or_dev() {
+    // Near-duplicates count from 0.95 up; anything above 0.5 across the test
+    // boundary is a leak.
+    let repo = Repo::new("[dedup]\nthreshold = 0.95\nleak_threshold = 0.5\n");
+    let config = repo.config();
+    let test_message = "I was charged a foreign transaction fee on my card payment in Spain last week";
+    let mut test_id = String::new();
+    for i in 0.. {
+        let id = format!("seed-{i}");
+        if split_of(&id, &config.dataset.split) == Split::Test {
+            test_id = id;
+            break;
+        }
+    }
+    let seed = json!({"id": test_id, "inputs": {"message": test_message}, "outputs": {"queue": "payments"}});
+    repo.write("datasets/triage/examples.jsonl", format!("{seed}\n").as_bytes());
+
+    let leak = variant_in("I was charged a foreign transaction fee on my card payment in Portugal", Split::Train, &config);
+    let fine = variant_in("How do I order a second card for my partner", Split::Train, &config);
+    repo.write(
+        "logs/a.jsonl",
+        lines(&[record("x1", 10, &leak, Some("payments")), record("x2", 10, &fine, Some("cards"))]).as_bytes(),
+    );
+    let report = repo.pull(Since::All).await.unwrap();
+    assert_eq!(report.duplicates.leak_guarded, 1, "{report}");
+    let examples = repo.examples();
+    assert!(examples.iter().all(|e| e.inputs["message"] != leak.as_str()));
+    assert!(examples.iter().any(|e| e.inputs["message"] == fine.as_str()));
+}
+
+#[tokio::test]
+async fn rare_signals_survive_the_sample_and_the_sample_is_deterministic() {
+    let extra = "[sample]\ntotal = 12\ncaps = { routine = 10, urgent = 5, escalating = 5 }\n";
+    let mut records = Vec::new();
+    for (i, message) in sentences(200, 99).iter().enumerate() {
+        records.push(record(&format!("r{i}"), 10, message, Some("payments")));
+    }
+    records.push(record("e1", 11, "Third time I've asked about my frozen account, I want to speak to a manager", Some("security")));
+    records.push(record("u1", 11, "URGENT my card IS BLOCKED at the airport!!!", Some("cards")));
+    let forward = lines(&records);
+    records.reverse();
+    let backward = lines(&records);
+
+    let mut datasets = Vec::new();
+    for text in [forward, backward] {
+        let repo = Repo::new(extra);
+        repo.write("logs/a.jsonl", text.as_bytes());
+        let report = repo.pull(Since::All).await.unwrap();
+        assert_eq!(report.sampled.values().sum::<usize>(), 12);
+        assert_eq!(report.sampled.get(&promptloop::logs::signals::Signal::Escalating), Some(&1));
+        assert_eq!(report.sampled.get(&promptloop::logs::signals::Signal::Urgent), Some(&1));
+        assert_eq!(report.not_sampled, 190);
+        datasets.push(repo.read("datasets/triage/examples.jsonl"));
+    }
+    assert_eq!(datasets[0], datasets[1], "the same traffic in another order gives the same dataset");
+}
+
+#[tokio::test]
+async fn a_dry_run_writes_nothing() {
+    let repo = Repo::new("");
+    repo.write("datasets/triage/examples.jsonl", SEED_EXAMPLES.as_bytes());
+    repo.write("logs/a.jsonl", lines(&[record("a1", 10, "Where is my new card?", Some("cards"))]).as_bytes());
+    let report = pull(PullRequest {
+        config: repo.config(),
+        since: Since::LastPull,
+        until: Some(time("2026-11-20T00:00:00Z")),
+        dry_run: true,
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.added.values().sum::<usize>(), 1);
+    assert_eq!(repo.read("datasets/triage/examples.jsonl"), SEED_EXAMPLES);
+    assert!(!repo.path("datasets/triage/manifest.json").exists());
+    assert!(!repo.path(".promptloop/pull/triage.json").exists());
+}
+
+/// A server that answers with a chunked JSONL body and drops the connection halfway.
+async fn failing_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buffer = vec![0u8; 8192];
+            let _ = socket.read(&mut buffer).await;
+            let line = format!("{}\n", record("h1", 10, "Where is my card?", Some("cards")));
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n";
+            let chunk = format!("{:x}\r\n{line}\r\n", line.len());
+            let _ = socket.write_all(format!("{head}{chunk}").as_bytes()).await;
+            // Promise another chunk, then hang up without sending it.
+            let _ = socket.write_all(b"400\r\n{\"id\": \"h2\", \"timest").await;
+            let _ = socket.shutdown().await;
+        }
+    });
+    format!("http://{address}/logs")
+}
+
+#[tokio::test]
+async fn a_source_failing_mid_stream_leaves_the_dataset_unchanged() {
+    let url = failing_server().await;
+    let repo = Repo::new("");
+    let toml = repo.read("pipelines/triage.toml").replace(
+        "[source]\nkind = \"files\"\npaths = [\"logs/*.jsonl*\"]",
+        &format!("[source]\nkind = \"http\"\nurl = \"{url}\""),
+    );
+    repo.write("pipelines/triage.toml", toml.as_bytes());
+    repo.write("datasets/triage/examples.jsonl", SEED_EXAMPLES.as_bytes());
+    let error = repo.pull(Since::LastPull).await.unwrap_err();
+    let message = format!("{error:#}");
+    assert!(message.contains("nothing was written"), "{message}");
+    assert!(message.contains("127.0.0.1"), "names the source: {message}");
+    assert_eq!(repo.read("datasets/triage/examples.jsonl"), SEED_EXAMPLES);
+    assert!(!repo.path("datasets/triage/inbox.jsonl").exists());
+    assert!(!repo.path("datasets/triage/manifest.json").exists());
+    assert!(!repo.path(".promptloop/pull/triage.json").exists(), "the window does not move");
+}
+
+#[tokio::test]
+async fn pull_without_a_source_says_how_to_add_one() {
+    let repo = Repo::new("");
+    let toml = repo.read("pipelines/triage.toml").replace("[source]\nkind = \"files\"\npaths = [\"logs/*.jsonl*\"]\n", "");
+    repo.write("pipelines/triage.toml", toml.as_bytes());
+    let error = repo.pull(Since::LastPull).await.unwrap_err().to_string();
+    assert!(error.contains("no [source] table") && error.contains("kind = \"files\""), "{error}");
+}
+
+#[test]
+fn the_cli_prints_each_step() {
+    let repo = Repo::new("");
+    repo.write("logs/a.jsonl", lines(&[record("a1", 10, "Call me on 020 7946 0958 about my card", Some("cards"))]).as_bytes());
+    let output = assert_cmd::Command::cargo_bin("promptloop")
+        .unwrap()
+        .args(["--root", repo.dir.path().to_str().unwrap(), "pull", "triage", "--since", "all", "--until", "2026-11-20"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    for step in ["read", "anonymized   1 (PHONE 1)", "signals      routine 1", "added        ", "inbox"] {
+        assert!(stdout.contains(step), "`{step}` missing from:\n{stdout}");
+    }
+    assert!(!stdout.contains("7946"));
+    let bad = assert_cmd::Command::cargo_bin("promptloop")
+        .unwrap()
+        .args(["--root", repo.dir.path().to_str().unwrap(), "pull", "triage", "--since", "yesterday"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("use a span like 7d"));
+}
