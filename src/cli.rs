@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 use crate::config::PipelineConfig;
 use crate::dataset::Split;
 use crate::lm::UsageSummary;
-use crate::logs::pull::PullRequest;
 use crate::lm::local::{LocalEngine, LocalOptions};
+use crate::logs::pull::PullRequest;
 use crate::optimize::evaluate::EvalSummary;
 use crate::pipeline::{self, CompileRequest, EvalRequest, EvalTarget};
 

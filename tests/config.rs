@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use promptloop::config::{AdapterFormat, MetricConfig, PipelineConfig, Provider};
+use promptloop::config::{AdapterFormat, LogFormat, MetricConfig, Paging, PipelineConfig, Provider, SourceLocation};
 use promptloop::program::signature::FieldType;
 
 mod common;
@@ -164,4 +164,81 @@ fn json_schemas_are_only_checked_when_decoding_enforces_them() {
     // What the grammar enforces loads.
     let supported = r#"{ type = "object", properties = { zip = { type = "string", maxLength = 5 }, kind = { enum = ["a", "b"] } }, required = ["zip"], additionalProperties = false }"#;
     parse(&with_json_output(embedded(), supported)).unwrap();
+}
+
+fn with_tables(tables: &str) -> String {
+    format!("{}\n{tables}\n", common::triage_toml("d.jsonl", embedded(), "kind = \"none\""))
+}
+
+#[test]
+fn the_worked_example_reads_its_weekly_logs() {
+    let config = PipelineConfig::load(Path::new("pipelines/support-triage.toml")).unwrap();
+    let source = config.source.expect("the worked example has a [source]");
+    match source.location {
+        SourceLocation::Files { patterns } => assert_eq!(patterns, ["./logs/support-triage/*.jsonl.gz"]),
+        other => panic!("expected files, got {other:?}"),
+    }
+    assert_eq!(source.format.format, LogFormat::Native);
+    assert_eq!(source.format.input_field, "message");
+    assert_eq!(source.format.output_fields, ["queue"]);
+    assert_eq!(config.signals.field, "message");
+    assert_eq!(config.sample.total, 150);
+}
+
+#[test]
+fn sources_are_checked_by_kind() {
+    let http = parse(&with_tables(
+        "[source]\nkind = \"http\"\nurl = \"https://logs.example.com/x\"\ntoken_env = \"LOGS_TOKEN\"\npaging = \"cursor\"\nformat = \"openai\"",
+    ))
+    .unwrap();
+    match http.source.unwrap().location {
+        SourceLocation::Http(h) => {
+            assert_eq!(h.token_env.as_deref(), Some("LOGS_TOKEN"));
+            assert_eq!(h.paging, Paging::Cursor { param: "cursor".into(), header: "x-next-cursor".into() });
+        }
+        other => panic!("expected http, got {other:?}"),
+    }
+    let cases = [
+        ("[source]\nkind = \"ftp\"", "[source.kind] unknown source `ftp`; use files, http or s3"),
+        ("[source]\nkind = \"files\"", "[source.paths] kind = \"files\" needs paths"),
+        ("[source]\nkind = \"http\"", "[source.url] kind = \"http\" needs source.url"),
+        ("[source]\nkind = \"http\"\nurl = \"logs.example.com\"", "must start with http:// or https://"),
+        ("[source]\nkind = \"http\"\nurl = \"https://x\"\npaging = \"pages\"", "unknown paging `pages`"),
+        ("[source]\nkind = \"http\"\nurl = \"https://x\"\ntoken_env = \"sk-abc.def\"", "not the token itself"),
+        ("[source]\nkind = \"s3\"", "[source.bucket] kind = \"s3\" needs source.bucket"),
+        ("[source]\nkind = \"files\"\npaths = [\"a\"]\ninput_field = \"body\"", "`body` is not an input field"),
+        ("[source]\nkind = \"files\"\npaths = [\"a\"]\nformat = \"csv\"", "unknown variant `csv`"),
+    ];
+    for (table, expected) in cases {
+        let err = parse(&with_tables(table)).unwrap_err().to_string();
+        assert!(err.contains(expected), "{table}: {err}");
+        assert!(err.contains("pipelines/test.toml"), "{err}");
+    }
+}
+
+#[test]
+fn cleaning_settings_are_validated_with_the_fix() {
+    let cases = [
+        ("[[anonymize.patterns]]\nname = \"order\"\nregex = \"ORD-\\\\d+\"", "must be upper case"),
+        (
+            "[[anonymize.patterns]]\nname = \"ORDER\"\nregex = \"ORD-(\"",
+            "[anonymize.patterns[0].regex] not a valid regular expression",
+        ),
+        (
+            "[dedup]\nthreshold = 0.5\nleak_threshold = 0.7",
+            "[dedup.leak_threshold] must be above 0 and at most threshold (0.5)",
+        ),
+        ("[dedup]\nthreshold = 1.5", "[dedup.threshold]"),
+        ("[dedup]\nnum_perm = 4", "[dedup.num_perm]"),
+        ("[sample]\ncaps = { angry = 5 }", "unknown signal `angry`"),
+        ("[signals]\nfield = \"body\"", "[signals.field] `body` is not an input field"),
+        ("[signals]\ncaps_share = 2.0", "[signals.caps_share]"),
+    ];
+    for (table, expected) in cases {
+        let err = parse(&with_tables(table)).unwrap_err().to_string();
+        assert!(err.contains(expected), "{table}: {err}");
+    }
+    let config = parse(&with_tables("[[anonymize.patterns]]\nname = \"ORDER_ID\"\nregex = \"ORD-\\\\d{6}\"")).unwrap();
+    assert_eq!(config.anonymize.patterns[0].name, "ORDER_ID");
+    assert!(config.source.is_none(), "a pipeline without [source] still compiles and evaluates");
 }

@@ -124,7 +124,12 @@ async fn pull_turns_raw_logs_into_clean_examples_and_reports_every_step() {
     repo.write("datasets/triage/examples.jsonl", SEED_EXAMPLES.as_bytes());
     let mut week1 = lines(&[
         record("r1", 10, "My card has not arrived yet, can you check?", Some("cards")),
-        record("r2", 10, "Please email me at jane.doe@example.com or call +44 20 7946 0958 about my refund", Some("payments")),
+        record(
+            "r2",
+            10,
+            "Please email me at jane.doe@example.com or call +44 20 7946 0958 about my refund",
+            Some("payments"),
+        ),
         record("r3", 11, "my card has NOT arrived yet. can you check", Some("cards")),
         "{not json at all\n".trim_end().to_string(),
         r#"{"id": "r5", "timestamp": "2026-11-11T10:00:00Z", "output": {"queue": "cards"}}"#.to_string(),
@@ -138,7 +143,12 @@ async fn pull_turns_raw_logs_into_clean_examples_and_reports_every_step() {
     repo.write_gz(
         "logs/week2.jsonl.gz",
         &lines(&[
-            record("r10", 13, "This is the third time I've asked: where is my transfer? I want to speak to a manager.", Some("transfers")),
+            record(
+                "r10",
+                13,
+                "This is the third time I've asked: where is my transfer? I want to speak to a manager.",
+                Some("transfers"),
+            ),
             record("r11", 13, "Can I get a refund for a payment I cancelled?", None),
             record("r12", 14, "My card number 4111 1111 1111 1111 was declined at the shop", Some("payments")),
             record("r13", 14, "What exchange rate do you use?", Some("not_a_queue")),
@@ -152,7 +162,11 @@ async fn pull_turns_raw_logs_into_clean_examples_and_reports_every_step() {
     assert_eq!(report.malformed.values().sum::<u64>(), 3, "{:?}", report.problems);
     assert!(report.malformed.get("invalid_utf8") == Some(&1), "{:?}", report.malformed);
     assert!(report.problems.iter().any(|p| p.contains("week1.jsonl:4:")), "{:?}", report.problems);
-    assert!(report.problems.iter().any(|p| p.contains("week1.jsonl:5:") && p.contains("inputs")), "{:?}", report.problems);
+    assert!(
+        report.problems.iter().any(|p| p.contains("week1.jsonl:5:") && p.contains("inputs")),
+        "{:?}",
+        report.problems
+    );
     assert!(report.problems.iter().any(|p| p.contains("week1.jsonl:9:")), "{:?}", report.problems);
     assert_eq!(report.records, 10);
     assert_eq!(report.anonymized.total(), 3, "email, phone, card");
@@ -170,7 +184,8 @@ async fn pull_turns_raw_logs_into_clean_examples_and_reports_every_step() {
         assert!(!written.contains(secret), "{secret} reached the dataset");
         assert!(!repo.read("datasets/triage/inbox.jsonl").contains(secret));
     }
-    let by_message = |needle: &str| examples.iter().find(|e| e.inputs["message"].as_str().unwrap().contains(needle)).unwrap();
+    let by_message =
+        |needle: &str| examples.iter().find(|e| e.inputs["message"].as_str().unwrap().contains(needle)).unwrap();
     assert_eq!(
         by_message("Please email").inputs["message"],
         "Please email me at <EMAIL_1> or call <PHONE_1> about my refund"
@@ -182,7 +197,13 @@ async fn pull_turns_raw_logs_into_clean_examples_and_reports_every_step() {
     assert_eq!(by_message("charged twice").extra["signal"]["label"], "urgent");
     let escalating = by_message("third time");
     assert_eq!(escalating.extra["signal"]["label"], "escalating");
-    assert!(escalating.extra["signal"]["evidence"].as_array().unwrap().iter().any(|e| e.as_str().unwrap().contains("speak to a manager")));
+    assert!(
+        escalating.extra["signal"]["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("speak to a manager"))
+    );
     assert_eq!(escalating.extra["production"], json!({"queue": "cards"}));
     assert_eq!(escalating.extra["added"], "2026-11-20");
     assert!(examples.iter().all(|e| e.id.starts_with("seed-") || e.id.starts_with("log-")));
@@ -209,7 +230,18 @@ async fn pull_turns_raw_logs_into_clean_examples_and_reports_every_step() {
 
     // The printed report walks every step.
     let printed = report.to_string();
-    for step in ["read", "malformed", "week1.jsonl:4", "anonymized   3", "EMAIL 1", "signals", "duplicates", "sampled", "added", "inbox"] {
+    for step in [
+        "read",
+        "malformed",
+        "week1.jsonl:4",
+        "anonymized   3",
+        "EMAIL 1",
+        "signals",
+        "duplicates",
+        "sampled",
+        "added",
+        "inbox",
+    ] {
         assert!(printed.contains(step), "`{step}` missing from:\n{printed}");
     }
     assert!(!printed.contains("jane.doe"));
@@ -269,11 +301,56 @@ async fn a_second_pull_reads_only_what_is_new_and_keeps_human_edits() {
 /// Distinct, unrelated sentences (no two near each other), the same on every run.
 fn sentences(count: usize, salt: u64) -> Vec<String> {
     const WORDS: &[&str] = &[
-        "card", "transfer", "refund", "pin", "top-up", "statement", "fee", "limit", "app", "account", "blocked", "pending",
-        "declined", "abroad", "euro", "dollar", "cash", "machine", "salary", "rent", "phone", "stolen", "virtual",
-        "contactless", "cheque", "verify", "identity", "passport", "address", "charge", "twice", "wrong", "amount",
-        "exchange", "rate", "holiday", "merchant", "online", "shop", "partner", "child", "savings", "delivery", "expired",
-        "frozen", "balance", "overdraft", "interest", "receipt", "beneficiary",
+        "card",
+        "transfer",
+        "refund",
+        "pin",
+        "top-up",
+        "statement",
+        "fee",
+        "limit",
+        "app",
+        "account",
+        "blocked",
+        "pending",
+        "declined",
+        "abroad",
+        "euro",
+        "dollar",
+        "cash",
+        "machine",
+        "salary",
+        "rent",
+        "phone",
+        "stolen",
+        "virtual",
+        "contactless",
+        "cheque",
+        "verify",
+        "identity",
+        "passport",
+        "address",
+        "charge",
+        "twice",
+        "wrong",
+        "amount",
+        "exchange",
+        "rate",
+        "holiday",
+        "merchant",
+        "online",
+        "shop",
+        "partner",
+        "child",
+        "savings",
+        "delivery",
+        "expired",
+        "frozen",
+        "balance",
+        "overdraft",
+        "interest",
+        "receipt",
+        "beneficiary",
     ];
     let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ salt;
     let mut next = || {
@@ -348,7 +425,8 @@ async fn a_near_duplicate_of_a_test_example_never_enters_train_or_dev() {
     let seed = json!({"id": test_id, "inputs": {"message": test_message}, "outputs": {"queue": "payments"}});
     repo.write("datasets/triage/examples.jsonl", format!("{seed}\n").as_bytes());
 
-    let leak = variant_in("I was charged a foreign transaction fee on my card payment in Portugal", Split::Train, &config);
+    let leak =
+        variant_in("I was charged a foreign transaction fee on my card payment in Portugal", Split::Train, &config);
     let fine = variant_in("How do I order a second card for my partner", Split::Train, &config);
     repo.write(
         "logs/a.jsonl",
@@ -368,7 +446,12 @@ async fn rare_signals_survive_the_sample_and_the_sample_is_deterministic() {
     for (i, message) in sentences(200, 99).iter().enumerate() {
         records.push(record(&format!("r{i}"), 10, message, Some("payments")));
     }
-    records.push(record("e1", 11, "Third time I've asked about my frozen account, I want to speak to a manager", Some("security")));
+    records.push(record(
+        "e1",
+        11,
+        "Third time I've asked about my frozen account, I want to speak to a manager",
+        Some("security"),
+    ));
     records.push(record("u1", 11, "URGENT my card IS BLOCKED at the airport!!!", Some("cards")));
     let forward = lines(&records);
     records.reverse();
@@ -452,7 +535,8 @@ async fn a_source_failing_mid_stream_leaves_the_dataset_unchanged() {
 #[tokio::test]
 async fn pull_without_a_source_says_how_to_add_one() {
     let repo = Repo::new("");
-    let toml = repo.read("pipelines/triage.toml").replace("[source]\nkind = \"files\"\npaths = [\"logs/*.jsonl*\"]\n", "");
+    let toml =
+        repo.read("pipelines/triage.toml").replace("[source]\nkind = \"files\"\npaths = [\"logs/*.jsonl*\"]\n", "");
     repo.write("pipelines/triage.toml", toml.as_bytes());
     let error = repo.pull(Since::LastPull).await.unwrap_err().to_string();
     assert!(error.contains("no [source] table") && error.contains("kind = \"files\""), "{error}");
@@ -461,10 +545,22 @@ async fn pull_without_a_source_says_how_to_add_one() {
 #[test]
 fn the_cli_prints_each_step() {
     let repo = Repo::new("");
-    repo.write("logs/a.jsonl", lines(&[record("a1", 10, "Call me on 020 7946 0958 about my card", Some("cards"))]).as_bytes());
+    repo.write(
+        "logs/a.jsonl",
+        lines(&[record("a1", 10, "Call me on 020 7946 0958 about my card", Some("cards"))]).as_bytes(),
+    );
     let output = assert_cmd::Command::cargo_bin("promptloop")
         .unwrap()
-        .args(["--root", repo.dir.path().to_str().unwrap(), "pull", "triage", "--since", "all", "--until", "2026-11-20"])
+        .args([
+            "--root",
+            repo.dir.path().to_str().unwrap(),
+            "pull",
+            "triage",
+            "--since",
+            "all",
+            "--until",
+            "2026-11-20",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8(output.stdout).unwrap();

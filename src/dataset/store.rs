@@ -157,10 +157,14 @@ impl DatasetStore {
             examples: examples.len(),
             inbox,
             content_hash: hex::encode(Sha256::digest(bytes)),
-            split_fractions: [("train", self.fractions.train), ("dev", self.fractions.dev), ("test", self.fractions.test)]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
+            split_fractions: [
+                ("train", self.fractions.train),
+                ("dev", self.fractions.dev),
+                ("test", self.fractions.test),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
             ..Manifest::default()
         };
         for example in examples {

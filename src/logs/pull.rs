@@ -76,7 +76,11 @@ impl std::str::FromStr for Since {
             "h" => Duration::hours(amount),
             "d" => Duration::days(amount),
             "w" => Duration::weeks(amount),
-            _ => return Err(format!("`{s}`: use a span like 7d, 36h or 2w, a date (2026-11-01), an RFC 3339 time, `last` or `all`")),
+            _ => {
+                return Err(format!(
+                    "`{s}`: use a span like 7d, 36h or 2w, a date (2026-11-01), an RFC 3339 time, `last` or `all`"
+                ));
+            }
         };
         Ok(Since::Ago(duration))
     }
@@ -195,7 +199,9 @@ enum LineOutcome {
 
 pub async fn pull(request: PullRequest) -> Result<PullReport> {
     let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || pull_blocking(request, runtime)).await.context("the pull stopped unexpectedly")?
+    tokio::task::spawn_blocking(move || pull_blocking(request, runtime))
+        .await
+        .context("the pull stopped unexpectedly")?
 }
 
 fn pull_blocking(request: PullRequest, runtime: tokio::runtime::Handle) -> Result<PullReport> {
