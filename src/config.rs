@@ -882,9 +882,10 @@ fn parse_source(
     root: &Path,
 ) -> std::result::Result<SourceConfig, (&'static str, String)> {
     let need = |value: Option<String>, key: &'static str, example: &str| {
+        let short = key.trim_start_matches("source.");
         value
             .filter(|v| !v.trim().is_empty())
-            .ok_or((key, format!("kind = \"{}\" needs {key}, e.g. {key} = {example}", raw.kind)))
+            .ok_or((key, format!("kind = \"{}\" needs {short}, e.g. {short} = {example}", raw.kind)))
     };
     let location = match raw.kind.as_str() {
         "files" => {

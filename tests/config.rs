@@ -201,11 +201,11 @@ fn sources_are_checked_by_kind() {
     let cases = [
         ("[source]\nkind = \"ftp\"", "[source.kind] unknown source `ftp`; use files, http or s3"),
         ("[source]\nkind = \"files\"", "[source.paths] kind = \"files\" needs paths"),
-        ("[source]\nkind = \"http\"", "[source.url] kind = \"http\" needs source.url"),
+        ("[source]\nkind = \"http\"", "[source.url] kind = \"http\" needs url"),
         ("[source]\nkind = \"http\"\nurl = \"logs.example.com\"", "must start with http:// or https://"),
         ("[source]\nkind = \"http\"\nurl = \"https://x\"\npaging = \"pages\"", "unknown paging `pages`"),
         ("[source]\nkind = \"http\"\nurl = \"https://x\"\ntoken_env = \"sk-abc.def\"", "not the token itself"),
-        ("[source]\nkind = \"s3\"", "[source.bucket] kind = \"s3\" needs source.bucket"),
+        ("[source]\nkind = \"s3\"", "[source.bucket] kind = \"s3\" needs bucket"),
         ("[source]\nkind = \"files\"\npaths = [\"a\"]\ninput_field = \"body\"", "`body` is not an input field"),
         ("[source]\nkind = \"files\"\npaths = [\"a\"]\nformat = \"csv\"", "unknown variant `csv`"),
     ];
