@@ -69,18 +69,16 @@ impl std::str::FromStr for Since {
         if let Ok(date) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
             return Ok(Since::Time(date.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc()));
         }
+        let unclear =
+            || format!("`{s}`: use a span like 7d, 36h or 2w, a date (2026-11-01), an RFC 3339 time, `last` or `all`");
         let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-        let amount: i64 = number.parse().map_err(|_| format!("`{s}` is not a window start"))?;
+        let amount: i64 = number.parse().map_err(|_| unclear())?;
         let duration = match unit {
             "m" => Duration::minutes(amount),
             "h" => Duration::hours(amount),
             "d" => Duration::days(amount),
             "w" => Duration::weeks(amount),
-            _ => {
-                return Err(format!(
-                    "`{s}`: use a span like 7d, 36h or 2w, a date (2026-11-01), an RFC 3339 time, `last` or `all`"
-                ));
-            }
+            _ => return Err(unclear()),
         };
         Ok(Since::Ago(duration))
     }
