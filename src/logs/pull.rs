@@ -272,7 +272,7 @@ fn pull_blocking(request: PullRequest, runtime: tokio::runtime::Handle) -> Resul
     let mut units = open(source, &window, runtime)?;
     let mut batch: Vec<(usize, u64, String)> = Vec::with_capacity(BATCH_LINES);
     let mut names: Vec<String> = Vec::new();
-    let mut reservoirs = Reservoirs { examples, inbox, seed };
+    let mut reservoirs = Reservoirs { examples, inbox, seed, problems: Vec::new() };
     while let Some(unit) = units.next().transpose()? {
         report.units += 1;
         names.push(unit.name.clone());
@@ -290,7 +290,8 @@ fn pull_blocking(request: PullRequest, runtime: tokio::runtime::Handle) -> Resul
                         report.bytes += bytes;
                     }
                     let (kind, what) = describe(&problem);
-                    note_problem(&mut report, kind, format!("{}:{number}: {what}", unit.name));
+                    let at = format!("{}:{number}: {what}", unit.name);
+                    note_problem(&mut reservoirs.problems, &mut report, kind, (unit_index, number, at));
                 }
             }
             if batch.len() >= BATCH_LINES {
@@ -300,7 +301,9 @@ fn pull_blocking(request: PullRequest, runtime: tokio::runtime::Handle) -> Resul
         }
     }
     process_batch(&mut batch, &names, &process, &mut report, &mut reservoirs);
-    let Reservoirs { examples, inbox, .. } = reservoirs;
+    let Reservoirs { examples, inbox, mut problems, .. } = reservoirs;
+    problems.sort();
+    report.problems = problems.into_iter().take(NAMED_PROBLEMS).map(|p| p.2).collect();
     progress.finish_and_clear();
 
     // Everything read: now decide against the dataset on disk.
@@ -415,17 +418,28 @@ fn pull_blocking(request: PullRequest, runtime: tokio::runtime::Handle) -> Resul
     Ok(report)
 }
 
-/// Records with a fitting reference are example candidates; the rest are inbox candidates.
+/// What reading keeps: records with a fitting reference are example
+/// candidates, the rest inbox candidates; and the earliest bad lines.
 struct Reservoirs {
     examples: BTreeMap<Signal, Reservoir<Candidate>>,
     inbox: BTreeMap<Signal, Reservoir<Candidate>>,
     seed: u64,
+    problems: Vec<(usize, u64, String)>,
 }
 
-fn note_problem(report: &mut PullReport, kind: &str, at: String) {
+/// Counts a bad line and keeps the earliest ones by position (lines that fail
+/// to read are seen before lines that fail to parse, so order them here).
+fn note_problem(
+    problems: &mut Vec<(usize, u64, String)>,
+    report: &mut PullReport,
+    kind: &str,
+    at: (usize, u64, String),
+) {
     *report.malformed.entry(kind.to_string()).or_default() += 1;
-    if report.problems.len() < NAMED_PROBLEMS {
-        report.problems.push(at);
+    problems.push(at);
+    if problems.len() > 2 * NAMED_PROBLEMS {
+        problems.sort();
+        problems.truncate(NAMED_PROBLEMS);
     }
 }
 
@@ -441,7 +455,10 @@ fn process_batch(
     let outcomes: Vec<LineOutcome> = batch.par_iter().map(|(_, _, text)| process(text)).collect();
     for ((unit, number, _), outcome) in batch.iter().zip(outcomes) {
         match outcome {
-            LineOutcome::Bad(kind, what) => note_problem(report, kind, format!("{}:{number}: {what}", names[*unit])),
+            LineOutcome::Bad(kind, what) => {
+                let at = format!("{}:{number}: {what}", names[*unit]);
+                note_problem(&mut reservoirs.problems, report, kind, (*unit, *number, at));
+            }
             LineOutcome::Records(records, outside) => {
                 report.outside_window += outside;
                 for cleaned in records {
