@@ -884,7 +884,7 @@ fn is_phone(text: &str, range: Range<usize>) -> bool {
         Some(at) => raw[..at].trim_end(),
         None => raw,
     };
-    let international = number.starts_with('+') || number.starts_with("00");
+    let international = number.starts_with('+') || (number.starts_with("00") && !number.starts_with("000"));
     if matches!(byte_before(text, range.start), Some(b'#' | b'$' | b'.' | b',' | b'-' | b'/' | b':'))
         || text[..range.start].trim_end().ends_with(['$', '£', '€', '¥', '#'])
         || matches!(byte_at(text, range.end), Some(b'%' | b'-' | b'/'))
@@ -899,7 +899,9 @@ fn is_phone(text: &str, range: Range<usize>) -> bool {
         number.trim_start_matches('+').chars().filter(|c| !c.is_ascii_digit() && *c != '(' && *c != ')').collect();
     let before = context_before(text, range.start, 28);
     let phone_context = PHONE_WORDS.iter().any(|word| before.contains(word));
-    if looks_like_date(&groups, &separators) || looks_like_dotted_numbers(&groups, &separators) {
+    // 3-2-4 with dashes is SSN-shaped: a valid one was taken already, an invalid one is not a phone.
+    let ssn_shaped = groups.iter().map(|g| g.len()).eq([3, 2, 4]) && separators.iter().all(|&c| c == '-');
+    if ssn_shaped || looks_like_date(&groups, &separators) || looks_like_dotted_numbers(&groups, &separators) {
         return false;
     }
     if international {
