@@ -76,15 +76,22 @@ fn phone_numbers() {
     ] {
         assert_found(&format!("You can reach me on {phone} after 5pm."), "PHONE", phone);
     }
+    // A reference word earlier in the message does not make a later number an identifier.
+    assert_found("Where is my card PIN? 0978-079712 is my mobile", "PHONE", "0978-079712");
+    assert_clean("Transaction reference 0978-079712 is wrong");
 }
 
 #[test]
 fn card_numbers_are_luhn_checked() {
-    for card in ["4111 1111 1111 1111", "4111-1111-1111-1111", "5555555555554444", "378282246310005"] {
+    for card in ["4111 1111 1111 1111", "4111-1111-1111-1111", "5555555555554444", "378282246310005", "180002020985865"]
+    {
         assert_found(&format!("My card {card} was declined at the shop"), "CARD", card);
     }
     assert_clean("My card 4111 1111 1111 1112 was declined at the shop");
     assert_clean("Transfer id 1234567890123456 is still pending");
+    // Twelve Luhn-valid digits are a Maestro card only where nothing calls them a reference.
+    assert_found("Maestro 567440234126 was declined", "CARD", "567440234126");
+    assert_clean("Transaction reference 567440234126 shows twice");
 }
 
 #[test]
@@ -141,6 +148,7 @@ fn api_keys_and_tokens() {
         "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
         "AIzaSyA1234567890abcdefghijklmnopqrstuv",
         "glpat-xxxxxxxxxxxxxxxxxxxx",
+        "glpat-JDwW6cQ6Qrp27PvXdjO-",
         "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
     ] {
         assert_found(&format!("Our integration uses {key} for the webhook."), "SECRET", key);

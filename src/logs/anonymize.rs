@@ -185,7 +185,8 @@ impl Anonymizer {
                 r"|AIza[0-9A-Za-z_-]{35}",
                 r"|glpat-[0-9A-Za-z_-]{20,}",
                 r"|eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{8,}",
-                r")(?-u:\b)",
+                // No closing boundary: these alphabets end in `-`, and the classes are greedy anyway.
+                r")",
             )),
             secret_values: built(concat!(
                 r"(?i)(?-u:\b)(?:",
@@ -677,12 +678,13 @@ fn is_card(text: &str, range: Range<usize>) -> bool {
     if separators.windows(2).any(|pair| pair[0] != pair[1]) {
         return false;
     }
-    // Issuer ranges start with 2-6 (Mastercard, Amex/Diners/JCB, Visa, Mastercard/Maestro, Discover/UnionPay).
-    if !(2..=6).contains(&digits[0]) {
+    // Issuer ranges start with 2-6 (Mastercard, Amex/Diners/JCB, Visa, Mastercard/Maestro, Discover/UnionPay),
+    // or 1800 (15-digit JCB).
+    if !((2..=6).contains(&digits[0]) || (digits.len() == 15 && digits.starts_with(&[1, 8, 0, 0]))) {
         return false;
     }
-    // 12 digits only for Maestro (5x/6x).
-    if digits.len() == 12 && !matches!(digits[0], 5 | 6) {
+    // 12 digits only for Maestro (5x/6x), and not where the text calls it a reference.
+    if digits.len() == 12 && (!matches!(digits[0], 5 | 6) || follows_reference_word(text, range.start)) {
         return false;
     }
     luhn_ok(&digits)
@@ -849,10 +851,25 @@ fn extension_end(bytes: &[u8], end: usize) -> usize {
 }
 
 const PHONE_WORDS: &[&str] = &[
-    "phone", "call", "tel", "mobile", "cell", "whatsapp", "sms", "fax", "text me", "ring", "landline", "dial",
+    "phone",
+    "call",
+    "tel",
+    "mobile",
+    "cell",
+    "whatsapp",
+    "sms",
+    "fax",
+    "text me",
+    "ring",
+    "landline",
+    "dial",
     "reach me",
+    "my number",
+    "number is",
+    "contact details",
 ];
-const NOT_PHONE_WORDS: &[&str] = &[
+/// Words right before a number that make it an identifier rather than a phone.
+const REFERENCE_WORDS: &[&str] = &[
     "order",
     "invoice",
     "ref",
@@ -863,19 +880,32 @@ const NOT_PHONE_WORDS: &[&str] = &[
     "booking",
     "ticket",
     "case",
-    "id ",
-    "id:",
+    "id",
     "no.",
-    "number #",
+    "#",
     "parcel",
     "receipt",
     "policy",
     "serial",
     "iban",
-    "card",
+    "reference",
     "sort code",
     "routing",
 ];
+
+/// Looks only at the two words before the number: a reference word earlier in
+/// the message ("my card ... call me on") says nothing about this number.
+fn follows_reference_word(text: &str, start: usize) -> bool {
+    let before = context_before(text, start, 24);
+    let before = before.trim_end_matches([' ', ':', '-']);
+    if REFERENCE_WORDS.iter().filter(|w| w.contains(' ')).any(|w| before.ends_with(w)) {
+        return true;
+    }
+    before.split_whitespace().rev().take(2).any(|word| {
+        let word = word.trim_matches(|c: char| !c.is_alphanumeric() && c != '#');
+        REFERENCE_WORDS.iter().any(|reference| word == reference.trim_end_matches('.'))
+    })
+}
 
 fn is_phone(text: &str, range: Range<usize>) -> bool {
     let raw = &text[range.clone()];
@@ -910,7 +940,7 @@ fn is_phone(text: &str, range: Range<usize>) -> bool {
     if !(7..=15).contains(&digits) || (digits > 12 && !phone_context) {
         return false;
     }
-    if !phone_context && NOT_PHONE_WORDS.iter().any(|word| before.contains(word)) {
+    if !phone_context && follows_reference_word(text, range.start) {
         return false;
     }
     if looks_like_thousands(&groups, &separators) && !phone_context {
