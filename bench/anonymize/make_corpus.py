@@ -263,10 +263,11 @@ def main():
     parser.add_argument("--banking77", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--n", type=int, default=3500)
+    parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args()
 
-    rng = random.Random(SEED)
-    Faker.seed(SEED)
+    rng = random.Random(args.seed)
+    Faker.seed(args.seed)
     fakers = {locale: Faker(locale) for locale in LOCALES}
     with open(args.banking77, newline="") as f:
         messages = [row["text"].strip() for row in csv.DictReader(f)]
