@@ -1,1 +1,1068 @@
-//! TODO
+//! Anonymization before anything is stored.
+//!
+//! [`Anonymizer::find`] locates PII in a text: emails, phone numbers, card
+//! numbers (Luhn), IBANs (mod-97), IPv4/IPv6 addresses, US SSNs, URLs carrying
+//! credentials or tokens, API keys and other secrets, and the pipeline's own
+//! patterns. [`Anonymizer::anonymize_record`] replaces every finding in every
+//! string of a [`LogRecord`] with a typed placeholder (`<EMAIL_1>`) that is the
+//! same for the same value everywhere in the record.
+//!
+//! Detectors run in precedence order and a later one never takes text an
+//! earlier one claimed: the pipeline's patterns first (the user asked for them
+//! by name), then URLs with credentials (they contain `user@host`), secrets,
+//! emails, IBANs, cards, SSNs, IP addresses and phone numbers last (the most
+//! permissive shape). Most log messages hold no PII, so each detector is gated
+//! by byte counts taken in one pass over the text.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::ops::Range;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use regex::Regex;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::config::CustomPattern;
+use crate::logs::LogRecord;
+
+/// The type of a finding; its label names the placeholder (`<PHONE_2>`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PiiKind {
+    Email,
+    Phone,
+    Card,
+    Iban,
+    Ip,
+    Ssn,
+    /// A URL with `user:pass@` or a secret-looking query parameter; the whole URL is replaced.
+    Url,
+    /// API keys, JWTs, bearer tokens, `secret: ...` assignments.
+    Secret,
+    /// A pattern from the pipeline's `[anonymize]` table, by its name.
+    Custom(Arc<str>),
+}
+
+impl PiiKind {
+    pub fn label(&self) -> &str {
+        match self {
+            PiiKind::Email => "EMAIL",
+            PiiKind::Phone => "PHONE",
+            PiiKind::Card => "CARD",
+            PiiKind::Iban => "IBAN",
+            PiiKind::Ip => "IP",
+            PiiKind::Ssn => "SSN",
+            PiiKind::Url => "URL",
+            PiiKind::Secret => "SECRET",
+            PiiKind::Custom(name) => name,
+        }
+    }
+}
+
+/// One PII span: `range` is in bytes of the text given to [`Anonymizer::find`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub kind: PiiKind,
+    pub range: Range<usize>,
+}
+
+/// Replacements made, by type label. Iterates and serializes in label order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct PiiCounts(BTreeMap<String, u64>);
+
+impl PiiCounts {
+    pub fn add(&mut self, other: &PiiCounts) {
+        for (label, n) in &other.0 {
+            *self.0.entry(label.clone()).or_default() += n;
+        }
+    }
+
+    pub fn record(&mut self, label: &str, n: u64) {
+        match self.0.get_mut(label) {
+            Some(count) => *count += n,
+            None => {
+                self.0.insert(label.to_string(), n);
+            }
+        }
+    }
+
+    pub fn get(&self, label: &str) -> u64 {
+        self.0.get(label).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total() == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.0.iter().map(|(label, n)| (label.as_str(), *n))
+    }
+}
+
+struct CustomDetector {
+    kind: PiiKind,
+    regex: Regex,
+}
+
+/// Built-in detectors plus the pipeline's patterns, compiled once.
+pub struct Anonymizer {
+    custom: Vec<CustomDetector>,
+    url: Regex,
+    /// Whole-match secrets: key formats with a recognizable prefix, JWTs.
+    secret_tokens: Regex,
+    /// Secrets after a keyword (`Bearer x`, `api_key=x`): group 1 is the value.
+    secret_values: Regex,
+    email: Regex,
+    iban: Regex,
+    card: Regex,
+    ssn: Regex,
+    ipv4: Regex,
+    ipv6: Regex,
+    placeholder: Regex,
+}
+
+/// Byte counts that decide which detectors can possibly match.
+struct Gate {
+    digits: usize,
+    dots: usize,
+    colons: usize,
+    at: bool,
+    upper: bool,
+    lt: bool,
+}
+
+impl Gate {
+    fn of(text: &str) -> Gate {
+        let mut gate = Gate { digits: 0, dots: 0, colons: 0, at: false, upper: false, lt: false };
+        for &b in text.as_bytes() {
+            match b {
+                b'0'..=b'9' => gate.digits += 1,
+                b'.' => gate.dots += 1,
+                b':' => gate.colons += 1,
+                b'@' => gate.at = true,
+                b'<' => gate.lt = true,
+                b'A'..=b'Z' => gate.upper = true,
+                _ => {}
+            }
+        }
+        gate
+    }
+}
+
+impl Anonymizer {
+    /// Built-in detectors plus the pipeline's patterns.
+    pub fn new(custom: &[CustomPattern]) -> anyhow::Result<Self> {
+        let mut compiled = Vec::with_capacity(custom.len());
+        for pattern in custom {
+            if pattern.name.is_empty() {
+                bail!("[anonymize] pattern with regex {:?} has no name: give it an upper-case name", pattern.regex);
+            }
+            let regex = Regex::new(&pattern.regex).with_context(|| {
+                format!("[anonymize] pattern `{}`: the regex does not compile; fix its `regex`", pattern.name)
+            })?;
+            compiled.push(CustomDetector { kind: PiiKind::Custom(Arc::from(pattern.name.as_str())), regex });
+        }
+        let built = |pattern: &str| Regex::new(pattern).expect("built-in PII pattern compiles");
+        Ok(Anonymizer {
+            custom: compiled,
+            url: built(
+                r"(?i)(?-u:\b)(?:https?|ftps?|wss?|sftp|s3|postgres(?:ql)?|mysql|mongodb(?:\+srv)?|redis|amqps?|smtps?)://[^\s<>]+",
+            ),
+            secret_tokens: built(concat!(
+                r"(?-u:\b)(?:",
+                r"(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}",
+                r"|gh[pousr]_[A-Za-z0-9]{30,255}",
+                r"|github_pat_[A-Za-z0-9_]{22,255}",
+                r"|xox[baprse]-[A-Za-z0-9-]{10,}",
+                r"|sk-(?:proj-|svcacct-|admin-|ant-)?[A-Za-z0-9_-]{20,}",
+                r"|(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}",
+                r"|AIza[0-9A-Za-z_-]{35}",
+                r"|glpat-[0-9A-Za-z_-]{20,}",
+                r"|eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{8,}",
+                // No closing boundary: these alphabets end in `-`, and the classes are greedy anyway.
+                r")",
+            )),
+            secret_values: built(concat!(
+                r"(?i)(?-u:\b)(?:",
+                r"bearer\s+",
+                r#"|(?:api[_-]?key|api[_-]?secret|client[_-]?secret|secret[_-]?key|secret|access[_-]?token|auth[_-]?token|refresh[_-]?token|private[_-]?key|password|passwd|pwd|token)["']?\s*[:=]\s*["']?"#,
+                r")([A-Za-z0-9_\-.~+/=]{6,})",
+            )),
+            email: built(
+                r"(?i)(?-u:\b)[a-z0-9][a-z0-9._%+-]*@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,24}(?-u:\b)",
+            ),
+            iban: built(
+                r"(?-u:\b)[A-Z]{2}[0-9]{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,3})?)(?-u:\b)",
+            ),
+            card: built(r"(?-u:\b)[0-9](?:[ -]?[0-9]){11,18}(?-u:\b)"),
+            ssn: built(r"(?-u:\b)[0-9]{3}[- ]?[0-9]{2}[- ]?[0-9]{4}(?-u:\b)"),
+            ipv4: built(r"(?-u:\b)[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?-u:\b)"),
+            ipv6: built(r"(?i)[0-9a-f:]*:[0-9a-f]*:[0-9a-f:]*(?:[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3})?"),
+            placeholder: built(r"<[A-Z][A-Z0-9_]*_[0-9]+>"),
+        })
+    }
+
+    /// Non-overlapping PII spans in `text`, in order.
+    pub fn find(&self, text: &str) -> Vec<Finding> {
+        let gate = Gate::of(text);
+        let mut found = Spans::default();
+        // Placeholders from an earlier pass are never detected again.
+        if gate.lt && gate.upper {
+            for m in self.placeholder.find_iter(text) {
+                found.reserve(m.range());
+            }
+        }
+        for custom in &self.custom {
+            for m in custom.regex.find_iter(text) {
+                if !m.is_empty() {
+                    found.claim(&custom.kind, m.range());
+                }
+            }
+        }
+        if gate.colons > 0 && text.contains("://") {
+            for m in self.url.find_iter(text) {
+                let url = trim_url(m.as_str());
+                if url_carries_secret(url) {
+                    found.claim(&PiiKind::Url, m.start()..m.start() + url.len());
+                }
+            }
+        }
+        self.find_secrets(text, &mut found);
+        if gate.at {
+            for m in self.email.find_iter(text) {
+                found.claim(&PiiKind::Email, m.range());
+            }
+        }
+        if gate.digits >= 8 && gate.upper {
+            for m in self.iban.find_iter(text) {
+                if let Some(len) = valid_iban_prefix(m.as_str()) {
+                    found.claim(&PiiKind::Iban, m.start()..m.start() + len);
+                }
+            }
+        }
+        if gate.digits >= 12 {
+            for m in self.card.find_iter(text) {
+                if is_card(text, m.range()) {
+                    found.claim(&PiiKind::Card, m.range());
+                }
+            }
+        }
+        if gate.digits >= 9 {
+            for m in self.ssn.find_iter(text) {
+                if is_ssn(text, m.range()) {
+                    found.claim(&PiiKind::Ssn, m.range());
+                }
+            }
+        }
+        if gate.digits >= 4 && gate.dots >= 3 {
+            for m in self.ipv4.find_iter(text) {
+                if is_ipv4(text, m.range()) {
+                    found.claim(&PiiKind::Ip, m.range());
+                }
+            }
+        }
+        if gate.colons >= 2 {
+            for m in self.ipv6.find_iter(text) {
+                if let Some(range) = ipv6_in(text, m.range()) {
+                    found.claim(&PiiKind::Ip, range);
+                }
+            }
+        }
+        if gate.digits >= 7 {
+            for range in phone_candidates(text) {
+                if is_phone(text, range.clone()) {
+                    found.claim(&PiiKind::Phone, range);
+                }
+            }
+        }
+        found.into_findings()
+    }
+
+    fn find_secrets(&self, text: &str, found: &mut Spans) {
+        for caps in self.secret_values.captures_iter(text) {
+            let value = caps.get(1).expect("group 1 always takes part");
+            if looks_like_secret_value(value.as_str()) {
+                found.claim(&PiiKind::Secret, value.range());
+            }
+        }
+        for m in self.secret_tokens.find_iter(text) {
+            found.claim(&PiiKind::Secret, m.range());
+        }
+    }
+
+    /// Replaces PII in every string of the record (inputs, output, reference,
+    /// feedback comment, history, metadata values; not `id`, not the timestamp,
+    /// not object keys) with typed placeholders numbered by first appearance in
+    /// the record, and adds the replacements to `counts`.
+    pub fn anonymize_record(&self, record: &mut LogRecord, counts: &mut PiiCounts) {
+        let mut names = Placeholders::default();
+        self.anonymize_map(&mut record.inputs, &mut names, counts);
+        if let Some(output) = &mut record.output {
+            self.anonymize_map(output, &mut names, counts);
+        }
+        if let Some(reference) = &mut record.reference {
+            self.anonymize_map(reference, &mut names, counts);
+        }
+        if let Some(comment) = record.feedback.as_mut().and_then(|feedback| feedback.comment.as_mut()) {
+            self.anonymize_string(comment, &mut names, counts);
+        }
+        for message in &mut record.history {
+            self.anonymize_string(message, &mut names, counts);
+        }
+        self.anonymize_map(&mut record.metadata, &mut names, counts);
+    }
+
+    /// Replaces PII in one text, with placeholders numbered within this text alone.
+    pub fn anonymize_text(&self, text: &str, counts: &mut PiiCounts) -> String {
+        let mut names = Placeholders::default();
+        let mut out = text.to_string();
+        self.anonymize_string(&mut out, &mut names, counts);
+        out
+    }
+
+    fn anonymize_map(&self, map: &mut Map<String, Value>, names: &mut Placeholders, counts: &mut PiiCounts) {
+        for value in map.values_mut() {
+            self.anonymize_value(value, names, counts);
+        }
+    }
+
+    fn anonymize_value(&self, value: &mut Value, names: &mut Placeholders, counts: &mut PiiCounts) {
+        match value {
+            Value::String(text) => self.anonymize_string(text, names, counts),
+            Value::Array(items) => {
+                for item in items {
+                    self.anonymize_value(item, names, counts);
+                }
+            }
+            Value::Object(map) => self.anonymize_map(map, names, counts),
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+
+    fn anonymize_string(&self, text: &mut String, names: &mut Placeholders, counts: &mut PiiCounts) {
+        let findings = self.find(text);
+        if findings.is_empty() {
+            return;
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut last = 0;
+        for finding in &findings {
+            out.push_str(&text[last..finding.range.start]);
+            let value = &text[finding.range.clone()];
+            out.push_str(&names.name(&finding.kind, value));
+            counts.record(finding.kind.label(), 1);
+            last = finding.range.end;
+        }
+        out.push_str(&text[last..]);
+        *text = out;
+    }
+}
+
+/// The placeholder of each distinct value seen so far in one record.
+#[derive(Default)]
+struct Placeholders {
+    by_value: HashMap<(PiiKind, String), String>,
+    next: HashMap<PiiKind, usize>,
+}
+
+impl Placeholders {
+    fn name(&mut self, kind: &PiiKind, value: &str) -> String {
+        let key = (kind.clone(), normalize(kind, value));
+        if let Some(name) = self.by_value.get(&key) {
+            return name.clone();
+        }
+        let n = self.next.entry(kind.clone()).or_insert(0);
+        *n += 1;
+        let name = format!("<{}_{}>", kind.label(), n);
+        self.by_value.insert(key, name.clone());
+        name
+    }
+}
+
+/// The same value written differently gets the same placeholder: case for
+/// emails and IBANs, separators for numbers, notation for IP addresses.
+fn normalize(kind: &PiiKind, value: &str) -> String {
+    match kind {
+        PiiKind::Email => value.to_ascii_lowercase(),
+        PiiKind::Phone => {
+            let digits: String = value.chars().filter(char::is_ascii_digit).collect();
+            if value.trim_start().starts_with('+') { format!("+{digits}") } else { digits }
+        }
+        PiiKind::Card | PiiKind::Ssn => value.chars().filter(char::is_ascii_digit).collect(),
+        PiiKind::Iban => value.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_uppercase()).collect(),
+        PiiKind::Ip => match value.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) => value.to_ascii_lowercase(),
+        },
+        PiiKind::Url | PiiKind::Secret | PiiKind::Custom(_) => value.to_string(),
+    }
+}
+
+/// Accepted spans, kept sorted; a later detector cannot take claimed text.
+#[derive(Default)]
+struct Spans {
+    spans: Vec<(Range<usize>, Option<PiiKind>)>,
+}
+
+impl Spans {
+    fn overlaps(&self, range: &Range<usize>) -> bool {
+        self.spans.iter().any(|(taken, _)| taken.start < range.end && range.start < taken.end)
+    }
+
+    fn claim(&mut self, kind: &PiiKind, range: Range<usize>) {
+        if range.is_empty() || self.overlaps(&range) {
+            return;
+        }
+        self.spans.push((range, Some(kind.clone())));
+    }
+
+    fn reserve(&mut self, range: Range<usize>) {
+        self.spans.push((range, None));
+    }
+
+    fn into_findings(self) -> Vec<Finding> {
+        let mut findings: Vec<Finding> =
+            self.spans.into_iter().filter_map(|(range, kind)| Some(Finding { kind: kind?, range })).collect();
+        findings.sort_by_key(|finding| finding.range.start);
+        findings
+    }
+}
+
+fn byte_before(text: &str, at: usize) -> Option<u8> {
+    at.checked_sub(1).map(|i| text.as_bytes()[i])
+}
+
+fn byte_at(text: &str, at: usize) -> Option<u8> {
+    text.as_bytes().get(at).copied()
+}
+
+/// The lower-cased text up to `window` bytes before `at`, for context words.
+fn context_before(text: &str, at: usize, window: usize) -> String {
+    let mut start = at.saturating_sub(window);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..at].to_lowercase()
+}
+
+// ---------- URL ----------
+
+/// Sentence punctuation after a URL is not part of it.
+fn trim_url(url: &str) -> &str {
+    let mut end = url.len();
+    while end > 0 {
+        let last = url.as_bytes()[end - 1];
+        let unbalanced_paren = last == b')' && url[..end].matches('(').count() < url[..end].matches(')').count();
+        if matches!(last, b'.' | b',' | b';' | b':' | b'!' | b'?' | b'\'' | b'"' | b']' | b'>') || unbalanced_paren {
+            end -= 1;
+        } else {
+            break;
+        }
+    }
+    &url[..end]
+}
+
+/// Query or fragment parameter names that carry a secret.
+const SECRET_PARAMS: &[&str] = &[
+    "token",
+    "accesstoken",
+    "refreshtoken",
+    "idtoken",
+    "authtoken",
+    "sessiontoken",
+    "apikey",
+    "key",
+    "secret",
+    "clientsecret",
+    "sig",
+    "signature",
+    "password",
+    "pass",
+    "passwd",
+    "pwd",
+    "auth",
+    "code",
+    "session",
+    "sessionid",
+    "sid",
+    "jwt",
+    "xamzsignature",
+    "xamzcredential",
+    "xamzsecuritytoken",
+    "accesskey",
+    "secretkey",
+    "privatekey",
+];
+
+fn url_carries_secret(url: &str) -> bool {
+    let Some(scheme_end) = url.find("://") else { return false };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    if let Some(at) = authority.rfind('@') {
+        // `user:pass@host`, or a lone token as the user (`https://TOKEN@github.com`).
+        let userinfo = &authority[..at];
+        if userinfo.contains(':') || userinfo.len() >= 20 {
+            return true;
+        }
+    }
+    let after = &rest[authority_end..];
+    let Some(params_start) = after.find(['?', '#']) else { return false };
+    after[params_start + 1..].split(['&', ';', '#', '?']).any(|pair| {
+        let Some((name, value)) = pair.split_once('=') else { return false };
+        if value.is_empty() {
+            return false;
+        }
+        let name: String = name.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_lowercase()).collect();
+        SECRET_PARAMS.contains(&name.as_str())
+            || ["token", "secret", "password", "signature", "apikey"].iter().any(|suffix| name.ends_with(suffix))
+    })
+}
+
+// ---------- secrets ----------
+
+/// After `password:` or `Bearer`, a word of prose is not a secret: ask for a
+/// digit or symbol, or the length of a random token.
+fn looks_like_secret_value(value: &str) -> bool {
+    let value = value.trim_end_matches(['.', ',']);
+    let has_digit = value.bytes().any(|b| b.is_ascii_digit());
+    let has_symbol = value.bytes().any(|b| matches!(b, b'_' | b'-' | b'+' | b'/' | b'=' | b'~'));
+    let mixed_case = value.bytes().any(|b| b.is_ascii_uppercase()) && value.bytes().any(|b| b.is_ascii_lowercase());
+    value.len() >= 6 && (has_digit || value.len() >= 16 || (has_symbol && mixed_case))
+}
+
+// ---------- IBAN ----------
+
+/// Lengths by country (SWIFT IBAN registry).
+const IBAN_LENGTHS: &[(&str, usize)] = &[
+    ("AD", 24),
+    ("AE", 23),
+    ("AL", 28),
+    ("AT", 20),
+    ("AZ", 28),
+    ("BA", 20),
+    ("BE", 16),
+    ("BG", 22),
+    ("BH", 22),
+    ("BR", 29),
+    ("BY", 28),
+    ("CH", 21),
+    ("CR", 22),
+    ("CY", 28),
+    ("CZ", 24),
+    ("DE", 22),
+    ("DK", 18),
+    ("DO", 28),
+    ("EE", 20),
+    ("EG", 29),
+    ("ES", 24),
+    ("FI", 18),
+    ("FO", 18),
+    ("FR", 27),
+    ("GB", 22),
+    ("GE", 22),
+    ("GI", 23),
+    ("GL", 18),
+    ("GR", 27),
+    ("GT", 28),
+    ("HR", 21),
+    ("HU", 28),
+    ("IE", 22),
+    ("IL", 23),
+    ("IQ", 23),
+    ("IS", 26),
+    ("IT", 27),
+    ("JO", 30),
+    ("KW", 30),
+    ("KZ", 20),
+    ("LB", 28),
+    ("LC", 32),
+    ("LI", 21),
+    ("LT", 20),
+    ("LU", 20),
+    ("LV", 21),
+    ("LY", 25),
+    ("MC", 27),
+    ("MD", 24),
+    ("ME", 22),
+    ("MK", 19),
+    ("MR", 27),
+    ("MT", 31),
+    ("MU", 30),
+    ("NL", 18),
+    ("NO", 15),
+    ("PK", 24),
+    ("PL", 28),
+    ("PS", 29),
+    ("PT", 25),
+    ("QA", 29),
+    ("RO", 24),
+    ("RS", 22),
+    ("SA", 24),
+    ("SC", 31),
+    ("SE", 24),
+    ("SI", 19),
+    ("SK", 24),
+    ("SM", 27),
+    ("ST", 25),
+    ("SV", 28),
+    ("TL", 23),
+    ("TN", 24),
+    ("TR", 26),
+    ("UA", 29),
+    ("VA", 22),
+    ("VG", 24),
+    ("XK", 20),
+];
+
+/// The byte length of the valid IBAN at the start of `candidate`, if any. A
+/// grouped IBAN can run into a short upper-case word after it, so the
+/// candidate is cut to its country's length when that is known.
+fn valid_iban_prefix(candidate: &str) -> Option<usize> {
+    let expected = IBAN_LENGTHS.iter().find(|(country, _)| candidate.starts_with(country)).map(|&(_, len)| len);
+    let mut compact = Vec::with_capacity(34);
+    let mut end = 0;
+    for (i, b) in candidate.bytes().enumerate() {
+        if b == b' ' {
+            continue;
+        }
+        compact.push(b);
+        end = i + 1;
+        if Some(compact.len()) == expected {
+            break;
+        }
+    }
+    match expected {
+        Some(len) if compact.len() != len => return None,
+        // The cut must fall between groups, not inside a word.
+        Some(_) if candidate.as_bytes().get(end).is_some_and(|b| *b != b' ') => return None,
+        None if !(15..=34).contains(&compact.len()) => return None,
+        _ => {}
+    }
+    iban_checksum_ok(&compact).then_some(end)
+}
+
+fn iban_checksum_ok(compact: &[u8]) -> bool {
+    let rotated = compact[4..].iter().chain(&compact[..4]);
+    let mut remainder: u32 = 0;
+    for &b in rotated {
+        let value = match b {
+            b'0'..=b'9' => u32::from(b - b'0'),
+            b'A'..=b'Z' => u32::from(b - b'A') + 10,
+            _ => return false,
+        };
+        remainder = if value >= 10 { (remainder * 100 + value) % 97 } else { (remainder * 10 + value) % 97 };
+    }
+    remainder == 1
+}
+
+// ---------- card ----------
+
+fn is_card(text: &str, range: Range<usize>) -> bool {
+    let candidate = &text[range.clone()];
+    // Part of a longer dotted or signed number (a decimal, a phone with +).
+    if matches!(byte_before(text, range.start), Some(b'+' | b'.' | b',' | b'#'))
+        || (matches!(byte_at(text, range.end), Some(b'.' | b','))
+            && byte_at(text, range.end + 1).is_some_and(|b| b.is_ascii_digit()))
+    {
+        return false;
+    }
+    let digits: Vec<u8> = candidate.bytes().filter(u8::is_ascii_digit).map(|b| b - b'0').collect();
+    let separators: Vec<u8> = candidate.bytes().filter(|b| !b.is_ascii_digit()).collect();
+    if separators.windows(2).any(|pair| pair[0] != pair[1]) {
+        return false;
+    }
+    // Issuer ranges start with 2-6 (Mastercard, Amex/Diners/JCB, Visa, Mastercard/Maestro, Discover/UnionPay),
+    // or 1800 (15-digit JCB).
+    if !((2..=6).contains(&digits[0]) || (digits.len() == 15 && digits.starts_with(&[1, 8, 0, 0]))) {
+        return false;
+    }
+    // 12 digits only for Maestro (5x/6x), and not where the text calls it a reference.
+    if digits.len() == 12 && (!matches!(digits[0], 5 | 6) || follows_reference_word(text, range.start)) {
+        return false;
+    }
+    luhn_ok(&digits)
+}
+
+fn luhn_ok(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            let d = u32::from(d);
+            if i % 2 == 1 {
+                let doubled = d * 2;
+                if doubled > 9 { doubled - 9 } else { doubled }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}
+
+// ---------- SSN ----------
+
+fn is_ssn(text: &str, range: Range<usize>) -> bool {
+    let candidate = &text[range.clone()];
+    if matches!(byte_before(text, range.start), Some(b'-' | b'+' | b'.' | b'#'))
+        || matches!(byte_at(text, range.end), Some(b'-'))
+    {
+        return false;
+    }
+    let separators: Vec<u8> = candidate.bytes().filter(|b| !b.is_ascii_digit()).collect();
+    let digits: Vec<u8> = candidate.bytes().filter(u8::is_ascii_digit).collect();
+    match separators.as_slice() {
+        [b'-', b'-'] => {}
+        // Spaced or bare nine digits are an SSN only where the text says so.
+        [b' ', b' '] | [] => {
+            let before = context_before(text, range.start, 32);
+            if !["ssn", "social security", "ss#", "ss no"].iter().any(|word| before.contains(word)) {
+                return false;
+            }
+        }
+        _ => return false,
+    }
+    let number = |part: &[u8]| part.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+    let (area, group, serial) = (number(&digits[..3]), number(&digits[3..5]), number(&digits[5..]));
+    area != 0 && area != 666 && area < 900 && group != 0 && serial != 0
+}
+
+// ---------- IP ----------
+
+fn is_ipv4(text: &str, range: Range<usize>) -> bool {
+    // A longer dotted run is a version or an OID, not an address.
+    if byte_before(text, range.start) == Some(b'.')
+        && byte_before(text, range.start - 1).is_some_and(|b| b.is_ascii_digit())
+    {
+        return false;
+    }
+    if byte_at(text, range.end) == Some(b'.') && byte_at(text, range.end + 1).is_some_and(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let candidate = &text[range];
+    // Ipv4Addr rejects octets over 255 and leading zeros.
+    candidate.parse::<Ipv4Addr>().is_ok()
+}
+
+fn ipv6_in(text: &str, mut range: Range<usize>) -> Option<Range<usize>> {
+    let before = byte_before(text, range.start);
+    if before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return None;
+    }
+    if byte_at(text, range.end).is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return None;
+    }
+    // A colon ending a sentence ("at fe80::1:") is not part of the address.
+    while text[range.clone()].ends_with(':') && !text[range.clone()].ends_with("::") {
+        range.end -= 1;
+    }
+    let candidate = &text[range.clone()];
+    let address: Ipv6Addr = candidate.parse().ok()?;
+    let groups_written = candidate.split(':').filter(|group| !group.is_empty()).count();
+    // `::`, `::1` and clock times are not worth a placeholder; times do not parse anyway.
+    if address.is_loopback() || address.is_unspecified() || groups_written < 2 {
+        return None;
+    }
+    Some(range)
+}
+
+// ---------- phone ----------
+
+/// Runs of digits joined by single separators (` - . /`), with an optional
+/// leading `+`, parentheses around an area code, `(0)` after a country code,
+/// and an extension (`x123`, `ext. 123`).
+fn phone_candidates(text: &str) -> Vec<Range<usize>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let starts = b.is_ascii_digit()
+            || ((b == b'+' || b == b'(') && bytes.get(i + 1).is_some_and(u8::is_ascii_digit))
+            || (b == b'+' && bytes.get(i + 1) == Some(&b' ') && bytes.get(i + 2).is_some_and(u8::is_ascii_digit));
+        if !starts || (i > 0 && (bytes[i - 1].is_ascii_alphanumeric())) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut j = i + 1;
+        let mut end = if b.is_ascii_digit() { j } else { start };
+        let mut open_paren = b == b'(';
+        while j < bytes.len() {
+            let c = bytes[j];
+            if c.is_ascii_digit() {
+                j += 1;
+                end = j;
+            } else if c == b'(' && !open_paren && next_is_digit_after(bytes, j + 1) {
+                open_paren = true;
+                j += 1;
+            } else if c == b')' && open_paren {
+                open_paren = false;
+                j += 1;
+                if matches!(bytes.get(j), Some(b' ' | b'-' | b'.')) && next_is_digit_after(bytes, j + 1) {
+                    j += 1;
+                }
+                if !bytes.get(j).is_some_and(|b| b.is_ascii_digit() || *b == b'(') {
+                    break;
+                }
+            } else if matches!(c, b' ' | b'-' | b'.' | b'/')
+                && (bytes.get(j + 1).is_some_and(u8::is_ascii_digit) || (c == b' ' && bytes.get(j + 1) == Some(&b'(')))
+            {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        if end > start {
+            end = extension_end(bytes, end);
+            out.push(start..end);
+            i = end.max(i + 1);
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+fn next_is_digit_after(bytes: &[u8], at: usize) -> bool {
+    bytes.get(at).is_some_and(u8::is_ascii_digit)
+}
+
+fn extension_end(bytes: &[u8], end: usize) -> usize {
+    let rest = &bytes[end..];
+    for marker in [&b"x"[..], b" x", b" ext. ", b" ext ", b" ext.", b"ext.", b"ext"] {
+        if rest.len() > marker.len() && rest[..marker.len()].eq_ignore_ascii_case(marker) {
+            let digits = rest[marker.len()..].iter().take_while(|b| b.is_ascii_digit()).count();
+            let after = rest.get(marker.len() + digits);
+            if (1..=6).contains(&digits) && !after.is_some_and(u8::is_ascii_alphanumeric) {
+                return end + marker.len() + digits;
+            }
+        }
+    }
+    end
+}
+
+const PHONE_WORDS: &[&str] = &[
+    "phone",
+    "call",
+    "tel",
+    "mobile",
+    "cell",
+    "whatsapp",
+    "sms",
+    "fax",
+    "text me",
+    "ring",
+    "landline",
+    "dial",
+    "reach me",
+    "my number",
+    "number is",
+    "contact details",
+];
+/// Words right before a number that make it an identifier rather than a phone.
+const REFERENCE_WORDS: &[&str] = &[
+    "order",
+    "invoice",
+    "ref",
+    "tracking",
+    "transaction",
+    "account",
+    "acct",
+    "booking",
+    "ticket",
+    "case",
+    "id",
+    "no.",
+    "#",
+    "parcel",
+    "receipt",
+    "policy",
+    "serial",
+    "iban",
+    "reference",
+    "sort code",
+    "routing",
+];
+
+/// Looks only at the two words before the number: a reference word earlier in
+/// the message ("my card ... call me on") says nothing about this number.
+fn follows_reference_word(text: &str, start: usize) -> bool {
+    let before = context_before(text, start, 24);
+    let before = before.trim_end_matches([' ', ':', '-']);
+    if REFERENCE_WORDS.iter().filter(|w| w.contains(' ')).any(|w| before.ends_with(w)) {
+        return true;
+    }
+    before.split_whitespace().rev().take(2).any(|word| {
+        let word = word.trim_matches(|c: char| !c.is_alphanumeric() && c != '#');
+        REFERENCE_WORDS.iter().any(|reference| word == reference.trim_end_matches('.'))
+    })
+}
+
+fn is_phone(text: &str, range: Range<usize>) -> bool {
+    let raw = &text[range.clone()];
+    // The extension is validated with the number but does not count as its digits.
+    let number = match raw.bytes().position(|b| b == b'x' || b == b'X' || b == b'e' || b == b'E') {
+        Some(at) => raw[..at].trim_end(),
+        None => raw,
+    };
+    let international = number.starts_with('+') || (number.starts_with("00") && !number.starts_with("000"));
+    if matches!(byte_before(text, range.start), Some(b'#' | b'$' | b'.' | b',' | b'-' | b'/' | b':'))
+        || text[..range.start].trim_end().ends_with(['$', '£', '€', '¥', '#'])
+        || matches!(byte_at(text, range.end), Some(b'%' | b'-' | b'/'))
+        || (matches!(byte_at(text, range.end), Some(b'.' | b',' | b':'))
+            && byte_at(text, range.end + 1).is_some_and(|b| b.is_ascii_digit()))
+    {
+        return false;
+    }
+    let groups: Vec<&str> = number.split(|c: char| !c.is_ascii_digit()).filter(|g| !g.is_empty()).collect();
+    let digits: usize = groups.iter().map(|g| g.len()).sum();
+    let separators: Vec<char> =
+        number.trim_start_matches('+').chars().filter(|c| !c.is_ascii_digit() && *c != '(' && *c != ')').collect();
+    let before = context_before(text, range.start, 28);
+    let phone_context = PHONE_WORDS.iter().any(|word| before.contains(word));
+    // 3-2-4 with dashes is SSN-shaped: a valid one was taken already, an invalid one is not a phone.
+    let ssn_shaped = groups.iter().map(|g| g.len()).eq([3, 2, 4]) && separators.iter().all(|&c| c == '-');
+    if ssn_shaped || looks_like_date(&groups, &separators) || looks_like_dotted_numbers(&groups, &separators) {
+        return false;
+    }
+    if international {
+        return (8..=15).contains(&digits);
+    }
+    if !(7..=15).contains(&digits) || (digits > 12 && !phone_context) {
+        return false;
+    }
+    if !phone_context && follows_reference_word(text, range.start) {
+        return false;
+    }
+    if looks_like_thousands(&groups, &separators) && !phone_context {
+        return false;
+    }
+    let has_paren = number.contains('(');
+    if groups.len() == 1 && !has_paren {
+        // A bare run of digits: a national number with its trunk 0, or one the text calls a phone.
+        let run = groups[0];
+        return phone_context || (run.starts_with('0') && !run.starts_with("00") && (10..=12).contains(&digits));
+    }
+    // Grouped national numbers: the first group is an area code or trunk prefix.
+    groups[0].len() <= 5 || phone_context
+}
+
+/// 2024-01-15, 15.01.2024, 01/15/2024, 2019-2024.
+fn looks_like_date(groups: &[&str], separators: &[char]) -> bool {
+    let number = |g: &str| g.parse::<u32>().unwrap_or(u32::MAX);
+    let year = |g: &str| g.len() == 4 && (1900..=2099).contains(&number(g));
+    let day_month = |g: &str| g.len() <= 2 && (1..=31).contains(&number(g));
+    let same_separators = separators.windows(2).all(|pair| pair[0] == pair[1]);
+    match groups {
+        [a, b, c] if same_separators => {
+            (year(a) && day_month(b) && day_month(c)) || (day_month(a) && day_month(b) && year(c))
+        }
+        [a, b] => year(a) && year(b),
+        _ => false,
+    }
+}
+
+/// 999.100.100.100, 1.2.3.4567: dotted runs of short numbers are versions or addresses.
+fn looks_like_dotted_numbers(groups: &[&str], separators: &[char]) -> bool {
+    groups.len() >= 3
+        && separators.iter().all(|&c| c == '.')
+        && groups.iter().take(groups.len() - 1).all(|g| g.len() <= 3)
+        && groups[0].len() <= 3
+        && groups.iter().filter(|g| g.len() <= 3).count() >= 3
+}
+
+/// 1 234 567 or 1.234.567: thousands grouping.
+fn looks_like_thousands(groups: &[&str], separators: &[char]) -> bool {
+    groups.len() >= 3
+        && groups[0].len() <= 3
+        && groups[1..].iter().all(|g| g.len() == 3)
+        && separators.iter().all(|&c| c == separators[0])
+        && matches!(separators.first(), Some(' ' | '.' | ','))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(text: &str) -> Vec<(String, String)> {
+        let anonymizer = Anonymizer::new(&[]).unwrap();
+        anonymizer
+            .find(text)
+            .into_iter()
+            .map(|finding| (finding.kind.label().to_string(), text[finding.range].to_string()))
+            .collect()
+    }
+
+    fn one(text: &str, label: &str, value: &str) {
+        assert_eq!(kinds(text), vec![(label.to_string(), value.to_string())], "in {text:?}");
+    }
+
+    #[test]
+    fn luhn_and_mod97() {
+        assert!(luhn_ok(&[4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]));
+        assert!(!luhn_ok(&[4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2]));
+        assert!(iban_checksum_ok(b"DE89370400440532013000"));
+        assert!(!iban_checksum_ok(b"DE88370400440532013000"));
+    }
+
+    #[test]
+    fn grouped_iban_stops_at_the_country_length() {
+        one("Send it to BE68 5390 0754 7034 OK thanks", "IBAN", "BE68 5390 0754 7034");
+        one("IBAN: GB82 WEST 1234 5698 7654 32.", "IBAN", "GB82 WEST 1234 5698 7654 32");
+    }
+
+    #[test]
+    fn phones_in_national_and_international_forms() {
+        for phone in [
+            "(555) 123-4567",
+            "555-123-4567",
+            "555.123.4567",
+            "020 7946 0958",
+            "07700 900123",
+            "030 12345678",
+            "0151 23456789",
+            "01 23 45 67 89",
+            "+44 20 7946 0958",
+            "+1-555-123-4567",
+            "+49 (0) 30 12345678",
+            "+33 (0)1 41 63 60 83",
+            "+4915123456789",
+            "206.269.0743x9150",
+            "(0406)-812415",
+            "+44(0)2074960074",
+        ] {
+            one(&format!("Hi, please call me back at {phone} today."), "PHONE", phone);
+            one(&format!("My details changed, new one is {phone}"), "PHONE", phone);
+        }
+    }
+
+    #[test]
+    fn numbers_that_are_not_phones() {
+        for text in [
+            "The charge on 2024-01-15 at 12:30:45 was £1,234.56.",
+            "Order #123456 arrived broken, app version 1.2.3.",
+            "I moved 1 234 567 euros last year",
+            "Between 2019-2024 I had no issues",
+            "Reference 12345678 in the statement",
+            "The transfer of 15.01.2024 never arrived",
+            "Server 999.100.100.100 refused",
+        ] {
+            assert_eq!(kinds(text), vec![], "in {text:?}");
+        }
+    }
+
+    #[test]
+    fn placeholders_are_not_detected_again() {
+        let anonymizer = Anonymizer::new(&[CustomPattern { name: "NUM".into(), regex: r"\d+".into() }]).unwrap();
+        assert_eq!(anonymizer.find("see <EMAIL_1> and <PHONE_12>"), vec![]);
+    }
+}

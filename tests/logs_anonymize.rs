@@ -1,0 +1,292 @@
+//! Anonymization: every PII type is found in realistic messages and replaced by
+//! a typed placeholder that is consistent across a record; look-alikes stay.
+
+use chrono::{TimeZone, Utc};
+use promptloop::config::CustomPattern;
+use promptloop::logs::anonymize::{Anonymizer, PiiCounts};
+use promptloop::logs::{Feedback, LogRecord};
+use serde_json::{Map, Value, json};
+
+fn anonymizer() -> Anonymizer {
+    Anonymizer::new(&[]).unwrap()
+}
+
+/// (label, matched text) for every finding.
+fn found(text: &str) -> Vec<(String, String)> {
+    anonymizer()
+        .find(text)
+        .into_iter()
+        .map(|finding| (finding.kind.label().to_string(), text[finding.range].to_string()))
+        .collect()
+}
+
+fn assert_found(text: &str, label: &str, value: &str) {
+    assert_eq!(found(text), vec![(label.to_string(), value.to_string())], "in {text:?}");
+}
+
+fn assert_clean(text: &str) {
+    assert_eq!(found(text), vec![], "nothing should be found in {text:?}");
+}
+
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        other => panic!("not an object: {other}"),
+    }
+}
+
+fn record(message: &str) -> LogRecord {
+    LogRecord {
+        id: "req-1".into(),
+        timestamp: Utc.with_ymd_and_hms(2024, 5, 1, 9, 30, 0).unwrap(),
+        inputs: object(json!({ "message": message })),
+        output: None,
+        reference: None,
+        feedback: None,
+        history: vec![],
+        metadata: Map::new(),
+    }
+}
+
+#[test]
+fn emails() {
+    for email in ["jane.doe@example.com", "J.Smith+bank@mail.co.uk", "kundenservice@beispiel-bank.de"] {
+        assert_found(&format!("Please send the statement to {email}, thanks."), "EMAIL", email);
+    }
+}
+
+#[test]
+fn phone_numbers() {
+    for phone in [
+        "(555) 123-4567",
+        "555-123-4567",
+        "555.123.4567",
+        "+1-780-563-6083x7783",
+        "020 7946 0958",
+        "07700 900123",
+        "+44 (0)121 496 0000",
+        "030 12345678",
+        "0151 23456789",
+        "+49 (0) 9141 777631",
+        "01 23 45 67 89",
+        "+33 6 95 36 62 58",
+        "+34 948 812 415",
+        "+39 3207406811",
+        "+31(0)83-4497869",
+    ] {
+        assert_found(&format!("You can reach me on {phone} after 5pm."), "PHONE", phone);
+    }
+    // A reference word earlier in the message does not make a later number an identifier.
+    assert_found("Where is my card PIN? 0978-079712 is my mobile", "PHONE", "0978-079712");
+    assert_clean("Transaction reference 0978-079712 is wrong");
+}
+
+#[test]
+fn card_numbers_are_luhn_checked() {
+    for card in ["4111 1111 1111 1111", "4111-1111-1111-1111", "5555555555554444", "378282246310005", "180002020985865"]
+    {
+        assert_found(&format!("My card {card} was declined at the shop"), "CARD", card);
+    }
+    assert_clean("My card 4111 1111 1111 1112 was declined at the shop");
+    assert_clean("Transfer id 1234567890123456 is still pending");
+    // Twelve Luhn-valid digits are a Maestro card only where nothing calls them a reference.
+    assert_found("Maestro 567440234126 was declined", "CARD", "567440234126");
+    assert_clean("Transaction reference 567440234126 shows twice");
+}
+
+#[test]
+fn ibans_are_mod97_checked() {
+    for iban in
+        ["DE89370400440532013000", "DE89 3704 0044 0532 0130 00", "GB82 WEST 1234 5698 7654 32", "NL91ABNA0417164300"]
+    {
+        assert_found(&format!("Please refund to {iban} as soon as possible."), "IBAN", iban);
+    }
+    assert_clean("Please refund to DE88 3704 0044 0532 0130 00 as soon as possible.");
+    assert_clean("Please refund to DE88370400440532013000 as soon as possible.");
+}
+
+#[test]
+fn ip_addresses() {
+    assert_found("The login came from 203.0.113.45, not me", "IP", "203.0.113.45");
+    assert_found("Blocked IP 2001:db8:85a3::8a2e:370:7334 tried again", "IP", "2001:db8:85a3::8a2e:370:7334");
+    assert_found("Seen at fe80::1ff:fe23:4567:890a.", "IP", "fe80::1ff:fe23:4567:890a");
+    assert_clean("It says 999.1.1.1 in the log");
+    assert_clean("Upgraded from 1.2.3.4.5 to the new app");
+    assert_clean("The meeting is at 12:30:45 tomorrow");
+}
+
+#[test]
+fn social_security_numbers() {
+    assert_found("My SSN is 123-45-6789 if you need it", "SSN", "123-45-6789");
+    assert_found("social security number 123 45 6789", "SSN", "123 45 6789");
+    for invalid in ["000-12-3456", "666-12-3456", "912-34-5678", "123-00-4567", "123-45-0000"] {
+        assert_clean(&format!("My SSN is {invalid} if you need it"));
+    }
+}
+
+#[test]
+fn urls_with_credentials_or_tokens() {
+    for url in [
+        "https://admin:hunter2@internal.example.com/reports",
+        "https://bank.example.com/reset?user=jo&token=a8f5f167f44f4964e6c998dee827110c",
+        "https://files.example.net/statement.pdf?X-Amz-Signature=abc123def456&X-Amz-Expires=600",
+        "postgres://app:s3cret@db.internal:5432/ledger",
+    ] {
+        assert_found(&format!("The link {url} does not open."), "URL", url);
+    }
+    assert_clean("See https://www.example.com/help/cards?lang=en for details.");
+}
+
+#[test]
+fn api_keys_and_tokens() {
+    for key in [
+        "AKIAIOSFODNN7EXAMPLE",
+        "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",
+        "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz",
+        "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+        "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789",
+        "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+        "AIzaSyA1234567890abcdefghijklmnopqrstuv",
+        "glpat-xxxxxxxxxxxxxxxxxxxx",
+        "glpat-JDwW6cQ6Qrp27PvXdjO-",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    ] {
+        assert_found(&format!("Our integration uses {key} for the webhook."), "SECRET", key);
+    }
+    assert_found("Authorization: Bearer 0123abcdXYZ.tok-en_value", "SECRET", "0123abcdXYZ.tok-en_value");
+    assert_found("config has api_key=ab12cd34ef56 in it", "SECRET", "ab12cd34ef56");
+    assert_found("secret: \"Zx9-Qw8_Lp7\"", "SECRET", "Zx9-Qw8_Lp7");
+    assert_clean("The secret: nothing works and my token expired");
+}
+
+#[test]
+fn look_alikes_are_left_alone() {
+    for text in [
+        "I was charged twice on 2024-01-15 at 12:30:45, £1,234.56 in total.",
+        "Order #123456 never arrived and the app is on version 1.2.3.",
+        "Why did my top up of €2.500,00 fail on 15/01/2024?",
+        "Tracking number 9400111202555842761234 shows nothing",
+        "My balance went from 1,250,000.00 to 0 overnight",
+        "Exchange rate was 1.0845 on 03.02.2024",
+        "Card ending 4444 was charged 3 times",
+    ] {
+        assert_clean(text);
+    }
+}
+
+#[test]
+fn a_record_gets_consistent_placeholders_in_every_field() {
+    let anonymizer = anonymizer();
+    let mut record = record("I am Jane.Doe@Example.com, call me on 555-123-4567 or +44 20 7946 0958");
+    record.output = Some(object(json!({ "reply": "We wrote to jane.doe@example.com" })));
+    record.reference = Some(object(json!({ "queue": "cards", "note": "contact (555) 123-4567" })));
+    record.feedback =
+        Some(Feedback { score: Some(0.0), comment: Some("mailed bob@example.org and jane.doe@example.com".into()) });
+    record.history = vec!["my card 4111 1111 1111 1111 got stuck".into(), "it was 4111-1111-1111-1111".into()];
+    record.metadata = object(json!({
+        "user": { "email": "jane.doe@example.com", "ips": ["203.0.113.45", 7] },
+        "jane.doe@example.com": "key kept as is",
+    }));
+    let mut counts = PiiCounts::default();
+    anonymizer.anonymize_record(&mut record, &mut counts);
+
+    assert_eq!(record.id, "req-1");
+    assert_eq!(record.timestamp, Utc.with_ymd_and_hms(2024, 5, 1, 9, 30, 0).unwrap());
+    assert_eq!(record.inputs["message"], "I am <EMAIL_1>, call me on <PHONE_1> or <PHONE_2>");
+    assert_eq!(record.output.as_ref().unwrap()["reply"], "We wrote to <EMAIL_1>");
+    assert_eq!(record.reference.as_ref().unwrap()["note"], "contact <PHONE_1>");
+    assert_eq!(record.reference.as_ref().unwrap()["queue"], "cards");
+    assert_eq!(record.feedback.as_ref().unwrap().comment.as_deref(), Some("mailed <EMAIL_2> and <EMAIL_1>"));
+    assert_eq!(record.history, vec!["my card <CARD_1> got stuck", "it was <CARD_1>"]);
+    assert_eq!(record.metadata["user"], json!({ "email": "<EMAIL_1>", "ips": ["<IP_1>", 7] }));
+    assert_eq!(record.metadata["jane.doe@example.com"], "key kept as is");
+
+    assert_eq!(counts.get("EMAIL"), 5);
+    assert_eq!(counts.get("PHONE"), 3);
+    assert_eq!(counts.get("CARD"), 2);
+    assert_eq!(counts.get("IP"), 1);
+    assert_eq!(counts.total(), 11);
+    let labels: Vec<&str> = counts.iter().map(|(label, _)| label).collect();
+    assert_eq!(labels, vec!["CARD", "EMAIL", "IP", "PHONE"]);
+    assert_eq!(serde_json::to_value(&counts).unwrap(), json!({ "CARD": 2, "EMAIL": 5, "IP": 1, "PHONE": 3 }));
+}
+
+#[test]
+fn numbering_starts_again_for_each_record() {
+    let anonymizer = anonymizer();
+    let mut counts = PiiCounts::default();
+    let mut first = record("write to a@example.com or b@example.com");
+    let mut second = record("write to b@example.com");
+    anonymizer.anonymize_record(&mut first, &mut counts);
+    anonymizer.anonymize_record(&mut second, &mut counts);
+    assert_eq!(first.inputs["message"], "write to <EMAIL_1> or <EMAIL_2>");
+    assert_eq!(second.inputs["message"], "write to <EMAIL_1>");
+    assert_eq!(counts.get("EMAIL"), 3);
+}
+
+#[test]
+fn anonymizing_twice_changes_nothing_more() {
+    let anonymizer = anonymizer();
+    let mut counts = PiiCounts::default();
+    let mut once = record("SSN 123-45-6789, IBAN DE89 3704 0044 0532 0130 00, ip 10.0.0.12, key AKIAIOSFODNN7EXAMPLE");
+    anonymizer.anonymize_record(&mut once, &mut counts);
+    assert_eq!(once.inputs["message"], "SSN <SSN_1>, IBAN <IBAN_1>, ip <IP_1>, key <SECRET_1>");
+    let mut twice = once.clone();
+    let mut more = PiiCounts::default();
+    anonymizer.anonymize_record(&mut twice, &mut more);
+    assert_eq!(twice, once);
+    assert!(more.is_empty());
+}
+
+#[test]
+fn custom_patterns_come_first_and_are_named() {
+    let custom = [CustomPattern { name: "ORDER_ID".into(), regex: r"\bORD-\d{8}\b".into() }];
+    let anonymizer = Anonymizer::new(&custom).unwrap();
+    let mut record = record("Order ORD-12345678 and ORD-87654321, again ORD-12345678, mail me at x@y.io");
+    let mut counts = PiiCounts::default();
+    anonymizer.anonymize_record(&mut record, &mut counts);
+    assert_eq!(
+        record.inputs["message"],
+        "Order <ORDER_ID_1> and <ORDER_ID_2>, again <ORDER_ID_1>, mail me at <EMAIL_1>"
+    );
+    assert_eq!(counts.get("ORDER_ID"), 3);
+    assert_eq!(counts.get("EMAIL"), 1);
+}
+
+#[test]
+fn a_custom_pattern_that_does_not_compile_is_named_in_the_error() {
+    let custom = [CustomPattern { name: "TICKET".into(), regex: r"TCK-(\d+".into() }];
+    let error = Anonymizer::new(&custom).err().expect("an unclosed group must not compile");
+    let message = format!("{error:#}");
+    assert!(message.contains("TICKET"), "{message}");
+    assert!(message.contains("[anonymize]"), "{message}");
+}
+
+#[test]
+fn counts_add_up() {
+    let mut total = PiiCounts::default();
+    let mut a = PiiCounts::default();
+    a.record("EMAIL", 2);
+    let mut b = PiiCounts::default();
+    b.record("EMAIL", 1);
+    b.record("SECRET", 4);
+    total.add(&a);
+    total.add(&b);
+    assert_eq!(total.get("EMAIL"), 3);
+    assert_eq!(total.get("SECRET"), 4);
+    assert_eq!(total.get("PHONE"), 0);
+    assert_eq!(total.total(), 7);
+}
+
+#[test]
+fn url_credentials_win_over_the_email_inside() {
+    let text = "clone https://deploy:pa55word@git.example.com/bank/app.git please";
+    assert_found(text, "URL", "https://deploy:pa55word@git.example.com/bank/app.git");
+}
+
+#[test]
+fn several_types_in_one_message_are_in_order() {
+    let text = "Card 4111 1111 1111 1111, mail a.b@example.com, phone +44 20 7946 0958, from 198.51.100.7";
+    let labels: Vec<String> = found(text).into_iter().map(|(label, _)| label).collect();
+    assert_eq!(labels, vec!["CARD", "EMAIL", "PHONE", "IP"]);
+}
