@@ -153,38 +153,41 @@ impl MinHasher {
     }
 
     pub fn signature(&self, comparable: &str) -> MinHashSignature {
-        let mut slots = vec![u32::MAX; self.permutations.len()];
         // Shingle i spans from the i-th char to the (i + shingle)-th (or the
         // end); slicing the text by char offsets avoids allocating shingles.
         let ends = comparable.char_indices().map(|(at, _)| at).skip(self.shingle).chain([comparable.len()]);
         let starts = comparable.char_indices().map(|(at, _)| at);
-        let mut any = false;
-        for (start, end) in starts.zip(ends) {
-            self.absorb(&mut slots, &comparable[start..end]);
-            any = true;
-        }
-        if !any {
+        let mut hashes: Vec<u64> = starts.zip(ends).map(|(start, end)| shingle_hash(&comparable[start..end])).collect();
+        if hashes.is_empty() {
             // Shorter than one shingle (or empty): the whole text is the shingle.
-            self.absorb(&mut slots, comparable);
+            hashes.push(shingle_hash(comparable));
         }
+        // One permutation at a time over all shingles keeps the running
+        // minimum in a register.
+        let slots = self
+            .permutations
+            .iter()
+            .map(|&(a, b)| hashes.iter().map(|&h| permute(a, b, h)).min().unwrap_or(u32::MAX))
+            .collect();
         MinHashSignature(slots)
-    }
-
-    fn absorb(&self, slots: &mut [u32], shingle: &str) {
-        let h = reduce_mersenne(xxh3_64(shingle.as_bytes()) as u128);
-        for (slot, &(a, b)) in slots.iter_mut().zip(&self.permutations) {
-            let value = reduce_mersenne(a as u128 * h as u128 + b as u128) as u32;
-            *slot = (*slot).min(value);
-        }
     }
 }
 
-/// `x mod (2^61 − 1)` for `x < 2^125`, without division.
+fn shingle_hash(shingle: &str) -> u64 {
+    let h = xxh3_64(shingle.as_bytes());
+    let h = (h & MERSENNE_61) + (h >> 61);
+    if h >= MERSENNE_61 { h - MERSENNE_61 } else { h }
+}
+
+/// `((a·h + b) mod (2^61 − 1))` cut to its low 32 bits, for a, b, h below 2^61.
 #[inline]
-fn reduce_mersenne(x: u128) -> u64 {
-    let folded = (x & MERSENNE_61 as u128) + (x >> 61);
-    let folded = ((folded & MERSENNE_61 as u128) + (folded >> 61)) as u64;
-    if folded >= MERSENNE_61 { folded - MERSENNE_61 } else { folded }
+fn permute(a: u64, b: u64, h: u64) -> u32 {
+    let product = a as u128 * h as u128;
+    let (low, high) = (product as u64, (product >> 64) as u64);
+    // 2^64 ≡ 2^3 (mod 2^61 − 1); high < 2^58, so every term fits and the sum is below 2^63.
+    let folded = (low & MERSENNE_61) + (low >> 61) + (high << 3) + b;
+    let folded = (folded & MERSENNE_61) + (folded >> 61);
+    (if folded >= MERSENNE_61 { folded - MERSENNE_61 } else { folded }) as u32
 }
 
 fn splitmix64(state: &mut u64) -> u64 {
@@ -476,10 +479,16 @@ mod tests {
     }
 
     #[test]
-    fn mersenne_reduction_matches_modulo() {
-        let p = MERSENNE_61 as u128;
-        for x in [0u128, 1, p - 1, p, p + 1, 2 * p, (1u128 << 122) + 12345, (p - 1) * (p - 1) + (p - 1)] {
-            assert_eq!(reduce_mersenne(x) as u128, x % p, "x = {x}");
+    fn permutation_matches_plain_modulo() {
+        let p = MERSENNE_61;
+        let edges = [0, 1, 2, 7, 8, p - 8, p - 2, p - 1, 1 << 60, 0x1234_5678_9abc_def0 % p];
+        for a in edges.iter().map(|&x| x.max(1)) {
+            for &b in &edges {
+                for &h in &edges {
+                    let expected = ((a as u128 * h as u128 + b as u128) % p as u128) as u64 as u32;
+                    assert_eq!(permute(a, b, h), expected, "a = {a}, b = {b}, h = {h}");
+                }
+            }
         }
     }
 
