@@ -372,3 +372,95 @@ fn invalid_utf8_is_reported_by_column() {
     let ok = b"{\"id\": \"a\", \"timestamp\": 1, \"inputs\": {\"message\": \"caf\xc3\xa9\"}}";
     assert_eq!(parse_line_bytes(&config(LogFormat::Native), ok).unwrap()[0].inputs["message"], "café");
 }
+
+// ---------------------------------------------------------------- the worked example's weekly logs
+
+const QUEUES: [&str; 7] = ["cards", "payments", "security", "transfers", "top_ups", "exchange", "account"];
+
+/// Every committed weekly file of logs/support-triage parses: its good lines into records with the
+/// generator's fields, its deliberately broken lines into the expected errors, no more, no less.
+#[test]
+fn committed_weekly_logs_parse() {
+    use std::io::BufRead;
+
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("logs/support-triage");
+    let expected = [
+        ("2026-W44", 1500, "2026-10-26"),
+        ("2026-W45", 1545, "2026-11-02"),
+        ("2026-W46", 1590, "2026-11-09"),
+        ("2026-W47", 1635, "2026-11-16"),
+    ];
+    let mut found: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".jsonl.gz"))
+        .collect();
+    found.sort();
+    assert_eq!(found, expected.map(|(week, _, _)| format!("{week}.jsonl.gz")));
+
+    let native = config(LogFormat::Native);
+    for (week, good, monday) in expected {
+        let path = dir.join(format!("{week}.jsonl.gz"));
+        let start = time(&format!("{monday}T00:00:00Z"));
+        let end = start + chrono::Duration::days(7);
+        let mut reader =
+            std::io::BufReader::new(flate2::read::MultiGzDecoder::new(std::fs::File::open(&path).unwrap()));
+        let mut errors = std::collections::BTreeMap::<&str, usize>::new();
+        let (mut records, mut over_limit, mut with_reference, mut with_feedback, mut with_history) = (0, 0, 0, 0, 0);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line).unwrap() > 0 {
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
+            // Sources skip lines over max_line_bytes (1 MiB by default); the file has one on purpose.
+            if line.len() > 1 << 20 {
+                over_limit += 1;
+                assert_eq!(parse_line_bytes(&native, &line).unwrap().len(), 1, "the long line is a valid record");
+                line.clear();
+                continue;
+            }
+            match parse_line_bytes(&native, &line) {
+                Ok(parsed) => {
+                    let [r] = parsed.as_slice() else { panic!("{week}: one record a line") };
+                    records += 1;
+                    assert!(r.id.starts_with("req-") && r.id.len() == 20, "{week}: id {}", r.id);
+                    assert!(r.timestamp >= start && r.timestamp < end, "{week}: {} outside the week", r.timestamp);
+                    assert!(r.inputs["message"].as_str().is_some_and(|m| !m.trim().is_empty()), "{week}: {}", r.id);
+                    assert!(
+                        QUEUES.contains(&r.output.as_ref().unwrap()["queue"].as_str().unwrap()),
+                        "{week}: {}",
+                        r.id
+                    );
+                    if let Some(reference) = &r.reference {
+                        assert!(QUEUES.contains(&reference["queue"].as_str().unwrap()), "{week}: {}", r.id);
+                        with_reference += 1;
+                    }
+                    with_feedback += usize::from(r.feedback.is_some());
+                    with_history += usize::from(!r.history.is_empty());
+                    assert!(
+                        r.metadata.contains_key("channel") && r.metadata.contains_key("customer"),
+                        "{week}: {}",
+                        r.id
+                    );
+                }
+                Err(err) => {
+                    if let RecordError::MissingField { field, .. } = &err {
+                        assert_eq!(field, "inputs", "{week}");
+                    }
+                    *errors.entry(err.kind()).or_default() += 1;
+                }
+            }
+            line.clear();
+        }
+        assert_eq!(records, good, "{week}: good records");
+        assert_eq!(over_limit, 1, "{week}: lines over 1 MiB");
+        let expected_errors = [("missing_field", 2), ("not_json", 3), ("not_utf8", 1)].into_iter().collect();
+        assert_eq!(errors, expected_errors, "{week}: broken lines by kind");
+        let share = with_reference as f64 / good as f64;
+        assert!((0.55..0.65).contains(&share), "{week}: {share:.2} of records have a reference");
+        assert!(
+            with_feedback > good / 20 && with_history > good / 20,
+            "{week}: {with_feedback} feedback, {with_history} history"
+        );
+    }
+}
