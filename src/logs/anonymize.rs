@@ -68,7 +68,7 @@ pub struct Finding {
 }
 
 /// Replacements made, by type label. Iterates and serializes in label order.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct PiiCounts(BTreeMap<String, u64>);
 
