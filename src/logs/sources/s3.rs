@@ -86,14 +86,20 @@ impl S3Objects {
     }
 
     fn describe(&self, error: &object_store::Error) -> String {
-        let hint = match error {
-            object_store::Error::NotFound { .. } => "check source.bucket and source.prefix".to_string(),
+        let (text, code) = one_line(error, &self.secrets);
+        let hint = match (error, code.as_deref()) {
+            (_, Some("NoSuchBucket")) => {
+                "the bucket does not exist; check source.bucket and source.endpoint".to_string()
+            }
+            (object_store::Error::NotFound { .. }, _) | (_, Some("NoSuchKey")) => {
+                "the object is gone; check source.prefix, or run again if it was being rewritten".to_string()
+            }
             _ => format!(
                 "check source.bucket, source.endpoint and the credentials in ${} / ${}",
                 self.config.access_key_env, self.config.secret_key_env
             ),
         };
-        format!("{}; {hint}", scrub(error, &self.secrets))
+        format!("{text}; {hint}")
     }
 
     /// The objects under the prefix, in key order. S3 prefixes are plain
@@ -176,14 +182,60 @@ impl Iterator for S3Objects {
     }
 }
 
-/// The error's text with the credential values blanked: an S3 error body
-/// may quote the access key back.
-fn scrub(error: &dyn std::fmt::Display, secrets: &[String]) -> String {
+/// The error's text on one line with the credential values blanked (an S3
+/// error body may quote the access key back), and the S3 error code if the
+/// store sent one. An XML error body is shortened to its code and message.
+fn one_line(error: &dyn std::fmt::Display, secrets: &[String]) -> (String, Option<String>) {
     let mut text = error.to_string();
+    let mut code = None;
+    if let Some(xml_at) = text.find("<?xml") {
+        let xml = text.split_off(xml_at);
+        code = xml_element(&xml, "Code");
+        let message = xml_element(&xml, "Message");
+        text = format!(
+            "{}{}",
+            text.trim_end_matches([' ', ':']),
+            match (&code, &message) {
+                (Some(code), Some(message)) => format!(": {code}: {message}"),
+                (Some(code), None) => format!(": {code}"),
+                _ => String::new(),
+            }
+        );
+    }
+    let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     for secret in secrets {
         if !secret.is_empty() {
             text = text.replace(secret.as_str(), "***");
         }
     }
-    text
+    (text, code)
+}
+
+fn scrub(error: &dyn std::fmt::Display, secrets: &[String]) -> String {
+    one_line(error, secrets).0
+}
+
+fn xml_element(xml: &str, name: &str) -> Option<String> {
+    let start = xml.find(&format!("<{name}>"))? + name.len() + 2;
+    let end = start + xml[start..].find(&format!("</{name}>"))?;
+    Some(xml[start..end].trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_xml_error_body_becomes_its_code_and_message_without_the_key() {
+        let error = "Error performing GET http://h/b in 7ms - Server returned non-2xx status code: 403 Forbidden: \
+            <?xml version=\"1.0\"?>\n<Error><Code>InvalidAccessKeyId</Code>\n<Message>Key AKIA123 is unknown</Message>\
+            <AWSAccessKeyId>AKIA123</AWSAccessKeyId></Error>";
+        let (text, code) = one_line(&error, &["AKIA123".to_string()]);
+        assert_eq!(code.as_deref(), Some("InvalidAccessKeyId"));
+        assert_eq!(
+            text,
+            "Error performing GET http://h/b in 7ms - Server returned non-2xx status code: 403 Forbidden: \
+             InvalidAccessKeyId: Key *** is unknown"
+        );
+    }
 }
