@@ -339,7 +339,7 @@ fn a_pattern_that_matches_nothing_or_a_missing_path_is_an_error_naming_it() {
     assert!(error.contains(&pattern.display().to_string()) && error.contains("matches no file"), "{error}");
 
     let missing = dir.path().join("missing.jsonl");
-    let pulled = pull(&files(&[missing.clone()]), &all_time(), &runtime);
+    let pulled = pull(&files(std::slice::from_ref(&missing)), &all_time(), &runtime);
     let error = pulled.error_text();
     assert!(error.contains(&missing.display().to_string()) && error.contains("does not exist"), "{error}");
 }

@@ -18,6 +18,7 @@ use crate::config::{HttpSource, Paging};
 /// retried: what was already read cannot be taken back.
 const ATTEMPTS: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 pub(super) struct HttpPages {
     client: reqwest::Client,
@@ -52,7 +53,8 @@ impl HttpPages {
             Some(var) => Some(bearer_from_env(var, &first_url)?),
             None => None,
         };
-        let timeout = Duration::from_secs_f64(config.timeout_secs);
+        // The config checks it is above 0; a day is as long as any wait makes sense.
+        let timeout = Duration::try_from_secs_f64(config.timeout_secs).unwrap_or(MAX_TIMEOUT).min(MAX_TIMEOUT);
         let client = {
             let _in_runtime = runtime.enter();
             reqwest::Client::builder()

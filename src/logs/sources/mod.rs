@@ -141,9 +141,12 @@ fn as_source_error(error: &io::Error) -> Option<SourceError> {
 /// (whatever the name says). Which one is decided on the first read.
 enum Decoded {
     Sniffing(Option<Box<dyn Read + Send>>),
-    Plain(Chain<Cursor<Vec<u8>>, Box<dyn Read + Send>>),
-    Gzip(Box<MultiGzDecoder<Chain<Cursor<Vec<u8>>, Box<dyn Read + Send>>>>),
+    Plain(Sniffed),
+    Gzip(Box<MultiGzDecoder<Sniffed>>),
 }
+
+/// The bytes read to sniff the format, then the rest.
+type Sniffed = Chain<Cursor<Vec<u8>>, Box<dyn Read + Send>>;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
