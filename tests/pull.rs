@@ -216,6 +216,8 @@ async fn pull_turns_raw_logs_into_clean_examples_and_reports_every_step() {
         BTreeSet::from(["Can I get a refund for a payment I cancelled?", "What exchange rate do you use?", "café"])
     );
     assert!(inbox.iter().all(|r| r["outputs"] == json!({})));
+    let rejected = inbox.iter().find(|r| r["inputs"]["message"] == "What exchange rate do you use?").unwrap();
+    assert_eq!(rejected["rejected_reference"], json!({"queue": "not_a_queue"}), "kept for the person who fixes it");
 
     // The manifest describes the file as written.
     let manifest: Manifest = serde_json::from_str(&repo.read("datasets/triage/manifest.json")).unwrap();

@@ -538,7 +538,17 @@ fn to_example(id: String, candidate: Candidate, to_inbox: bool, today: &str) -> 
         extra.insert("seen".into(), seen.into());
     }
     extra.insert("added".into(), Value::String(today.to_string()));
-    let outputs = if to_inbox { Map::new() } else { record.reference.unwrap_or_default() };
+    let reference = record.reference.unwrap_or_default();
+    let outputs = if to_inbox {
+        // A reference that does not fit the outputs stays beside them for the
+        // person who fixes it.
+        if !reference.is_empty() {
+            extra.insert("rejected_reference".into(), Value::Object(reference));
+        }
+        Map::new()
+    } else {
+        reference
+    };
     Example { id, inputs: record.inputs, outputs, extra }
 }
 
@@ -619,7 +629,7 @@ impl std::fmt::Display for PullReport {
         let d = &self.duplicates;
         writeln!(
             f,
-            "  duplicates   exact {} in this pull, {} already in the dataset; near {} in this pull, {} in the dataset; {} kept out across the test boundary",
+            "  duplicates   exact {} in this pull, {} already in the dataset or inbox; near {} in this pull, {} in the dataset or inbox; {} kept out across the test boundary",
             d.exact_in_pull, d.exact_existing, d.near_in_pull, d.near_existing, d.leak_guarded
         )?;
         writeln!(
