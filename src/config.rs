@@ -91,6 +91,9 @@ pub struct S3Source {
     /// Environment variables holding the credentials.
     pub access_key_env: String,
     pub secret_key_env: String,
+    /// Temporary credentials (an assumed role, GitHub's OIDC) also need a
+    /// session token; used when this variable is set.
+    pub session_token_env: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -499,6 +502,8 @@ struct RawSource {
     access_key_env: Option<String>,
     #[serde(default)]
     secret_key_env: Option<String>,
+    #[serde(default)]
+    session_token_env: Option<String>,
 }
 
 fn default_log_format() -> LogFormat {
@@ -947,6 +952,7 @@ fn parse_source(
             region: raw.region.clone().unwrap_or_else(|| "us-east-1".into()),
             access_key_env: raw.access_key_env.clone().unwrap_or_else(|| "AWS_ACCESS_KEY_ID".into()),
             secret_key_env: raw.secret_key_env.clone().unwrap_or_else(|| "AWS_SECRET_ACCESS_KEY".into()),
+            session_token_env: raw.session_token_env.clone().unwrap_or_else(|| "AWS_SESSION_TOKEN".into()),
         }),
         other => return Err(("source.kind", format!("unknown source `{other}`; use files, http or s3"))),
     };

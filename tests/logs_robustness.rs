@@ -22,9 +22,32 @@ impl Rng {
 }
 
 const INSERTS: &[&str] = &[
-    "\"", "{", "}", "[", "]", ",", ":", "null", "1e999", "-0", "\\u0000", "\\ud800", "é", "💳", "\u{202e}", "true",
-    "\"inputs\"", "\"messages\"", "{\"role\":\"user\",\"content\":[]}", "4111 1111 1111 1111", "+44 20 7946 0958",
-    "a@b.co", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", "http://u:p@h/x?token=abc", "fe80::1", "!!?!",
+    "\"",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    ":",
+    "null",
+    "1e999",
+    "-0",
+    "\\u0000",
+    "\\ud800",
+    "é",
+    "💳",
+    "\u{202e}",
+    "true",
+    "\"inputs\"",
+    "\"messages\"",
+    "{\"role\":\"user\",\"content\":[]}",
+    "4111 1111 1111 1111",
+    "+44 20 7946 0958",
+    "a@b.co",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln",
+    "http://u:p@h/x?token=abc",
+    "fe80::1",
+    "!!?!",
 ];
 
 fn mangle(line: &str, rng: &mut Rng) -> String {

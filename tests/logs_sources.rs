@@ -755,15 +755,20 @@ fn s3(endpoint: &str, bucket: &str, prefix: &str) -> SourceConfig {
         region: "us-east-1".into(),
         access_key_env: "PL_TEST_S3_ACCESS".into(),
         secret_key_env: "PL_TEST_S3_SECRET".into(),
+        session_token_env: "PL_TEST_S3_SESSION".into(),
     }))
 }
 
 const S3_SECRET: &str = "s3-secret-9d2e-never-in-messages";
+const S3_SESSION_TOKEN: &str = "s3-session-token-51ab-never-in-messages";
 
 #[test]
 fn s3_objects_under_the_prefix_are_read_in_key_order() {
     set_env("PL_TEST_S3_ACCESS", "testing-access");
     set_env("PL_TEST_S3_SECRET", S3_SECRET);
+    // Temporary credentials carry a session token too (moto does not check it);
+    // like the secret, it is never shown.
+    set_env("PL_TEST_S3_SESSION", S3_SESSION_TOKEN);
     let dir = tempfile::tempdir().unwrap();
     let moto = start_moto(dir.path());
     let runtime = runtime();
@@ -821,6 +826,7 @@ fn s3_objects_under_the_prefix_are_read_in_key_order() {
     assert!(error.message().contains("NoSuchBucket") && error.message().contains("check source.bucket"), "{error}");
     assert!(!error.message().contains('\n'), "one line: {error}");
     assert!(!pulled.error_text().contains(S3_SECRET), "{}", pulled.error_text());
+    assert!(!pulled.error_text().contains(S3_SESSION_TOKEN), "{}", pulled.error_text());
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub(super) struct S3Objects {
     config: S3Source,
     since: Option<DateTime<Utc>>,
     /// Credential values, scrubbed from every error message.
-    secrets: [String; 2],
+    secrets: Vec<String>,
     /// Listed on the first call to `next`, so that opening does no I/O.
     objects: Option<std::vec::IntoIter<ObjectMeta>>,
     failed: bool,
@@ -64,10 +64,14 @@ impl S3Objects {
             .with_client_options(
                 ClientOptions::new().with_timeout_disabled().with_connect_timeout(Duration::from_secs(10)),
             );
+        let mut secrets = vec![access_key, secret_key];
+        if let Some(token) = std::env::var(&config.session_token_env).ok().filter(|v| !v.trim().is_empty()) {
+            builder = builder.with_token(&token);
+            secrets.push(token);
+        }
         if let Some(endpoint) = &config.endpoint {
             builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
         }
-        let secrets = [access_key, secret_key];
         let store = {
             let _in_runtime = runtime.enter();
             builder
