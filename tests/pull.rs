@@ -579,3 +579,140 @@ fn the_cli_prints_each_step() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("use a span like 7d"));
 }
+
+/// An export endpoint in the shape log gateways offer: JSONL pages of OpenAI
+/// request/response pairs behind a bearer token, paged with `Link: rel="next"`,
+/// filtered by `since`/`until`. It records what each request carried.
+async fn openai_log_server(token: &'static str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let pair = |id: &str, created: i64, message: &str, reference: Option<&str>| {
+        let mut metadata = json!({"channel": "web"});
+        if let Some(reference) = reference {
+            metadata["reference"] = json!(reference);
+        }
+        json!({
+            "request": {"model": "gpt-4o-mini", "messages": [
+                {"role": "system", "content": "Route the message."},
+                {"role": "user", "content": message}], "metadata": metadata},
+            "response": {"id": id, "object": "chat.completion", "created": created, "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "{\"queue\": \"cards\"}"}, "finish_reason": "stop"}]}
+        })
+        .to_string()
+    };
+    // 2026-11-10 and 2026-11-11.
+    let pages = vec![
+        format!(
+            "{}\n{}\n",
+            pair(
+                "chatcmpl-1",
+                1_794_301_200,
+                "My card was swallowed by the ATM, mail me at sam@example.org",
+                Some("cards")
+            ),
+            pair("chatcmpl-2", 1_794_301_300, "Why is my transfer to Spain still pending?", Some("transfers"))
+        ),
+        format!("{}\n", pair("chatcmpl-3", 1_794_387_600, "Can I pay with Apple Pay in shops?", None)),
+    ];
+    let app = axum::Router::new()
+        .route(
+            "/v1/logs",
+            axum::routing::get(
+                move |State((pages, seen)): State<(Vec<String>, Arc<Mutex<Vec<String>>>)>,
+                      uri: axum::http::Uri,
+                      headers: HeaderMap| async move {
+                    let query: HashMap<String, String> = reqwest::Url::parse(&format!("http://x{uri}"))
+                        .unwrap()
+                        .query_pairs()
+                        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                        .collect();
+                    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+                    seen.lock().unwrap().push(format!(
+                        "auth={auth} since={} until={} page={}",
+                        query.get("since").map(String::as_str).unwrap_or("-"),
+                        query.get("until").map(String::as_str).unwrap_or("-"),
+                        query.get("page").map(String::as_str).unwrap_or("1"),
+                    ));
+                    if auth != format!("Bearer {token}") {
+                        return (StatusCode::UNAUTHORIZED, HeaderMap::new(), String::new()).into_response();
+                    }
+                    let page: usize = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+                    let mut response_headers = HeaderMap::new();
+                    if page < pages.len() {
+                        // Like GitHub, the next link carries the whole query.
+                        let next = format!(
+                            "</v1/logs?since={}&until={}&page={}>; rel=\"next\"",
+                            query.get("since").map(String::as_str).unwrap_or_default(),
+                            query.get("until").map(String::as_str).unwrap_or_default(),
+                            page + 1
+                        );
+                        response_headers.insert(header::LINK, next.parse().unwrap());
+                    }
+                    (StatusCode::OK, response_headers, pages[page - 1].clone()).into_response()
+                },
+            ),
+        )
+        .with_state((pages, seen.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{address}/v1/logs"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_reads_openai_logs_from_an_http_export_with_a_token_and_pages() {
+    const TOKEN: &str = "logs-token-7f3a-must-stay-secret";
+    let (url, seen) = openai_log_server(TOKEN).await;
+    let repo = Repo::new("");
+    let toml = repo.read("pipelines/triage.toml").replace(
+        "[source]\nkind = \"files\"\npaths = [\"logs/*.jsonl*\"]",
+        &format!(
+            "[source]\nkind = \"http\"\nurl = \"{url}\"\nformat = \"openai\"\ntoken_env = \"PULL_TEST_LOGS_TOKEN\"\npaging = \"link\"\nsince_param = \"since\"\nuntil_param = \"until\""
+        ),
+    );
+    repo.write("pipelines/triage.toml", toml.as_bytes());
+
+    // Without the token in the environment: a clear error naming the variable.
+    let error = format!("{:#}", repo.pull(Since::Ago(chrono::Duration::days(14))).await.unwrap_err());
+    assert!(error.contains("PULL_TEST_LOGS_TOKEN"), "{error}");
+
+    // SAFETY: this test's own variable; nextest runs each test in its own process.
+    unsafe { std::env::set_var("PULL_TEST_LOGS_TOKEN", TOKEN) };
+    let report = repo.pull(Since::Ago(chrono::Duration::days(14))).await.unwrap();
+    assert_eq!(report.units, 2, "two pages");
+    assert_eq!(report.records, 3);
+    assert_eq!(report.added.values().sum::<usize>(), 2);
+    assert_eq!(report.inbox_added, 1);
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(
+        requests[requests.len() - 2..],
+        [
+            format!("auth=Bearer {TOKEN} since=2026-11-06T00:00:00.000Z until=2026-11-20T00:00:00.000Z page=1"),
+            format!("auth=Bearer {TOKEN} since=2026-11-06T00:00:00.000Z until=2026-11-20T00:00:00.000Z page=2"),
+        ]
+    );
+    let examples = repo.examples();
+    let atm = examples.iter().find(|e| e.inputs["message"].as_str().unwrap().contains("ATM")).unwrap();
+    assert_eq!(atm.inputs["message"], "My card was swallowed by the ATM, mail me at <EMAIL_1>");
+    assert_eq!(atm.outputs, *json!({"queue": "cards"}).as_object().unwrap());
+    assert_eq!(atm.extra["source_ids"], json!(["chatcmpl-1"]));
+    assert_eq!(atm.extra["production"], json!({"queue": "cards"}));
+
+    // Nothing the pull wrote or printed holds the token or the address.
+    let mut written = String::new();
+    for file in [
+        "datasets/triage/examples.jsonl",
+        "datasets/triage/inbox.jsonl",
+        "datasets/triage/manifest.json",
+        ".promptloop/pull/triage.json",
+    ] {
+        written.push_str(&repo.read(file));
+    }
+    written.push_str(&report.to_string());
+    assert!(!written.contains(TOKEN) && !written.contains("sam@example.org"));
+}
