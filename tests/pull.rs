@@ -716,3 +716,33 @@ async fn pull_reads_openai_logs_from_an_http_export_with_a_token_and_pages() {
     written.push_str(&report.to_string());
     assert!(!written.contains(TOKEN) && !written.contains("sam@example.org"));
 }
+
+#[test]
+fn a_merge_refuses_to_overwrite_an_edit_made_while_it_ran() {
+    use promptloop::dataset::store::DatasetStore;
+    let repo = Repo::new("");
+    repo.write("datasets/triage/examples.jsonl", SEED_EXAMPLES.as_bytes());
+    let config = repo.config();
+    let store = DatasetStore::new(&config.dataset.path, config.dataset.split);
+    let new: Vec<promptloop::dataset::Example> = serde_json::from_value(json!([
+        {"id": "log-1", "inputs": {"message": "Where is my card?"}, "outputs": {"queue": "cards"}}
+    ]))
+    .unwrap();
+
+    for file in ["datasets/triage/examples.jsonl", "datasets/triage/inbox.jsonl"] {
+        let snapshot = store.read().unwrap();
+        let edited = format!(
+            "{}{}\n",
+            repo.read(file),
+            r#"{"id": "by-hand", "inputs": {"message": "typed while pulling"}, "outputs": {}}"#
+        );
+        repo.write(file, edited.as_bytes());
+        let error = store.merge(&snapshot, &new, &[]).unwrap_err().to_string();
+        assert!(
+            error.contains("changed while the pull ran") && error.contains(file.rsplit('/').next().unwrap()),
+            "{error}"
+        );
+        assert_eq!(repo.read(file), edited, "the edit survives");
+    }
+    assert!(!repo.read("datasets/triage/examples.jsonl").contains("log-1"));
+}

@@ -4,8 +4,8 @@
 //! People edit these files in pull requests, so a merge never rewrites what is
 //! there: existing lines are kept byte for byte and new ones appended. An inbox
 //! line a person gave `outputs` is promoted into the examples as written. Each
-//! file is written to a temporary file and renamed into place, and a commit
-//! refuses to run when `examples.jsonl` changed since it was read.
+//! file is written to a temporary file and renamed into place, and a merge
+//! refuses to run when `examples.jsonl` or `inbox.jsonl` changed since it was read.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -29,6 +29,7 @@ pub struct DatasetStore {
 /// The dataset as read before a merge.
 pub struct Snapshot {
     examples_bytes: Vec<u8>,
+    inbox_bytes: Vec<u8>,
     pub examples: Vec<Example>,
     pub inbox: Vec<InboxEntry>,
 }
@@ -87,18 +88,19 @@ impl DatasetStore {
         let examples = parse_examples(&examples_bytes, &self.examples)?;
         let inbox_bytes = read_optional(&self.inbox)?;
         let inbox = parse_inbox(&inbox_bytes, &self.inbox)?;
-        Ok(Snapshot { examples_bytes, examples, inbox })
+        Ok(Snapshot { examples_bytes, inbox_bytes, examples, inbox })
     }
 
     /// Appends `new_examples` to the examples and `new_inbox` to the inbox,
     /// promotes labelled inbox lines, and rewrites the manifest.
     pub fn merge(&self, snapshot: &Snapshot, new_examples: &[Example], new_inbox: &[Example]) -> Result<MergeOutcome> {
-        let now = read_optional(&self.examples)?;
-        if now != snapshot.examples_bytes {
-            bail!(
-                "{} changed while the pull ran; nothing was written. Commit or stash the edit and pull again",
-                self.examples.display()
-            );
+        for (path, read) in [(&self.examples, &snapshot.examples_bytes), (&self.inbox, &snapshot.inbox_bytes)] {
+            if read_optional(path)? != *read {
+                bail!(
+                    "{} changed while the pull ran; nothing was written. Save the edit and pull again",
+                    path.display()
+                );
+            }
         }
         let mut ids: HashSet<&str> = snapshot.examples.iter().map(|e| e.id.as_str()).collect();
         let mut examples_text = String::from_utf8(snapshot.examples_bytes.clone()).expect("parsed as UTF-8 already");
