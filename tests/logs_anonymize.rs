@@ -290,3 +290,25 @@ fn several_types_in_one_message_are_in_order() {
     let labels: Vec<String> = found(text).into_iter().map(|(label, _)| label).collect();
     assert_eq!(labels, vec!["CARD", "EMAIL", "PHONE", "IP"]);
 }
+
+#[test]
+fn numbers_logged_as_json_numbers_are_read_with_their_key() {
+    let mut r = record("Call me back please");
+    r.metadata = object(json!({
+        "phone": 4155550123u64,
+        "card": 4111111111111111u64,
+        "customer": {"mobile": 447700900123u64},
+        "latency_ms": 355,
+        "prompt_tokens": 1234567,
+        "order": 73946021
+    }));
+    let mut counts = PiiCounts::default();
+    anonymizer().anonymize_record(&mut r, &mut counts);
+    assert_eq!(r.metadata["phone"], "<PHONE_1>");
+    assert_eq!(r.metadata["card"], "<CARD_1>");
+    assert_eq!(r.metadata["customer"]["mobile"], "<PHONE_2>");
+    assert_eq!(r.metadata["latency_ms"], 355);
+    assert_eq!(r.metadata["prompt_tokens"], 1234567);
+    assert_eq!(r.metadata["order"], 73946021);
+    assert_eq!(counts.total(), 3);
+}

@@ -327,7 +327,21 @@ impl Anonymizer {
     }
 
     fn anonymize_map(&self, map: &mut Map<String, Value>, names: &mut Placeholders, counts: &mut PiiCounts) {
-        for value in map.values_mut() {
+        for (key, value) in map.iter_mut() {
+            if let Value::Number(number) = value {
+                // A phone or card number logged as a JSON number: read it with
+                // its key as the context words ("phone", "card", ...).
+                let digits = number.to_string();
+                if digits.bytes().filter(u8::is_ascii_digit).count() >= 7 {
+                    let text = format!("{key}: {digits}");
+                    let start = text.len() - digits.len();
+                    if let Some(finding) = self.find(&text).into_iter().find(|f| f.range == (start..text.len())) {
+                        counts.record(finding.kind.label(), 1);
+                        *value = Value::String(names.name(&finding.kind, &digits));
+                    }
+                }
+                continue;
+            }
             self.anonymize_value(value, names, counts);
         }
     }
