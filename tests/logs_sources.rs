@@ -366,6 +366,8 @@ enum Reply {
         body: Vec<u8>,
     },
     Status(u16),
+    /// An error status asking the client to come back later.
+    RetryAfter(u16, String),
     /// Claims more bytes than it sends, then closes the connection.
     CutShort {
         body: Vec<u8>,
@@ -438,6 +440,9 @@ fn serve(runtime: &Runtime, script: impl Fn(&Request, usize) -> Reply + Send + S
                         (200, headers, body, len)
                     }
                     Reply::Status(status) => (status, Vec::new(), b"{\"error\":\"no\"}".to_vec(), 14),
+                    Reply::RetryAfter(status, wait) => {
+                        (status, vec![("Retry-After".to_string(), wait)], b"{\"error\":\"no\"}".to_vec(), 14)
+                    }
                     Reply::CutShort { body, claimed } => (200, Vec::new(), body, claimed),
                 };
                 let mut response =
@@ -550,6 +555,25 @@ fn http_retries_a_server_error_before_the_body_then_gives_up_with_the_status() {
     let error = pulled.error_text();
     assert!(error.contains("503") && error.contains("after 3 attempts"), "{error}");
     assert_eq!(server.requests().len(), 5);
+}
+
+#[test]
+fn http_waits_as_long_as_retry_after_asks_within_reason() {
+    let runtime = runtime();
+    let server = serve(&runtime, |request, index| match (request.path.as_str(), index) {
+        ("/limited", 0) => Reply::RetryAfter(429, "0".into()),
+        ("/limited", _) => ok("{\"n\":1}\n"),
+        _ => Reply::RetryAfter(503, "3600".into()),
+    });
+    let pulled = pull(&http(&format!("{}/limited", server.base), None, Paging::None), &all_time(), &runtime);
+    assert!(pulled.error.is_none(), "{:?}", pulled.error);
+    assert_eq!(server.requests().len(), 2);
+
+    // An hour's wait ends the pull at once instead of holding the run.
+    let pulled = pull(&http(&format!("{}/maintenance", server.base), None, Paging::None), &all_time(), &runtime);
+    let error = pulled.error_text();
+    assert!(error.contains("asks to wait 3600s (Retry-After); pull again later"), "{error}");
+    assert_eq!(server.requests().len(), 3, "not retried");
 }
 
 #[test]

@@ -19,6 +19,18 @@ use crate::config::{HttpSource, Paging};
 const ATTEMPTS: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+/// A longer `Retry-After` ends the pull instead of holding the run.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+
+/// `Retry-After` in seconds (the delta form, or an HTTP date from now).
+fn retry_after_seconds(response: &reqwest::Response) -> Option<u64> {
+    let value = response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(seconds);
+    }
+    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some((date.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds().max(0) as u64)
+}
 
 pub(super) struct HttpPages {
     client: reqwest::Client,
@@ -87,9 +99,11 @@ impl HttpPages {
 
     async fn request(&self, url: &Url) -> Result<reqwest::Response, String> {
         let mut last_problem = String::new();
+        let mut asked_wait: Option<Duration> = None;
         for attempt in 1..=ATTEMPTS {
             if attempt > 1 {
-                tokio::time::sleep(FIRST_BACKOFF * 2u32.pow(attempt - 2)).await;
+                let backoff = FIRST_BACKOFF * 2u32.pow(attempt - 2);
+                tokio::time::sleep(asked_wait.take().unwrap_or(backoff)).await;
             }
             let mut request =
                 self.client.get(url.clone()).header(ACCEPT, "application/x-ndjson, application/jsonl, */*;q=0.5");
@@ -109,6 +123,15 @@ impl HttpPages {
                         return Err(self.refusal(status));
                     }
                     last_problem = format!("HTTP {status}");
+                    // A rate limit or maintenance window says how long to wait.
+                    if let Some(seconds) = retry_after_seconds(&response) {
+                        if seconds > MAX_RETRY_AFTER.as_secs() {
+                            return Err(format!(
+                                "HTTP {status}: the endpoint asks to wait {seconds}s (Retry-After); pull again later"
+                            ));
+                        }
+                        asked_wait = Some(Duration::from_secs(seconds));
+                    }
                 }
             }
         }
