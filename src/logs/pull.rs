@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::PipelineConfig;
-use crate::dataset::store::{DatasetStore, MergeOutcome};
+use crate::dataset::store::{DatasetStore, MergeOutcome, Snapshot};
 use crate::dataset::{Example, Split, split_of};
 use crate::logs::LogRecord;
 use crate::logs::anonymize::{Anonymizer, PiiCounts};
@@ -226,170 +226,18 @@ fn pull_blocking(request: PullRequest, runtime: tokio::runtime::Handle) -> Resul
     let mut report =
         PullReport { pipeline: config.name.clone(), since, until, dry_run: request.dry_run, ..PullReport::default() };
 
-    let anonymizer = Anonymizer::new(&config.anonymize.patterns)?;
-    let detector = SignalDetector::new(&config.signals);
-    let outputs = OutputCheck::new(config)?;
-    let seed = config.sample.seed.unwrap_or(config.seed);
-    let caps: BTreeMap<Signal, usize> =
-        config.sample.caps.iter().filter_map(|(k, &v)| Signal::from_name(k).map(|s| (s, v))).collect();
-    let capacity = |cap: usize| cap.saturating_mul(3).saturating_add(64);
-    let examples: BTreeMap<Signal, Reservoir<Candidate>> = Signal::ALL
-        .into_iter()
-        .map(|s| (s, Reservoir::new(capacity(caps.get(&s).copied().unwrap_or(config.sample.total)))))
-        .collect();
-    let inbox: BTreeMap<Signal, Reservoir<Candidate>> =
-        Signal::ALL.into_iter().map(|s| (s, Reservoir::new(capacity(config.sample.inbox_total)))).collect();
-
-    let progress = indicatif::ProgressBar::new_spinner();
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {msg} {pos} records ({per_sec})").expect("valid template"),
-    );
-    progress.set_message("pulling");
-
-    let process = |text: &str| -> LineOutcome {
-        let records = match parse_line(&source.format, text) {
-            Ok(records) => records,
-            Err(e) => return LineOutcome::Bad(e.kind(), e.to_string()),
-        };
-        let mut outside = 0;
-        let mut cleaned = Vec::with_capacity(records.len());
-        for mut record in records {
-            if window.since.is_some_and(|s| record.timestamp < s) || record.timestamp >= window.until {
-                outside += 1;
-                continue;
-            }
-            let mut counts = PiiCounts::default();
-            anonymizer.anonymize_record(&mut record, &mut counts);
-            let message = record.inputs.get(&config.signals.field).and_then(Value::as_str).unwrap_or_default();
-            let reading = detector.read(message, &record.history);
-            let key = content_key(&comparable_text(&record.inputs));
-            let reference_valid = record.reference.as_ref().map(|r| outputs.fits(r));
-            cleaned.push(Cleaned { record, reading, key, counts, reference_valid });
-        }
-        LineOutcome::Records(cleaned, outside)
-    };
-
-    let mut units = open(source, &window, runtime)?;
-    let mut batch: Vec<(usize, u64, String)> = Vec::with_capacity(BATCH_LINES);
-    let mut names: Vec<String> = Vec::new();
-    let mut reservoirs = Reservoirs { examples, inbox, seed, problems: Vec::new() };
-    while let Some(unit) = units.next().transpose()? {
-        report.units += 1;
-        names.push(unit.name.clone());
-        let unit_index = names.len() - 1;
-        for event in Lines::new(unit.reader, source.max_line_bytes) {
-            match event.with_context(|| format!("reading {} failed; nothing was written", unit.name))? {
-                LineEvent::Line { number, text } => {
-                    report.lines += 1;
-                    report.bytes += text.len() as u64 + 1;
-                    batch.push((unit_index, number, text));
-                }
-                LineEvent::Bad { number, problem } => {
-                    report.lines += 1;
-                    if let LineProblem::TooLong { bytes } = problem {
-                        report.bytes += bytes;
-                    }
-                    let (kind, what) = describe(&problem);
-                    let at = format!("{}:{number}: {what}", unit.name);
-                    note_problem(&mut reservoirs.problems, &mut report, kind, (unit_index, number, at));
-                }
-            }
-            if batch.len() >= BATCH_LINES {
-                process_batch(&mut batch, &names, &process, &mut report, &mut reservoirs);
-                progress.set_position(report.records);
-            }
-        }
-    }
-    process_batch(&mut batch, &names, &process, &mut report, &mut reservoirs);
-    let Reservoirs { examples, inbox, mut problems, .. } = reservoirs;
-    problems.sort();
-    report.problems = problems.into_iter().take(NAMED_PROBLEMS).map(|p| p.2).collect();
-    progress.finish_and_clear();
+    let reservoirs = read_source(config, source, &window, runtime, &mut report)?;
 
     // Everything read: now decide against the dataset on disk.
     let store = DatasetStore::new(&config.dataset.path, config.dataset.split);
     let snapshot = store.read()?;
-    let hasher = MinHasher::new(&config.dedup);
-    let mut dedup = Deduplicator::new(&config.dedup);
-    let mut existing: HashSet<String> = HashSet::new();
-    for example in &snapshot.examples {
-        let text = comparable_text(&example.inputs);
-        let split = split_of(&example.id, &config.dataset.split);
-        dedup.add_existing(&example.id, content_key(&text), hasher.signature(&text), Some(split));
-        existing.insert(example.id.clone());
-    }
-    for entry in &snapshot.inbox {
-        let text = comparable_text(&entry.inputs);
-        // A labelled inbox line becomes an example in this merge.
-        let split = (!entry.outputs.is_empty()).then(|| split_of(&entry.id, &config.dataset.split));
-        dedup.add_existing(&entry.id, content_key(&text), hasher.signature(&text), split);
-        existing.insert(entry.id.clone());
-    }
-
-    let today = until.format("%Y-%m-%d").to_string();
-    let mut admit = |reservoirs: BTreeMap<Signal, Reservoir<Candidate>>,
-                     caps: &BTreeMap<Signal, usize>,
-                     total: usize,
-                     to_inbox: bool,
-                     report: &mut PullReport|
-     -> Vec<(Signal, Example)> {
-        // Rarest signal first: a routine message never pushes out the
-        // escalating one it resembles.
-        let mut survivors: BTreeMap<Signal, Vec<Example>> = BTreeMap::new();
-        for (signal, reservoir) in reservoirs.into_iter().rev() {
-            let cap = caps.get(&signal).copied().unwrap_or(total);
-            let kept = survivors.entry(signal).or_default();
-            report.not_sampled += reservoir.left_out();
-            let held = reservoir.into_sorted();
-            let held_count = held.len();
-            for (taken, (_, candidate)) in held.into_iter().enumerate() {
-                if kept.len() >= cap {
-                    report.not_sampled += (held_count - taken) as u64;
-                    break;
-                }
-                let id = format!("log-{}", &candidate.key.to_string()[..16]);
-                let split = (!to_inbox).then(|| split_of(&id, &config.dataset.split));
-                let text = comparable_text(&candidate.record.inputs);
-                let signature = hasher.signature(&text);
-                match dedup.check(candidate.key, &signature, split) {
-                    Verdict::Unique => {
-                        dedup.admit(&id, candidate.key, signature, split);
-                        kept.push(to_example(id, candidate, to_inbox, &today));
-                    }
-                    Verdict::Exact { of } => {
-                        if existing.contains(&of) {
-                            report.duplicates.exact_existing += 1;
-                        } else {
-                            report.duplicates.exact_in_pull += 1;
-                        }
-                    }
-                    Verdict::Near { of, .. } => {
-                        if existing.contains(&of) {
-                            report.duplicates.near_existing += 1;
-                        } else {
-                            report.duplicates.near_in_pull += 1;
-                        }
-                    }
-                    Verdict::Leak { .. } => report.duplicates.leak_guarded += 1,
-                }
-            }
-        }
-        let available = survivors.iter().map(|(&s, v)| (s, v.len())).collect();
-        let shares = allocate(&available, caps, total);
-        let mut out = Vec::new();
-        for (signal, mut kept) in survivors {
-            let share = shares.get(&signal).copied().unwrap_or(0);
-            report.not_sampled += kept.len().saturating_sub(share) as u64;
-            kept.truncate(share);
-            out.extend(kept.into_iter().map(|e| (signal, e)));
-        }
-        out
-    };
-    let new_examples = admit(examples, &caps, config.sample.total, false, &mut report);
+    let mut admission = Admission::new(config, &snapshot, until.format("%Y-%m-%d").to_string());
+    let caps = signal_caps(config);
+    let new_examples = admission.admit(reservoirs.examples, &caps, config.sample.total, false, &mut report);
     for (signal, _) in &new_examples {
         *report.sampled.entry(*signal).or_default() += 1;
     }
-    let new_inbox = admit(inbox, &BTreeMap::new(), config.sample.inbox_total, true, &mut report);
+    let new_inbox = admission.admit(reservoirs.inbox, &BTreeMap::new(), config.sample.inbox_total, true, &mut report);
 
     let new_examples: Vec<Example> = new_examples.into_iter().map(|(_, e)| e).collect();
     let new_inbox: Vec<Example> = new_inbox.into_iter().map(|(_, e)| e).collect();
@@ -416,6 +264,186 @@ fn pull_blocking(request: PullRequest, runtime: tokio::runtime::Handle) -> Resul
         write_state(config, &PullState { until, report: report.clone() })?;
     }
     Ok(report)
+}
+
+fn signal_caps(config: &PipelineConfig) -> BTreeMap<Signal, usize> {
+    config.sample.caps.iter().filter_map(|(k, &v)| Signal::from_name(k).map(|s| (s, v))).collect()
+}
+
+/// Streams the source through the per-record stages (format, window,
+/// anonymize, signal, rank) into the reservoirs, counting as it goes.
+fn read_source(
+    config: &PipelineConfig,
+    source: &crate::config::SourceConfig,
+    window: &Window,
+    runtime: tokio::runtime::Handle,
+    report: &mut PullReport,
+) -> Result<Reservoirs> {
+    let anonymizer = Anonymizer::new(&config.anonymize.patterns)?;
+    let detector = SignalDetector::new(&config.signals);
+    let outputs = OutputCheck::new(config)?;
+    let caps = signal_caps(config);
+    // Room for what dedup will drop: three times the cap, and some.
+    let capacity = |cap: usize| cap.saturating_mul(3).saturating_add(64);
+    let mut reservoirs = Reservoirs {
+        examples: Signal::ALL
+            .into_iter()
+            .map(|s| (s, Reservoir::new(capacity(caps.get(&s).copied().unwrap_or(config.sample.total)))))
+            .collect(),
+        inbox: Signal::ALL.into_iter().map(|s| (s, Reservoir::new(capacity(config.sample.inbox_total)))).collect(),
+        seed: config.sample.seed.unwrap_or(config.seed),
+        problems: Vec::new(),
+    };
+
+    let process = |text: &str| -> LineOutcome {
+        let records = match parse_line(&source.format, text) {
+            Ok(records) => records,
+            Err(e) => return LineOutcome::Bad(e.kind(), e.to_string()),
+        };
+        let mut outside = 0;
+        let mut cleaned = Vec::with_capacity(records.len());
+        for mut record in records {
+            if window.since.is_some_and(|s| record.timestamp < s) || record.timestamp >= window.until {
+                outside += 1;
+                continue;
+            }
+            let mut counts = PiiCounts::default();
+            anonymizer.anonymize_record(&mut record, &mut counts);
+            let message = record.inputs.get(&config.signals.field).and_then(Value::as_str).unwrap_or_default();
+            let reading = detector.read(message, &record.history);
+            let key = content_key(&comparable_text(&record.inputs));
+            let reference_valid = record.reference.as_ref().map(|r| outputs.fits(r));
+            cleaned.push(Cleaned { record, reading, key, counts, reference_valid });
+        }
+        LineOutcome::Records(cleaned, outside)
+    };
+
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} {pos} records ({per_sec})").expect("valid template"),
+    );
+    progress.set_message("pulling");
+    let mut units = open(source, window, runtime)?;
+    let mut batch: Vec<(usize, u64, String)> = Vec::with_capacity(BATCH_LINES);
+    let mut names: Vec<String> = Vec::new();
+    while let Some(unit) = units.next().transpose()? {
+        report.units += 1;
+        names.push(unit.name.clone());
+        let unit_index = names.len() - 1;
+        for event in Lines::new(unit.reader, source.max_line_bytes) {
+            match event.with_context(|| format!("reading {} failed; nothing was written", unit.name))? {
+                LineEvent::Line { number, text } => {
+                    report.lines += 1;
+                    report.bytes += text.len() as u64 + 1;
+                    batch.push((unit_index, number, text));
+                }
+                LineEvent::Bad { number, problem } => {
+                    report.lines += 1;
+                    if let LineProblem::TooLong { bytes } = problem {
+                        report.bytes += bytes;
+                    }
+                    let (kind, what) = describe(&problem);
+                    let at = format!("{}:{number}: {what}", unit.name);
+                    note_problem(&mut reservoirs.problems, report, kind, (unit_index, number, at));
+                }
+            }
+            if batch.len() >= BATCH_LINES {
+                process_batch(&mut batch, &names, &process, report, &mut reservoirs);
+                progress.set_position(report.records);
+            }
+        }
+    }
+    process_batch(&mut batch, &names, &process, report, &mut reservoirs);
+    progress.finish_and_clear();
+    reservoirs.problems.sort();
+    report.problems = reservoirs.problems.drain(..).take(NAMED_PROBLEMS).map(|p| p.2).collect();
+    Ok(reservoirs)
+}
+
+/// Decides which held candidates enter the dataset or the inbox, against the
+/// dataset and inbox on disk and what this pull already admitted.
+struct Admission<'a> {
+    config: &'a PipelineConfig,
+    hasher: MinHasher,
+    dedup: Deduplicator,
+    /// Ids on disk, to tell a repeat of the dataset from a repeat within the pull.
+    existing: HashSet<String>,
+    today: String,
+}
+
+impl<'a> Admission<'a> {
+    fn new(config: &'a PipelineConfig, snapshot: &Snapshot, today: String) -> Self {
+        let hasher = MinHasher::new(&config.dedup);
+        let mut dedup = Deduplicator::new(&config.dedup);
+        let mut existing = HashSet::new();
+        for example in &snapshot.examples {
+            let text = comparable_text(&example.inputs);
+            let split = split_of(&example.id, &config.dataset.split);
+            dedup.add_existing(&example.id, content_key(&text), hasher.signature(&text), Some(split));
+            existing.insert(example.id.clone());
+        }
+        for entry in &snapshot.inbox {
+            let text = comparable_text(&entry.inputs);
+            // A labelled inbox line becomes an example in this merge.
+            let split = (!entry.outputs.is_empty()).then(|| split_of(&entry.id, &config.dataset.split));
+            dedup.add_existing(&entry.id, content_key(&text), hasher.signature(&text), split);
+            existing.insert(entry.id.clone());
+        }
+        Self { config, hasher, dedup, existing, today }
+    }
+
+    /// Walks each signal's candidates in rank order — rarest signal first, so a
+    /// routine message never pushes out the escalating one it resembles —
+    /// keeping the unique ones up to the signal's cap, then shares `total`.
+    fn admit(
+        &mut self,
+        reservoirs: BTreeMap<Signal, Reservoir<Candidate>>,
+        caps: &BTreeMap<Signal, usize>,
+        total: usize,
+        to_inbox: bool,
+        report: &mut PullReport,
+    ) -> Vec<(Signal, Example)> {
+        let fractions = &self.config.dataset.split;
+        let mut survivors: BTreeMap<Signal, Vec<Example>> = BTreeMap::new();
+        for (signal, reservoir) in reservoirs.into_iter().rev() {
+            let cap = caps.get(&signal).copied().unwrap_or(total);
+            let kept = survivors.entry(signal).or_default();
+            report.not_sampled += reservoir.left_out();
+            let held = reservoir.into_sorted();
+            let held_count = held.len();
+            for (taken, (_, candidate)) in held.into_iter().enumerate() {
+                if kept.len() >= cap {
+                    report.not_sampled += (held_count - taken) as u64;
+                    break;
+                }
+                let id = format!("log-{}", &candidate.key.to_string()[..16]);
+                let split = (!to_inbox).then(|| split_of(&id, fractions));
+                let signature = self.hasher.signature(&comparable_text(&candidate.record.inputs));
+                let duplicates = &mut report.duplicates;
+                match self.dedup.check(candidate.key, &signature, split) {
+                    Verdict::Unique => {
+                        self.dedup.admit(&id, candidate.key, signature, split);
+                        kept.push(to_example(id, candidate, to_inbox, &self.today));
+                    }
+                    Verdict::Exact { of } if self.existing.contains(&of) => duplicates.exact_existing += 1,
+                    Verdict::Exact { .. } => duplicates.exact_in_pull += 1,
+                    Verdict::Near { of, .. } if self.existing.contains(&of) => duplicates.near_existing += 1,
+                    Verdict::Near { .. } => duplicates.near_in_pull += 1,
+                    Verdict::Leak { .. } => duplicates.leak_guarded += 1,
+                }
+            }
+        }
+        let available = survivors.iter().map(|(&s, v)| (s, v.len())).collect();
+        let shares = allocate(&available, caps, total);
+        let mut out = Vec::new();
+        for (signal, mut kept) in survivors {
+            let share = shares.get(&signal).copied().unwrap_or(0);
+            report.not_sampled += kept.len().saturating_sub(share) as u64;
+            kept.truncate(share);
+            out.extend(kept.into_iter().map(|e| (signal, e)));
+        }
+        out
+    }
 }
 
 /// What reading keeps: records with a fitting reference are example
