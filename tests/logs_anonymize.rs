@@ -312,3 +312,24 @@ fn numbers_logged_as_json_numbers_are_read_with_their_key() {
     assert_eq!(r.metadata["order"], 73946021);
     assert_eq!(counts.total(), 3);
 }
+
+#[test]
+fn names_people_give_themselves_are_replaced() {
+    let a = anonymizer();
+    let mut counts = PiiCounts::default();
+    let cases = [
+        ("Help! My name is John Patel, please call me", "Help! My name is <NAME_1>, please call me"),
+        ("my name's Ana María López and my card is gone", "my name's <NAME_1> and my card is gone"),
+        ("Thanks for nothing. Regards, Sam O'Neill", "Thanks for nothing. Regards, <NAME_1>"),
+        ("Mr. Okafor here, where is my refund?", "Mr. <NAME_1> here, where is my refund?"),
+        ("Dr Jane Smith-Jones asked me to write", "Dr <NAME_1> asked me to write"),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(a.anonymize_text(text, &mut counts), expected);
+    }
+    assert_eq!(counts.get("NAME"), 5);
+    // Without a cue a capitalized word is not a name.
+    for text in ["My Card Is Not Working", "Regards, and thanks", "My name is on the card", "I paid Amazon twice"] {
+        assert_clean(text);
+    }
+}

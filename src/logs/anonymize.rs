@@ -40,6 +40,9 @@ pub enum PiiKind {
     Url,
     /// API keys, JWTs, bearer tokens, `secret: ...` assignments.
     Secret,
+    /// A person's name where the writer gives it: "my name is Jane Doe",
+    /// "Mr Smith", "Regards, Jane". Names elsewhere need NER and are not found.
+    Name,
     /// A pattern from the pipeline's `[anonymize]` table, by its name.
     Custom(Arc<str>),
 }
@@ -55,6 +58,7 @@ impl PiiKind {
             PiiKind::Ssn => "SSN",
             PiiKind::Url => "URL",
             PiiKind::Secret => "SECRET",
+            PiiKind::Name => "NAME",
             PiiKind::Custom(name) => name,
         }
     }
@@ -125,6 +129,8 @@ pub struct Anonymizer {
     ipv4: Regex,
     ipv6: Regex,
     placeholder: Regex,
+    /// A cue ("my name is", "Mr", "Regards,") and then group 1: one to three capitalized words.
+    name: Regex,
 }
 
 /// Byte counts that decide which detectors can possibly match.
@@ -205,6 +211,12 @@ impl Anonymizer {
             ipv4: built(r"(?-u:\b)[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?-u:\b)"),
             ipv6: built(r"(?i)[0-9a-f:]*:[0-9a-f]*:[0-9a-f:]*(?:[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3})?"),
             placeholder: built(r"<[A-Z][A-Z0-9_]*_[0-9]+>"),
+            name: built(concat!(
+                r"(?:(?i:\bmy name is|\bmy name's|\bname:|\bi'm called|\bi am called|\bregards,|\bsincerely,|\bcheers,)",
+                r"|\b(?:Mr|Mrs|Ms|Miss|Dr)\.?)\s+",
+                // Words like Ana, O'Neill, McDonald, Smith-Jones.
+                r"(\p{Lu}\p{Ll}*(?:['’-]?\p{Lu}?\p{Ll}+)*(?: \p{Lu}\p{Ll}*(?:['’-]?\p{Lu}?\p{Ll}+)*){0,2})",
+            )),
         })
     }
 
@@ -234,6 +246,12 @@ impl Anonymizer {
             }
         }
         self.find_secrets(text, &mut found);
+        if gate.upper {
+            for caps in self.name.captures_iter(text) {
+                let name = caps.get(1).expect("group 1 always takes part");
+                found.claim(&PiiKind::Name, name.range());
+            }
+        }
         if gate.at {
             for m in self.email.find_iter(text) {
                 found.claim(&PiiKind::Email, m.range());
@@ -414,6 +432,7 @@ fn normalize(kind: &PiiKind, value: &str) -> String {
             Ok(ip) => ip.to_string(),
             Err(_) => value.to_ascii_lowercase(),
         },
+        PiiKind::Name => value.to_lowercase(),
         PiiKind::Url | PiiKind::Secret | PiiKind::Custom(_) => value.to_string(),
     }
 }
