@@ -155,12 +155,28 @@ async fn pull_turns_raw_logs_into_clean_examples_and_reports_every_step() {
         ]),
     );
 
+    // A file cut short in the middle of its compressed stream (its records are
+    // from after the window, so whatever part of it decodes adds nothing).
+    let late: Vec<String> =
+        (0..200).map(|i| record(&format!("late-{i}"), 25, &format!("late message {i}"), None)).collect();
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(lines(&late).as_bytes()).unwrap();
+    let gz = encoder.finish().unwrap();
+    repo.write("logs/week3.jsonl.gz", &gz[..gz.len() / 2]);
+
     let report = repo.pull(Since::LastPull).await.unwrap();
 
-    assert_eq!(report.units, 2);
-    // Not JSON, no inputs, invalid UTF-8 (r8 has no output or reference: fine).
-    assert_eq!(report.malformed.values().sum::<u64>(), 3, "{:?}", report.problems);
+    assert_eq!(report.units, 3);
+    // Not JSON, no inputs, invalid UTF-8 (r8 has no output or reference: fine), the cut gzip.
+    assert_eq!(report.malformed.values().sum::<u64>(), 4, "{:?}", report.problems);
     assert!(report.malformed.get("invalid_utf8") == Some(&1), "{:?}", report.malformed);
+    assert!(report.malformed.get("truncated") == Some(&1), "{:?}", report.malformed);
+    assert!(
+        report.problems.iter().any(|p| p.contains("week3.jsonl.gz:") && p.contains("ends early")),
+        "{:?}",
+        report.problems
+    );
+    assert!(report.outside_window > 0 && report.outside_window < 200, "part of the cut file decodes");
     assert!(report.problems.iter().any(|p| p.contains("week1.jsonl:4:")), "{:?}", report.problems);
     assert!(
         report.problems.iter().any(|p| p.contains("week1.jsonl:5:") && p.contains("inputs")),
