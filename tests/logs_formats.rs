@@ -6,7 +6,8 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use promptloop::config::{FormatConfig, LogFormat};
 use promptloop::logs::LogRecord;
-use promptloop::logs::formats::{RecordError, parse_line, parse_line_bytes};
+use promptloop::logs::formats::{RecordError, parse_line};
+use promptloop::logs::sources::{LineEvent, LineProblem};
 use serde_json::{Value, json};
 
 fn config(format: LogFormat) -> FormatConfig {
@@ -362,17 +363,6 @@ fn a_missing_timestamp_says_how_to_fix_it() {
     assert_eq!(err.to_string(), "`timestamp` is missing; each record needs an RFC 3339 time or Unix seconds");
 }
 
-#[test]
-fn invalid_utf8_is_reported_by_column() {
-    let prefix = br#"{"id": "a", "timestamp": 1, "inputs": {"message": "caf"#;
-    let mut line = prefix.to_vec();
-    line.extend_from_slice(b"\xe9\"}}"); // Latin-1 é
-    let err = parse_line_bytes(&config(LogFormat::Native), &line).unwrap_err();
-    assert_eq!(err, RecordError::NotUtf8 { column: prefix.len() + 1 });
-    let ok = b"{\"id\": \"a\", \"timestamp\": 1, \"inputs\": {\"message\": \"caf\xc3\xa9\"}}";
-    assert_eq!(parse_line_bytes(&config(LogFormat::Native), ok).unwrap()[0].inputs["message"], "café");
-}
-
 // ---------------------------------------------------------------- the worked example's weekly logs
 
 const QUEUES: [&str; 7] = ["cards", "payments", "security", "transfers", "top_ups", "exchange", "account"];
@@ -381,8 +371,6 @@ const QUEUES: [&str; 7] = ["cards", "payments", "security", "transfers", "top_up
 /// generator's fields, its deliberately broken lines into the expected errors, no more, no less.
 #[test]
 fn committed_weekly_logs_parse() {
-    use std::io::BufRead;
-
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("logs/support-triage");
     let expected = [
         ("2026-W44", 1500, "2026-10-26"),
@@ -403,23 +391,26 @@ fn committed_weekly_logs_parse() {
         let path = dir.join(format!("{week}.jsonl.gz"));
         let start = time(&format!("{monday}T00:00:00Z"));
         let end = start + chrono::Duration::days(7);
-        let mut reader =
-            std::io::BufReader::new(flate2::read::MultiGzDecoder::new(std::fs::File::open(&path).unwrap()));
+        // Read the way a pull reads: gzip by content, lines capped at 1 MiB.
+        let file = std::fs::File::open(&path).unwrap();
+        let lines = promptloop::logs::sources::Lines::new(flate2::read::MultiGzDecoder::new(file), 1 << 20);
         let mut errors = std::collections::BTreeMap::<&str, usize>::new();
         let (mut records, mut over_limit, mut with_reference, mut with_feedback, mut with_history) = (0, 0, 0, 0, 0);
-        let mut line = Vec::new();
-        while reader.read_until(b'\n', &mut line).unwrap() > 0 {
-            if line.last() == Some(&b'\n') {
-                line.pop();
-            }
-            // Sources skip lines over max_line_bytes (1 MiB by default); the file has one on purpose.
-            if line.len() > 1 << 20 {
-                over_limit += 1;
-                assert_eq!(parse_line_bytes(&native, &line).unwrap().len(), 1, "the long line is a valid record");
-                line.clear();
-                continue;
-            }
-            match parse_line_bytes(&native, &line) {
+        for event in lines {
+            let line = match event.unwrap() {
+                LineEvent::Line { text, .. } => text,
+                // The file has one line over the limit on purpose (a pasted statement).
+                LineEvent::Bad { problem: LineProblem::TooLong { .. }, .. } => {
+                    over_limit += 1;
+                    continue;
+                }
+                LineEvent::Bad { problem: LineProblem::InvalidUtf8, .. } => {
+                    *errors.entry("invalid_utf8").or_default() += 1;
+                    continue;
+                }
+                LineEvent::Bad { problem, .. } => panic!("{week}: {problem:?}"),
+            };
+            match parse_line(&native, &line) {
                 Ok(parsed) => {
                     let [r] = parsed.as_slice() else { panic!("{week}: one record a line") };
                     records += 1;
@@ -450,11 +441,10 @@ fn committed_weekly_logs_parse() {
                     *errors.entry(err.kind()).or_default() += 1;
                 }
             }
-            line.clear();
         }
         assert_eq!(records, good, "{week}: good records");
         assert_eq!(over_limit, 1, "{week}: lines over 1 MiB");
-        let expected_errors = [("missing_field", 2), ("not_json", 3), ("not_utf8", 1)].into_iter().collect();
+        let expected_errors = [("missing_field", 2), ("not_json", 3), ("invalid_utf8", 1)].into_iter().collect();
         assert_eq!(errors, expected_errors, "{week}: broken lines by kind");
         let share = with_reference as f64 / good as f64;
         assert!((0.55..0.65).contains(&share), "{week}: {share:.2} of records have a reference");

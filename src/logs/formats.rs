@@ -67,8 +67,6 @@ use crate::logs::{Feedback, LogRecord};
 /// Why a line could not be read. The message names the field and never a value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RecordError {
-    #[error("not valid UTF-8 (first bad byte at column {column}); log files must be UTF-8 text")]
-    NotUtf8 { column: usize },
     #[error("not JSON (syntax error at column {column}); each line must be one complete JSON object")]
     NotJson { column: usize },
     #[error("the line is a JSON {found}, not an object; each line must be one JSON object")]
@@ -85,7 +83,6 @@ impl RecordError {
     /// A short stable name for counting errors by kind in a pull's report.
     pub fn kind(&self) -> &'static str {
         match self {
-            RecordError::NotUtf8 { .. } => "not_utf8",
             RecordError::NotJson { .. } => "not_json",
             RecordError::NotAnObject { .. } => "not_an_object",
             RecordError::MissingField { .. } => "missing_field",
@@ -112,12 +109,6 @@ pub fn parse_line(config: &FormatConfig, line: &str) -> Result<Vec<LogRecord>, R
         LogFormat::Openai => openai_record(config, object).map(|r| vec![r]),
         LogFormat::Otel => otel_records(config, object),
     }
-}
-
-/// [`parse_line`] for raw bytes: invalid UTF-8 is a [`RecordError::NotUtf8`].
-pub fn parse_line_bytes(config: &FormatConfig, line: &[u8]) -> Result<Vec<LogRecord>, RecordError> {
-    let line = std::str::from_utf8(line).map_err(|e| RecordError::NotUtf8 { column: e.valid_up_to() + 1 })?;
-    parse_line(config, line)
 }
 
 // ---------------------------------------------------------------- native
