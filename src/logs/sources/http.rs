@@ -10,7 +10,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, LINK};
 use reqwest::{StatusCode, Url};
 use tokio::runtime::Handle;
 
-use super::{SourceError, SourceUnit, Window, body_channel, decoded};
+use super::{SourceError, SourceUnit, Window, body_channel, decoded, pump};
 use crate::config::{HttpSource, Paging};
 
 /// Attempts at one page before giving up, for connection errors, timeouts,
@@ -189,7 +189,7 @@ impl Iterator for HttpPages {
         let url = self.next_url.clone()?;
         self.page += 1;
         let name = self.page_name(&url);
-        let mut response = match self.runtime.block_on(self.request(&url)) {
+        let response = match self.runtime.block_on(self.request(&url)) {
             Ok(response) => response,
             Err(message) => {
                 self.next_url = None;
@@ -205,28 +205,12 @@ impl Iterator for HttpPages {
         }
         let (sender, body) = body_channel(&name);
         let idle = self.timeout;
-        self.runtime.spawn(async move {
-            loop {
-                match tokio::time::timeout(idle, response.chunk()).await {
-                    Err(_) => {
-                        let message = format!(
-                            "no data for {}s in the middle of the body; the endpoint stalled",
-                            idle.as_secs_f64()
-                        );
-                        return sender.fail(message).await;
-                    }
-                    Ok(Err(error)) => {
-                        return sender.fail(format!("{}; the page was not read whole", describe(&error))).await;
-                    }
-                    Ok(Ok(None)) => return sender.end().await,
-                    Ok(Ok(Some(chunk))) => {
-                        if !sender.send(chunk).await {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
+        let chunks = Box::pin(futures::stream::unfold(response, |mut response| async move {
+            response.chunk().await.transpose().map(|chunk| (chunk, response))
+        }));
+        let stalled = format!("no data for {}s in the middle of the body; the endpoint stalled", idle.as_secs_f64());
+        let broke = |error: reqwest::Error| format!("{}; the page was not read whole", describe(&error));
+        self.runtime.spawn(pump(chunks, sender, idle, stalled, broke));
         Some(Ok(SourceUnit { name, reader: decoded(Box::new(body)) }))
     }
 }

@@ -221,6 +221,30 @@ impl<B> BodySender<B> {
     }
 }
 
+/// Feeds a body's chunks to its reader until the body ends. A gap longer than
+/// `idle` fails the unit with `stalled`; a transport error with `broke(error)`.
+async fn pump<B, E>(
+    mut chunks: impl futures::Stream<Item = Result<B, E>> + Unpin,
+    sender: BodySender<B>,
+    idle: std::time::Duration,
+    stalled: String,
+    broke: impl Fn(E) -> String,
+) {
+    use futures::StreamExt;
+    loop {
+        match tokio::time::timeout(idle, chunks.next()).await {
+            Err(_) => return sender.fail(stalled).await,
+            Ok(Some(Err(error))) => return sender.fail(broke(error)).await,
+            Ok(None) => return sender.end().await,
+            Ok(Some(Ok(chunk))) => {
+                if !sender.send(chunk).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 fn body_channel<B>(unit: &str) -> (BodySender<B>, ChannelBody<B>) {
     let (sender, receiver) = mpsc::channel(CHANNEL_CHUNKS);
     let body = ChannelBody { unit: unit.to_string(), receiver, chunk: None, offset: 0, ended: false };

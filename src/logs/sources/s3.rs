@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::{BackoffConfig, ClientOptions, ObjectMeta, ObjectStore, RetryConfig};
 use tokio::runtime::Handle;
 
-use super::{SourceError, SourceUnit, Window, body_channel, decoded};
+use super::{SourceError, SourceUnit, Window, body_channel, decoded, pump};
 use crate::config::S3Source;
 
 /// How long a download may go without a byte before it counts as stalled.
@@ -155,33 +155,11 @@ impl Iterator for S3Objects {
         };
         let (sender, body) = body_channel(&name);
         let secrets = self.secrets.clone();
-        self.runtime.spawn(async move {
-            let mut chunks = result.into_stream();
-            loop {
-                match tokio::time::timeout(IDLE_TIMEOUT, chunks.next()).await {
-                    Err(_) => {
-                        let message = format!(
-                            "no data for {}s in the middle of the object; the store stalled",
-                            IDLE_TIMEOUT.as_secs()
-                        );
-                        return sender.fail(message).await;
-                    }
-                    Ok(Some(Err(error))) => {
-                        let message = format!(
-                            "the download broke off: {}; the object was not read whole",
-                            scrub(&error, &secrets)
-                        );
-                        return sender.fail(message).await;
-                    }
-                    Ok(None) => return sender.end().await,
-                    Ok(Some(Ok(chunk))) => {
-                        if !sender.send(chunk).await {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
+        let stalled = format!("no data for {}s in the middle of the object; the store stalled", IDLE_TIMEOUT.as_secs());
+        let broke = move |error: object_store::Error| {
+            format!("the download broke off: {}; the object was not read whole", scrub(&error, &secrets))
+        };
+        self.runtime.spawn(pump(result.into_stream(), sender, IDLE_TIMEOUT, stalled, broke));
         Some(Ok(SourceUnit { name, reader: decoded(Box::new(body)) }))
     }
 }
