@@ -762,3 +762,42 @@ fn a_merge_refuses_to_overwrite_an_edit_made_while_it_ran() {
     }
     assert!(!repo.read("datasets/triage/examples.jsonl").contains("log-1"));
 }
+
+#[tokio::test]
+async fn what_a_person_deleted_is_not_pulled_back_when_the_message_comes_again() {
+    let repo = Repo::new("");
+    repo.write("datasets/triage/examples.jsonl", SEED_EXAMPLES.as_bytes());
+    let week = |day: u32| {
+        lines(&[
+            record(&format!("a-{day}"), day, "Is it true you sell my data to advertisers?", Some("security")),
+            record(&format!("b-{day}"), day, "How do I order a second card for my partner", Some("cards")),
+            record(&format!("c-{day}"), day, "asdf test test ignore", None),
+        ])
+    };
+    repo.write("logs/one.jsonl", week(10).as_bytes());
+    repo.pull(Since::LastPull).await.unwrap();
+    assert_eq!(repo.examples().len(), 5);
+    assert_eq!(repo.inbox().len(), 1);
+
+    // A person deletes a pulled example (off-topic) and the junk inbox record.
+    let kept: String = repo
+        .read("datasets/triage/examples.jsonl")
+        .lines()
+        .filter(|l| !l.contains("advertisers"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    repo.write("datasets/triage/examples.jsonl", kept.as_bytes());
+    repo.write("datasets/triage/inbox.jsonl", b"");
+
+    // The same messages come again next week.
+    repo.write("logs/two.jsonl", week(22).as_bytes());
+    let report = repo.pull_until(Since::LastPull, "2026-11-27T00:00:00Z").await.unwrap();
+    assert_eq!(report.duplicates.removed_by_person, 2, "{report}");
+    assert_eq!(report.duplicates.exact_existing, 1, "the second card question is still there");
+    assert!(!repo.read("datasets/triage/examples.jsonl").contains("advertisers"));
+    assert_eq!(repo.inbox().len(), 0);
+    assert!(report.to_string().contains("kept out     2 deleted by a person"));
+    let manifest: Manifest = serde_json::from_str(&repo.read("datasets/triage/manifest.json")).unwrap();
+    assert_eq!(manifest.removed.len(), 2);
+    assert_eq!(manifest.pulled.len(), 1);
+}

@@ -6,8 +6,10 @@
 //! line a person gave `outputs` is promoted into the examples as written. Each
 //! file is written to a temporary file and renamed into place, and a merge
 //! refuses to run when `examples.jsonl` or `inbox.jsonl` changed since it was read.
+//! The manifest remembers which ids pull added, so one a person deleted stays
+//! deleted when the same message is pulled again.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -32,6 +34,10 @@ pub struct Snapshot {
     inbox_bytes: Vec<u8>,
     pub examples: Vec<Example>,
     pub inbox: Vec<InboxEntry>,
+    /// Pulled ids a person deleted, now or before: pull keeps them out.
+    pub removed: BTreeSet<String>,
+    /// Pulled ids still in the files.
+    pulled: BTreeSet<String>,
 }
 
 /// One inbox line: its text as written, and what promptloop reads of it.
@@ -55,8 +61,9 @@ pub struct MergeOutcome {
 }
 
 /// `manifest.json`: a summary reviewers (and the report) can trust without
-/// reading the whole dataset. A pure function of the files, so it only changes
-/// when they do.
+/// reading the whole dataset, and the memory of what pull added, so that a
+/// record a person deleted is not pulled back in when the same message
+/// comes again. It only changes when the files do.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Manifest {
     pub examples: usize,
@@ -68,6 +75,12 @@ pub struct Manifest {
     /// SHA-256 of examples.jsonl.
     pub content_hash: String,
     pub split_fractions: BTreeMap<String, f64>,
+    /// Ids pull put in the examples or the inbox that are still there.
+    #[serde(default)]
+    pub pulled: Vec<String>,
+    /// Ids pull put there that a person deleted: never added again.
+    #[serde(default)]
+    pub removed: Vec<String>,
 }
 
 impl DatasetStore {
@@ -88,7 +101,23 @@ impl DatasetStore {
         let examples = parse_examples(&examples_bytes, &self.examples)?;
         let inbox_bytes = read_optional(&self.inbox)?;
         let inbox = parse_inbox(&inbox_bytes, &self.inbox)?;
-        Ok(Snapshot { examples_bytes, inbox_bytes, examples, inbox })
+        let manifest_bytes = read_optional(&self.manifest)?;
+        let previous: Manifest = if manifest_bytes.is_empty() {
+            Manifest::default()
+        } else {
+            serde_json::from_slice(&manifest_bytes).with_context(|| {
+                format!(
+                    "{} is not a manifest promptloop can read; restore it from git (or delete it, and records people deleted may come back)",
+                    self.manifest.display()
+                )
+            })?
+        };
+        let present: HashSet<&str> =
+            examples.iter().map(|e| e.id.as_str()).chain(inbox.iter().map(|e| e.id.as_str())).collect();
+        let (pulled, gone): (BTreeSet<String>, BTreeSet<String>) =
+            previous.pulled.into_iter().partition(|id| present.contains(id.as_str()));
+        let removed = previous.removed.into_iter().chain(gone).collect();
+        Ok(Snapshot { examples_bytes, inbox_bytes, examples, inbox, removed, pulled })
     }
 
     /// Appends `new_examples` to the examples and `new_inbox` to the inbox,
@@ -145,6 +174,10 @@ impl DatasetStore {
             .context("the merged dataset does not parse; nothing was written")?;
         let inbox_count = parse_inbox(inbox_text.as_bytes(), &self.inbox)?.len();
         outcome.manifest = self.manifest_of(&merged, examples_text.as_bytes(), inbox_count);
+        let mut pulled = snapshot.pulled.clone();
+        pulled.extend(new_examples.iter().chain(new_inbox).map(|e| e.id.clone()));
+        outcome.manifest.pulled = pulled.into_iter().collect();
+        outcome.manifest.removed = snapshot.removed.iter().cloned().collect();
 
         write_atomically(&self.examples, examples_text.as_bytes())?;
         write_atomically(&self.inbox, inbox_text.as_bytes())?;

@@ -144,6 +144,9 @@ pub struct DuplicateCounts {
     pub near_existing: u64,
     /// Similar to an example across the test boundary: kept out of the dataset.
     pub leak_guarded: u64,
+    /// Pulled before and deleted by a person since: kept out.
+    #[serde(default)]
+    pub removed_by_person: u64,
 }
 
 /// `.promptloop/pull/<name>.json`: where the last pull ended, and its report.
@@ -368,11 +371,13 @@ struct Admission<'a> {
     dedup: Deduplicator,
     /// Ids on disk, to tell a repeat of the dataset from a repeat within the pull.
     existing: HashSet<String>,
+    /// Pulled once, deleted by a person since.
+    removed: &'a std::collections::BTreeSet<String>,
     today: String,
 }
 
 impl<'a> Admission<'a> {
-    fn new(config: &'a PipelineConfig, snapshot: &Snapshot, today: String) -> Self {
+    fn new(config: &'a PipelineConfig, snapshot: &'a Snapshot, today: String) -> Self {
         let hasher = MinHasher::new(&config.dedup);
         let mut dedup = Deduplicator::new(&config.dedup);
         let mut existing = HashSet::new();
@@ -389,7 +394,7 @@ impl<'a> Admission<'a> {
             dedup.add_existing(&entry.id, content_key(&text), hasher.signature(&text), split);
             existing.insert(entry.id.clone());
         }
-        Self { config, hasher, dedup, existing, today }
+        Self { config, hasher, dedup, existing, removed: &snapshot.removed, today }
     }
 
     /// Walks each signal's candidates in rank order — rarest signal first, so a
@@ -417,6 +422,10 @@ impl<'a> Admission<'a> {
                     break;
                 }
                 let id = format!("log-{}", &candidate.key.to_string()[..16]);
+                if self.removed.contains(&id) {
+                    report.duplicates.removed_by_person += 1;
+                    continue;
+                }
                 let split = (!to_inbox).then(|| split_of(&id, fractions));
                 let signature = self.hasher.signature(&comparable_text(&candidate.record.inputs));
                 let duplicates = &mut report.duplicates;
@@ -660,6 +669,9 @@ impl std::fmt::Display for PullReport {
             "  duplicates   exact {} in this pull, {} already in the dataset or inbox; near {} in this pull, {} in the dataset or inbox; {} kept out across the test boundary",
             d.exact_in_pull, d.exact_existing, d.near_in_pull, d.near_existing, d.leak_guarded
         )?;
+        if d.removed_by_person > 0 {
+            writeln!(f, "  kept out     {} deleted by a person after an earlier pull", d.removed_by_person)?;
+        }
         writeln!(
             f,
             "  sampled      {} (not sampled: {})",
