@@ -157,6 +157,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                 test.compiled,
                 test.compiled - test.baseline
             );
+            let pairs = crate::stats::pair_by_id(
+                outcome.baseline_test.results.iter().map(|r| (r.example_id.as_str(), r.score)),
+                outcome.compiled_test.results.iter().map(|r| (r.example_id.as_str(), r.score)),
+            );
+            let comparison = crate::stats::Comparison::of(&pairs, 0.95, outcome.artifact.provenance.seed);
+            println!("  {}", comparison_line(&comparison));
             println!("  baseline: {}", failures_line(&outcome.baseline_test.summary));
             println!("  compiled: {}", failures_line(&outcome.compiled_test.summary));
             println!("total LM use: {}", usage_line(&outcome.total_usage));
@@ -256,6 +262,23 @@ fn parse_time(s: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, Str
         crate::logs::pull::Since::Time(time) => Ok(time),
         _ => Err(format!("`{s}`: give a date (2026-11-01) or an RFC 3339 time")),
     }
+}
+
+/// "delta +0.194, 95% CI [+0.129, +0.259] (paired bootstrap); McNemar p = 0.0002; 38 fixed, 11 broken"
+fn comparison_line(c: &crate::stats::Comparison) -> String {
+    let d = &c.delta;
+    let mut line = format!(
+        "delta {:+.3}, {:.0}% CI [{:+.3}, {:+.3}] (paired bootstrap)",
+        d.estimate,
+        d.confidence * 100.0,
+        d.low,
+        d.high
+    );
+    if let Some(p) = c.mcnemar_p {
+        line.push_str(&format!("; McNemar p = {p:.4}"));
+    }
+    line.push_str(&format!("; {} fixed, {} broken", c.fixed.len(), c.broken.len()));
+    line
 }
 
 fn usage_line(u: &UsageSummary) -> String {

@@ -12,3 +12,4 @@ pub mod optimize;
 pub mod pipeline;
 pub mod program;
 pub mod serve;
+pub mod stats;

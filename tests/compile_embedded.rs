@@ -68,6 +68,12 @@ fn compile_on_the_embedded_model_writes_the_artifact_and_reruns_from_cache() {
     // With constrained decoding, no prediction is lost to the format.
     assert!(first.contains("baseline: 0 failed predictions (0 unparseable replies)"), "{first}");
     assert!(first.contains("compiled: 0 failed predictions (0 unparseable replies)"), "{first}");
+    // The delta comes with its noise: a paired-bootstrap interval and McNemar's p.
+    let noise = regex::Regex::new(
+        r"delta [+-]\d\.\d{3}, 95% CI \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] \(paired bootstrap\); McNemar p = \d\.\d{4}; \d+ fixed, \d+ broken",
+    )
+    .unwrap();
+    assert!(noise.is_match(&first), "{first}");
     assert!(!first.contains("calls (0 to the model"), "the first compile asks the model:\n{first}");
 
     // The rerun asks the model nothing and reproduces the artifact byte for byte.
