@@ -85,6 +85,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the pipelines in pipelines/ (with --json: for a workflow matrix).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check each pipeline's schedule and print its next runs (UTC).
+    Schedule {
+        /// One pipeline [default: all in pipelines/].
+        pipeline: Option<String>,
+        /// How many runs to show.
+        #[arg(long, default_value_t = 3)]
+        count: usize,
+    },
     /// Work with the embedded model directly.
     Lm {
         #[command(subcommand)]
@@ -217,6 +230,49 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!("{report}");
+            }
+        }
+        Command::List { json } => {
+            let pipelines = PipelineConfig::load_all(&cli.root)?;
+            if json {
+                let rows: Vec<serde_json::Value> = pipelines
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "name": p.name,
+                            "file": p.file.strip_prefix(&cli.root).unwrap_or(&p.file),
+                            "schedule": p.schedule.as_ref().map(|s| s.expression.clone()),
+                            "description": p.description,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                for p in &pipelines {
+                    let schedule = p.schedule.as_ref().map_or("no schedule", |s| s.expression.as_str());
+                    println!("{:<24} {:<16} {}", p.name, schedule, p.description);
+                }
+            }
+        }
+        Command::Schedule { pipeline, count } => {
+            let pipelines = match pipeline {
+                Some(name) => vec![PipelineConfig::load(&PipelineConfig::locate(&name, &cli.root)?)?],
+                None => PipelineConfig::load_all(&cli.root)?,
+            };
+            let now = chrono::Utc::now();
+            for p in &pipelines {
+                match &p.schedule {
+                    None => println!(
+                        "{}: no schedule (add schedule = \"0 6 * * 5\" to run it Fridays at 06:00 UTC)",
+                        p.name
+                    ),
+                    Some(schedule) => {
+                        println!("{}: \"{}\"", p.name, schedule.expression);
+                        for run in schedule.upcoming(now, count) {
+                            println!("  {}", run.format("%a %Y-%m-%d %H:%M UTC"));
+                        }
+                    }
+                }
             }
         }
         Command::Lm { command: LmCommand::Serve(args) } => serve(&cli.root, args).await?,

@@ -29,6 +29,8 @@ pub struct PipelineConfig {
     pub predictors: Vec<PredictorConfig>,
     pub metric: MetricConfig,
     pub optimizer: OptimizerConfig,
+    /// When the weekly workflow runs it: 5-field POSIX cron, as in GitHub Actions.
+    pub schedule: Option<crate::schedule::CronSchedule>,
     /// `[source]`: where production logs come from (needed by `pull` only).
     pub source: Option<SourceConfig>,
     pub anonymize: AnonymizeConfig,
@@ -439,6 +441,8 @@ struct RawPipeline {
     description: String,
     #[serde(default)]
     seed: u64,
+    #[serde(default)]
+    schedule: Option<String>,
     lm: LmConfig,
     #[serde(default)]
     adapter: RawAdapter,
@@ -605,6 +609,19 @@ impl PipelineConfig {
             "no pipeline named `{name_or_path}`: expected {}; pass a path to a .toml file or create it",
             by_name.display()
         )
+    }
+
+    /// Every pipeline in `<root>/pipelines/`, by file name; one that does not
+    /// load is an error naming it.
+    pub fn load_all(root: &Path) -> Result<Vec<PipelineConfig>> {
+        let dir = root.join("pipelines");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("cannot read {}; run from the repository root or pass --root", dir.display()))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        files.iter().map(|file| Self::load(file)).collect()
     }
 
     pub fn load(file: &Path) -> Result<PipelineConfig> {
@@ -847,7 +864,13 @@ impl PipelineConfig {
             }
         }
 
+        let schedule = match &raw.schedule {
+            Some(text) => Some(crate::schedule::CronSchedule::parse(text).map_err(|m| err("schedule", m))?),
+            None => None,
+        };
+
         Ok(PipelineConfig {
+            schedule,
             source,
             anonymize: AnonymizeConfig { patterns: raw.anonymize.patterns },
             signals,

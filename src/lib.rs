@@ -11,5 +11,6 @@ pub mod metric;
 pub mod optimize;
 pub mod pipeline;
 pub mod program;
+pub mod schedule;
 pub mod serve;
 pub mod stats;

@@ -242,3 +242,32 @@ fn cleaning_settings_are_validated_with_the_fix() {
     assert_eq!(config.anonymize.patterns[0].name, "ORDER_ID");
     assert!(config.source.is_none(), "a pipeline without [source] still compiles and evaluates");
 }
+
+#[test]
+fn a_schedule_is_posix_cron_and_errors_say_what_to_write() {
+    let config = PipelineConfig::load(Path::new("pipelines/support-triage.toml")).unwrap();
+    assert_eq!(config.schedule.unwrap().expression, "0 6 * * 5");
+    let text = common::triage_toml("d.jsonl", embedded(), "kind = \"none\"")
+        .replace("seed = 3", "seed = 3\nschedule = \"0 0 6 * * 5\"");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("pipelines/test.toml: [schedule]") && err.contains("6 fields"), "{err}");
+}
+
+#[test]
+fn list_and_schedule_as_a_workflow_uses_them() {
+    let list = assert_cmd::Command::cargo_bin("promptloop").unwrap().args(["list", "--json"]).output().unwrap();
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let names: Vec<&str> = rows.as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["support-triage-llamacpp", "support-triage"]);
+    assert_eq!(rows[1]["schedule"], "0 6 * * 5");
+    assert_eq!(rows[1]["file"], "pipelines/support-triage.toml");
+
+    let schedule =
+        assert_cmd::Command::cargo_bin("promptloop").unwrap().args(["schedule", "support-triage"]).output().unwrap();
+    let stdout = String::from_utf8(schedule.stdout).unwrap();
+    assert!(schedule.status.success(), "{stdout}");
+    let runs: Vec<&str> = stdout.lines().skip(1).collect();
+    assert_eq!(runs.len(), 3, "{stdout}");
+    assert!(runs.iter().all(|r| r.trim_start().starts_with("Fri ") && r.ends_with("06:00 UTC")), "{stdout}");
+}
