@@ -139,10 +139,12 @@ impl DatasetStore {
         let mut outcome = MergeOutcome::default();
 
         let mut inbox_text = String::new();
+        let mut inbox_kept = 0;
         for entry in &snapshot.inbox {
             if entry.outputs.is_empty() {
                 inbox_text.push_str(&entry.text);
                 inbox_text.push('\n');
+                inbox_kept += 1;
             } else if ids.insert(entry.id.as_str()) {
                 examples_text.push_str(&entry.text);
                 examples_text.push('\n');
@@ -172,7 +174,7 @@ impl DatasetStore {
         // Parse what we are about to write: a merge must leave a loadable dataset.
         let merged = parse_examples(examples_text.as_bytes(), &self.examples)
             .context("the merged dataset does not parse; nothing was written")?;
-        let inbox_count = parse_inbox(inbox_text.as_bytes(), &self.inbox)?.len();
+        let inbox_count = inbox_kept + outcome.inbox_added;
         outcome.manifest = self.manifest_of(&merged, examples_text.as_bytes(), inbox_count);
         let mut pulled = snapshot.pulled.clone();
         pulled.extend(new_examples.iter().chain(new_inbox).map(|e| e.id.clone()));

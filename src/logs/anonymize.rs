@@ -348,9 +348,11 @@ impl Anonymizer {
         for (key, value) in map.iter_mut() {
             if let Value::Number(number) = value {
                 // A phone or card number logged as a JSON number: read it with
-                // its key as the context words ("phone", "card", ...).
-                let digits = number.to_string();
-                if digits.bytes().filter(u8::is_ascii_digit).count() >= 7 {
+                // its key as the context words ("phone", "card", ...). Only
+                // integers of 7+ digits can be one; the rest (latencies, token
+                // counts) cost no formatting.
+                if number.as_u64().is_some_and(|n| n >= 1_000_000) {
+                    let digits = number.to_string();
                     let text = format!("{key}: {digits}");
                     let start = text.len() - digits.len();
                     if let Some(finding) = self.find(&text).into_iter().find(|f| f.range == (start..text.len())) {

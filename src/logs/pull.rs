@@ -160,20 +160,6 @@ fn state_path(config: &PipelineConfig) -> PathBuf {
     config.state_dir().join("pull").join(format!("{}.json", config.name))
 }
 
-/// The last pull's report, if there was one.
-pub fn last_report(config: &PipelineConfig) -> Result<Option<PullReport>> {
-    let path = state_path(config);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let state: PullState =
-                serde_json::from_slice(&bytes).with_context(|| format!("cannot read {}", path.display()))?;
-            Ok(Some(state.report))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
 /// One record kept in a reservoir.
 struct Candidate {
     record: LogRecord,
@@ -600,7 +586,7 @@ impl OutputCheck {
         let mut seen = HashSet::new();
         for predictor in &config.predictors {
             for field in &config.signatures[&predictor.signature].signature.outputs {
-                if field.name == "reasoning" || !seen.insert(field.name.clone()) {
+                if field.name == crate::program::predictor::REASONING || !seen.insert(field.name.clone()) {
                     continue;
                 }
                 let validator = jsonschema::validator_for(&field.ty.json_schema())

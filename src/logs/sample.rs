@@ -73,19 +73,11 @@ impl<T> Reservoir<T> {
         self.left_out
     }
 
-    pub fn len(&self) -> usize {
-        self.order.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
-    }
-
     /// The held records, lowest rank first.
     pub fn into_sorted(mut self) -> Vec<(u64, T)> {
-        let mut order = self.order.into_sorted_vec();
-        order.dedup();
-        order
+        // Keys are distinct: a repeat merges into its entry instead of being pushed.
+        self.order
+            .into_sorted_vec()
             .into_iter()
             .map(|(rank, key)| (rank, self.items.remove(&key).expect("every ranked key is held")))
             .collect()
