@@ -5,12 +5,15 @@
 pub mod cli;
 pub mod config;
 pub mod dataset;
+pub mod gate;
 pub mod lm;
 pub mod logs;
 pub mod metric;
 pub mod optimize;
 pub mod pipeline;
 pub mod program;
+pub mod publish;
+pub mod report;
 pub mod schedule;
 pub mod serve;
 pub mod stats;

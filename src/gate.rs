@@ -1,0 +1,80 @@
+//! The gate: does the candidate go to production? A pure function of the
+//! paired comparison and the pipeline's `[gate]` settings; a hold still
+//! reports, and says why.
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::Comparison;
+
+/// `[gate]` in a pipeline file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateConfig {
+    /// The smallest test-set delta (candidate − production) worth shipping.
+    pub min_delta: f64,
+    /// Also require the delta's interval to lie above zero: the gain is not noise.
+    pub require_interval_above_zero: bool,
+    /// The interval's confidence level.
+    pub confidence: f64,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        GateConfig { min_delta: 0.0, require_interval_above_zero: true, confidence: 0.95 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// The candidate beats production by the configured margin: propose it.
+    Promote,
+    /// Keep production; the report says why.
+    Hold,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Promote => "promote",
+            Decision::Hold => "hold",
+        }
+    }
+}
+
+/// The gate's verdict with its reasons, one sentence each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub decision: Decision,
+    pub reasons: Vec<String>,
+}
+
+pub fn decide(comparison: &Comparison, config: &GateConfig) -> Verdict {
+    let mut reasons = Vec::new();
+    let delta = comparison.delta;
+    if comparison.n == 0 {
+        reasons.push("the test split is empty: nothing to compare on".to_string());
+    }
+    if delta.estimate < config.min_delta || (config.min_delta == 0.0 && delta.estimate <= 0.0) {
+        reasons.push(format!("the delta {:+.3} is not above the minimum of {:+.3}", delta.estimate, config.min_delta));
+    }
+    if config.require_interval_above_zero && delta.low <= 0.0 {
+        reasons.push(format!(
+            "the {:.0}% interval [{:+.3}, {:+.3}] reaches zero: the difference may be noise",
+            delta.confidence * 100.0,
+            delta.low,
+            delta.high
+        ));
+    }
+    if reasons.is_empty() {
+        reasons.push(format!(
+            "the delta {:+.3} clears the minimum of {:+.3}{}",
+            delta.estimate,
+            config.min_delta,
+            if config.require_interval_above_zero { " and its interval lies above zero" } else { "" }
+        ));
+        Verdict { decision: Decision::Promote, reasons }
+    } else {
+        Verdict { decision: Decision::Hold, reasons }
+    }
+}

@@ -1,0 +1,115 @@
+//! What a run found, written for people: the Markdown report and PR body, the
+//! score history, and the one-line headline every channel (PR, Slack, the
+//! Actions summary) repeats word for word.
+
+use serde::{Deserialize, Serialize};
+
+use crate::gate::Decision;
+
+/// The run's result in one glance. Every channel formats the delta through
+/// [`Headline::delta_text`], so the PR and Slack never disagree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Headline {
+    pub pipeline: String,
+    /// The metric's name, e.g. `exact_match(queue)`.
+    pub metric: String,
+    /// Test examples both programs were scored on.
+    pub n: usize,
+    /// Production's test score (the artifact on the base branch, or the hand-written program).
+    pub baseline: f64,
+    pub candidate: f64,
+    pub delta: f64,
+    pub low: f64,
+    pub high: f64,
+    /// e.g. 0.95.
+    pub confidence: f64,
+    /// Exact McNemar p-value, for pass/fail metrics.
+    pub mcnemar_p: Option<f64>,
+    pub decision: Decision,
+    /// Why the gate decided so, one sentence each.
+    pub reasons: Vec<String>,
+}
+
+impl Headline {
+    /// `+0.194 (95% CI +0.094 to +0.295, n = 139)`.
+    pub fn delta_text(&self) -> String {
+        format!(
+            "{:+.3} ({:.0}% CI {:+.3} to {:+.3}, n = {})",
+            self.delta,
+            self.confidence * 100.0,
+            self.low,
+            self.high,
+            self.n
+        )
+    }
+
+    /// `0.266 → 0.460`.
+    pub fn scores_text(&self) -> String {
+        format!("{:.3} → {:.3}", self.baseline, self.candidate)
+    }
+
+    /// `promote` or `hold`, with the first reason for a hold.
+    pub fn decision_text(&self) -> String {
+        match self.decision {
+            Decision::Promote => "promote".to_string(),
+            Decision::Hold => match self.reasons.first() {
+                Some(reason) => format!("hold: {reason}"),
+                None => "hold".to_string(),
+            },
+        }
+    }
+}
+
+/// What the run cost in LM use.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cost {
+    /// Completions asked for, cache hits included.
+    pub lm_calls: u64,
+    pub cache_hits: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Dollars, where the pipeline configures a price.
+    pub dollars: Option<f64>,
+}
+
+impl Cost {
+    /// `1,498 LM calls (312 cached) · 412,003 tokens · $0.41`.
+    pub fn text(&self) -> String {
+        let mut text = format!(
+            "{} LM calls ({} cached) · {} tokens",
+            thousands(self.lm_calls),
+            thousands(self.cache_hits),
+            thousands(self.prompt_tokens + self.completion_tokens)
+        );
+        if let Some(dollars) = self.dollars {
+            text.push_str(&format!(" · ${dollars:.2}"));
+        }
+        text
+    }
+}
+
+/// `1498` → `1,498`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1498), "1,498");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+}
