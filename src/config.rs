@@ -37,6 +37,70 @@ pub struct PipelineConfig {
     pub signals: SignalsConfig,
     pub dedup: DedupConfig,
     pub sample: SampleConfig,
+    /// `[gate]`: when a candidate is proposed for production.
+    pub gate: crate::gate::GateConfig,
+    /// `[publish]`: the bot branch, the pull request and the Slack message.
+    pub publish: PublishConfig,
+}
+
+/// `[publish]`: where a run's result goes. Tokens are named by environment
+/// variable, never written here.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// The branch production lives on [default: the workflow's base ref, else `main`].
+    pub base: Option<String>,
+    /// The git remote to push to.
+    pub remote: String,
+    /// `owner/name` [default: GITHUB_REPOSITORY, else read from the remote's URL].
+    pub repository: Option<String>,
+    /// GitHub's REST API [default: GITHUB_API_URL, else https://api.github.com];
+    /// GitHub Enterprise: `https://HOST/api/v3`.
+    pub api_url: Option<String>,
+    /// The variable holding a token with `contents: write` and `pull-requests: write`.
+    pub token_env: String,
+    /// Labels put on the pull request.
+    pub labels: Vec<String>,
+    pub slack: SlackConfig,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig {
+            base: None,
+            remote: "origin".into(),
+            repository: None,
+            api_url: None,
+            token_env: "GITHUB_TOKEN".into(),
+            labels: vec!["promptloop".into()],
+            slack: SlackConfig::default(),
+        }
+    }
+}
+
+/// `[publish.slack]`: a bot token and channel, or an incoming webhook.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlackConfig {
+    /// The channel chat.postMessage posts to (with a bot token).
+    pub channel: Option<String>,
+    /// The variable holding a bot token (`xoxb-…`, scope `chat:write`).
+    pub token_env: String,
+    /// The variable holding an incoming-webhook URL (used when there is no bot token).
+    pub webhook_env: String,
+    /// Slack's Web API [default: https://slack.com/api/].
+    pub api_url: String,
+}
+
+impl Default for SlackConfig {
+    fn default() -> Self {
+        SlackConfig {
+            channel: None,
+            token_env: "SLACK_BOT_TOKEN".into(),
+            webhook_env: "SLACK_WEBHOOK_URL".into(),
+            api_url: "https://slack.com/api/".into(),
+        }
+    }
 }
 
 /// `[source]`: where the logs are, their shape, and the limits of one line.
@@ -329,6 +393,12 @@ pub struct LmConfig {
     /// MiB (0 turns prefix reuse off).
     #[serde(default = "default_prefix_cache_mb")]
     pub prefix_cache_mb: usize,
+    /// Dollars per million prompt tokens, for the report's cost line.
+    #[serde(default)]
+    pub input_price: Option<f64>,
+    /// Dollars per million completion tokens.
+    #[serde(default)]
+    pub output_price: Option<f64>,
 }
 
 fn default_prefix_cache_mb() -> usize {
@@ -461,6 +531,10 @@ struct RawPipeline {
     dedup: DedupConfig,
     #[serde(default)]
     sample: SampleConfig,
+    #[serde(default)]
+    gate: crate::gate::GateConfig,
+    #[serde(default)]
+    publish: PublishConfig,
 }
 
 #[derive(Deserialize)]
@@ -864,6 +938,37 @@ impl PipelineConfig {
             }
         }
 
+        let gate = raw.gate;
+        if !(gate.min_delta > -1.0 && gate.min_delta < 1.0) {
+            return Err(err("gate.min_delta", "must be between -1 and 1 (scores are 0..1), e.g. 0.02".into()));
+        }
+        if !(0.5..1.0).contains(&gate.confidence) {
+            return Err(err("gate.confidence", "must be at least 0.5 and below 1, e.g. 0.95".into()));
+        }
+        let publish = raw.publish;
+        if let Some(repository) = &publish.repository
+            && repository.split('/').filter(|part| !part.is_empty()).count() != 2
+        {
+            return Err(err("publish.repository", format!("`{repository}` is not `owner/name`")));
+        }
+        for (key, var) in [
+            ("publish.token_env", &publish.token_env),
+            ("publish.slack.token_env", &publish.slack.token_env),
+            ("publish.slack.webhook_env", &publish.slack.webhook_env),
+        ] {
+            if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(err(
+                    key,
+                    "must name an environment variable (letters, digits, `_`), not hold a secret itself".into(),
+                ));
+            }
+        }
+        for (key, price) in [("lm.input_price", lm.input_price), ("lm.output_price", lm.output_price)] {
+            if price.is_some_and(|p| !(p >= 0.0 && p.is_finite())) {
+                return Err(err(key, "must be a price in dollars per million tokens, 0 or more".into()));
+            }
+        }
+
         let schedule = match &raw.schedule {
             Some(text) => Some(crate::schedule::CronSchedule::parse(text).map_err(|m| err("schedule", m))?),
             None => None,
@@ -876,6 +981,8 @@ impl PipelineConfig {
             signals,
             dedup,
             sample,
+            gate,
+            publish,
             name: raw.name,
             description: raw.description,
             seed: raw.seed,

@@ -753,7 +753,7 @@ fn a_merge_refuses_to_overwrite_an_edit_made_while_it_ran() {
             r#"{"id": "by-hand", "inputs": {"message": "typed while pulling"}, "outputs": {}}"#
         );
         repo.write(file, edited.as_bytes());
-        let error = store.merge(&snapshot, &new, &[]).unwrap_err().to_string();
+        let error = store.merge(&snapshot, &new, &[], chrono::Utc::now()).unwrap_err().to_string();
         assert!(
             error.contains("changed while the pull ran") && error.contains(file.rsplit('/').next().unwrap()),
             "{error}"

@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub removed: BTreeSet<String>,
     /// Pulled ids still in the files.
     pulled: BTreeSet<String>,
+    /// Where the pull that wrote the manifest ended its window.
+    pub pulled_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// One inbox line: its text as written, and what promptloop reads of it.
@@ -81,6 +83,11 @@ pub struct Manifest {
     /// Ids pull put there that a person deleted: never added again.
     #[serde(default)]
     pub removed: Vec<String>,
+    /// Where the last pull's window ended. It travels with the dataset, so a
+    /// run on a branch that has not merged last week's pull reads those logs
+    /// again instead of losing them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pulled_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl DatasetStore {
@@ -95,34 +102,56 @@ impl DatasetStore {
         }
     }
 
+    /// Where the last merged pull's window ended, from the manifest alone.
+    pub fn pulled_until(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        Ok(self.read_manifest()?.pulled_until)
+    }
+
+    fn read_manifest(&self) -> Result<Manifest> {
+        let manifest_bytes = read_optional(&self.manifest)?;
+        if manifest_bytes.is_empty() {
+            return Ok(Manifest::default());
+        }
+        serde_json::from_slice(&manifest_bytes).with_context(|| {
+            format!(
+                "{} is not a manifest promptloop can read; restore it from git (or delete it, and records people deleted may come back)",
+                self.manifest.display()
+            )
+        })
+    }
+
     /// Reads the examples (a missing file is an empty dataset) and the inbox.
     pub fn read(&self) -> Result<Snapshot> {
         let examples_bytes = read_optional(&self.examples)?;
         let examples = parse_examples(&examples_bytes, &self.examples)?;
         let inbox_bytes = read_optional(&self.inbox)?;
         let inbox = parse_inbox(&inbox_bytes, &self.inbox)?;
-        let manifest_bytes = read_optional(&self.manifest)?;
-        let previous: Manifest = if manifest_bytes.is_empty() {
-            Manifest::default()
-        } else {
-            serde_json::from_slice(&manifest_bytes).with_context(|| {
-                format!(
-                    "{} is not a manifest promptloop can read; restore it from git (or delete it, and records people deleted may come back)",
-                    self.manifest.display()
-                )
-            })?
-        };
+        let previous = self.read_manifest()?;
         let present: HashSet<&str> =
             examples.iter().map(|e| e.id.as_str()).chain(inbox.iter().map(|e| e.id.as_str())).collect();
         let (pulled, gone): (BTreeSet<String>, BTreeSet<String>) =
             previous.pulled.into_iter().partition(|id| present.contains(id.as_str()));
         let removed = previous.removed.into_iter().chain(gone).collect();
-        Ok(Snapshot { examples_bytes, inbox_bytes, examples, inbox, removed, pulled })
+        Ok(Snapshot {
+            examples_bytes,
+            inbox_bytes,
+            examples,
+            inbox,
+            removed,
+            pulled,
+            pulled_until: previous.pulled_until,
+        })
     }
 
     /// Appends `new_examples` to the examples and `new_inbox` to the inbox,
     /// promotes labelled inbox lines, and rewrites the manifest.
-    pub fn merge(&self, snapshot: &Snapshot, new_examples: &[Example], new_inbox: &[Example]) -> Result<MergeOutcome> {
+    pub fn merge(
+        &self,
+        snapshot: &Snapshot,
+        new_examples: &[Example],
+        new_inbox: &[Example],
+        window_end: chrono::DateTime<chrono::Utc>,
+    ) -> Result<MergeOutcome> {
         for (path, read) in [(&self.examples, &snapshot.examples_bytes), (&self.inbox, &snapshot.inbox_bytes)] {
             if read_optional(path)? != *read {
                 bail!(
@@ -180,6 +209,7 @@ impl DatasetStore {
         pulled.extend(new_examples.iter().chain(new_inbox).map(|e| e.id.clone()));
         outcome.manifest.pulled = pulled.into_iter().collect();
         outcome.manifest.removed = snapshot.removed.iter().cloned().collect();
+        outcome.manifest.pulled_until = Some(window_end);
 
         write_atomically(&self.examples, examples_text.as_bytes())?;
         write_atomically(&self.inbox, inbox_text.as_bytes())?;

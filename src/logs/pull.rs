@@ -206,7 +206,11 @@ fn pull_blocking(request: PullRequest, runtime: tokio::runtime::Handle) -> Resul
         Since::All => None,
         Since::Time(t) => Some(*t),
         Since::Ago(d) => Some(until - *d),
-        Since::LastPull => read_state(config)?.map(|s| s.until),
+        // The dataset's own record first: it is what the base branch merged.
+        Since::LastPull => match DatasetStore::new(&config.dataset.path, config.dataset.split).pulled_until()? {
+            Some(end) => Some(end),
+            None => read_state(config)?.map(|s| s.until),
+        },
     };
     if since.is_some_and(|s| s >= until) {
         bail!("the window is empty: it starts at {} and ends at {until}", since.expect("checked"));
@@ -240,7 +244,7 @@ fn pull_blocking(request: PullRequest, runtime: tokio::runtime::Handle) -> Resul
         report.inbox = snapshot.inbox.len() + new_inbox.len();
     } else {
         let MergeOutcome { added, promoted, inbox_added, manifest } =
-            store.merge(&snapshot, &new_examples, &new_inbox)?;
+            store.merge(&snapshot, &new_examples, &new_inbox, until)?;
         report.added = added;
         report.promoted = promoted;
         report.inbox_added = inbox_added;

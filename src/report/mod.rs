@@ -2,9 +2,17 @@
 //! score history, and the one-line headline every channel (PR, Slack, the
 //! Actions summary) repeats word for word.
 
+pub mod chart;
+pub mod diff;
+pub mod history;
+pub mod markdown;
+
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::gate::Decision;
+use crate::logs::pull::PullReport;
 
 /// The run's result in one glance. Every channel formats the delta through
 /// [`Headline::delta_text`], so the PR and Slack never disagree.
@@ -58,6 +66,80 @@ impl Headline {
             },
         }
     }
+}
+
+/// Everything a run found, as data: what `report` renders and `publish`
+/// sends. Saved beside the run's files so each stage can run alone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReport {
+    pub headline: Headline,
+    pub date: DateTime<Utc>,
+    /// What production is: `artifacts/<name>/program.json on main (abc1234)`,
+    /// or the hand-written program when the base branch has no artifact.
+    pub production: String,
+    /// The optimizer and its main settings, e.g. `bootstrap_random_search (6 candidates)`.
+    pub optimizer: String,
+    /// Dev scores (selection only: the optimizer saw dev, so it is not evidence).
+    pub dev: Option<Scores>,
+    /// The test comparison per signal (routine, urgent, escalating, unlabeled).
+    pub slices: Vec<Slice>,
+    /// Test examples whose score changed, fixed first.
+    pub flipped: Vec<Flip>,
+    /// Reviewer-readable unified diff of instructions and demos (production → candidate).
+    pub program_diff: String,
+    /// What the pull did this run, when it ran.
+    pub dataset: Option<PullReport>,
+    /// The dataset the scores are on.
+    pub examples: DatasetSize,
+    pub cost: Cost,
+    /// Earlier runs from history.jsonl, oldest first, and this one last.
+    pub history: Vec<history::Entry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Scores {
+    pub n: usize,
+    pub baseline: f64,
+    pub candidate: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DatasetSize {
+    pub examples: usize,
+    pub train: usize,
+    pub dev: usize,
+    pub test: usize,
+}
+
+/// The test comparison restricted to one signal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Slice {
+    pub signal: String,
+    pub scores: Scores,
+    pub fixed: usize,
+    pub broken: usize,
+}
+
+/// A test example on which production and the candidate disagree in score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Flip {
+    pub id: String,
+    /// true: the candidate fixed it; false: the candidate broke it.
+    pub fixed: bool,
+    pub signal: String,
+    /// The example's inputs, as stored (anonymized when pulled).
+    pub inputs: Map<String, Value>,
+    pub reference: Map<String, Value>,
+    /// Each program's outputs, or why it had none.
+    pub production: Outcome,
+    pub candidate: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Outputs(Map<String, Value>),
+    Failed(String),
 }
 
 /// What the run cost in LM use.

@@ -1,0 +1,65 @@
+//! `artifacts/<name>/history.jsonl`: one line per run, appended, never
+//! rewritten, so the PR shows the score's path across weeks.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::gate::Decision;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub date: DateTime<Utc>,
+    /// Examples in the dataset the run scored on.
+    pub examples: usize,
+    /// Test examples both programs were scored on.
+    pub test_n: usize,
+    pub baseline: f64,
+    pub candidate: f64,
+    pub delta: f64,
+    pub low: f64,
+    pub high: f64,
+    pub decision: Decision,
+    pub lm_calls: u64,
+    pub tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dollars: Option<f64>,
+}
+
+/// The entries in `path` (none when it does not exist). A line that does not
+/// parse is skipped with a warning naming it: the history is for reading,
+/// and a hand-edited line must not stop a run.
+pub fn read(path: &Path) -> Result<Vec<Entry>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut entries = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Entry>(line) {
+            Ok(entry) => entries.push(entry),
+            Err(e) => {
+                tracing::warn!("{}:{}: not a history entry ({e}); left out of the chart", path.display(), index + 1)
+            }
+        }
+    }
+    Ok(entries)
+}
+
+/// The file's bytes with `entry` appended as one line; earlier lines are kept
+/// byte for byte.
+pub fn appended(existing: &[u8], entry: &Entry) -> Vec<u8> {
+    let mut bytes = existing.to_vec();
+    if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+        bytes.push(b'\n');
+    }
+    bytes.extend_from_slice(serde_json::to_string(entry).expect("a history entry serializes").as_bytes());
+    bytes.push(b'\n');
+    bytes
+}

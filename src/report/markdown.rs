@@ -1,0 +1,376 @@
+//! The report in Markdown: `REPORT.md` in full, and the PR body, which is the
+//! same text made to fit GitHub's limit. The headline and the score table
+//! come first and are never cut; long parts sit in `<details>`, and when the
+//! body is still too long the flipped examples and the diff shrink, then whole
+//! sections go from the tail, each time saying where the rest is.
+
+use serde_json::{Map, Value};
+
+use super::{Flip, Outcome, RunReport, Scores, chart, thousands};
+use crate::gate::Decision;
+
+/// GitHub refuses a pull request body longer than this many characters.
+pub const GITHUB_BODY_LIMIT: usize = 65_536;
+
+/// Table cells longer than this are cut (the full text is in the dataset).
+const CELL_CHARS: usize = 160;
+
+/// How much of the long sections to show.
+#[derive(Debug, Clone, Copy)]
+struct Detail {
+    /// Flipped examples shown per direction.
+    flips: usize,
+    /// Lines of the program diff shown.
+    diff_lines: usize,
+    /// Sections after the headline and tables that are kept, in order.
+    sections: usize,
+}
+
+const FULL: Detail = Detail { flips: usize::MAX, diff_lines: usize::MAX, sections: usize::MAX };
+
+/// `artifacts/<name>/REPORT.md`: everything, nothing trimmed.
+pub fn report(run: &RunReport) -> String {
+    render(run, None, FULL, None)
+}
+
+/// The PR body: a hidden `marker` first (so the PR is found again), then the
+/// report, fitted into `limit` characters. `report_path` is where the full
+/// report lives, named wherever something was left out.
+pub fn pr_body(run: &RunReport, marker: &str, report_path: &str, limit: usize) -> String {
+    let body = render(run, Some(marker), FULL, Some(report_path));
+    if body.chars().count() <= limit {
+        return body;
+    }
+    // Shrink the long parts step by step, then drop sections from the tail.
+    let mut detail = Detail { flips: 20, diff_lines: 400, sections: SECTIONS };
+    loop {
+        let body = render(run, Some(marker), detail, Some(report_path));
+        if body.chars().count() <= limit {
+            return body;
+        }
+        if detail.flips > 0 || detail.diff_lines > 0 {
+            detail.flips /= 2;
+            detail.diff_lines /= 2;
+        } else if detail.sections > 0 {
+            detail.sections -= 1;
+        } else {
+            // Only the headline and tables are left and they still do not fit
+            // (absurd inputs): cut the tail, never the head.
+            let keep = limit.saturating_sub(120);
+            let cut: String = body.chars().take(keep).collect();
+            return format!("{cut}\n\n… cut to fit GitHub's limit; the full report is in `{report_path}`.\n");
+        }
+    }
+}
+
+/// The sections after the headline and score table, in the order they appear
+/// (and are dropped from the end).
+const SECTIONS: usize = 6;
+
+fn render(run: &RunReport, marker: Option<&str>, detail: Detail, report_path: Option<&str>) -> String {
+    let mut out = String::new();
+    if let Some(marker) = marker {
+        out.push_str(marker);
+        out.push('\n');
+    }
+    headline(run, &mut out);
+    score_table(run, &mut out);
+    let sections: [fn(&RunReport, Detail, Option<&str>, &mut String); SECTIONS] =
+        [slices, history, program_diff, flipped, dataset, cost];
+    for section in sections.iter().take(detail.sections) {
+        section(run, detail, report_path, &mut out);
+    }
+    if detail.sections < SECTIONS
+        && let Some(path) = report_path
+    {
+        out.push_str(&format!(
+            "\n_Some sections were left out to fit GitHub's size limit: the full report is in `{path}` on this branch._\n"
+        ));
+    }
+    footer(run, &mut out);
+    out
+}
+
+fn headline(run: &RunReport, out: &mut String) {
+    let h = &run.headline;
+    let (mark, verdict) = match h.decision {
+        Decision::Promote => ("✅", "promote"),
+        Decision::Hold => ("⏸️", "hold"),
+    };
+    out.push_str(&format!("## {mark} {}: {verdict} — test {}\n\n", h.pipeline, h.delta_text()));
+    let mut facts = format!(
+        "On the held-out test split, which the optimizer never saw, the candidate scores **{:.3}** against production's **{:.3}** ({}).",
+        h.candidate, h.baseline, h.metric
+    );
+    if let Some(p) = h.mcnemar_p {
+        facts.push_str(&format!(" McNemar p = {}.", p_value(p)));
+    }
+    let fixed = run.flipped.iter().filter(|f| f.fixed).count();
+    let broken = run.flipped.len() - fixed;
+    facts.push_str(&format!(" {fixed} examples fixed, {broken} broken."));
+    out.push_str(&facts);
+    out.push_str("\n\n");
+    let reasons = h.reasons.join("; ");
+    out.push_str(&format!("**Gate: {verdict}** — {reasons}.\n\n"));
+    out.push_str(&format!("Production: {}. Optimizer: {}.\n\n", run.production, run.optimizer));
+}
+
+fn score_table(run: &RunReport, out: &mut String) {
+    let h = &run.headline;
+    out.push_str("| split | n | production | candidate | delta |\n|---|---:|---:|---:|---:|\n");
+    out.push_str(&format!(
+        "| **test** (held out) | {} | {:.3} | {:.3} | **{:+.3}** [{:+.3}, {:+.3}] |\n",
+        h.n, h.baseline, h.candidate, h.delta, h.low, h.high
+    ));
+    if let Some(dev) = &run.dev {
+        out.push_str(&format!(
+            "| dev (used to select) | {} | {:.3} | {:.3} | {:+.3} |\n",
+            dev.n,
+            dev.baseline,
+            dev.candidate,
+            dev.candidate - dev.baseline
+        ));
+    }
+    out.push_str(&format!(
+        "\n<sub>[low, high]: {:.0}% paired-bootstrap interval over the test examples. Dev scores guided the optimizer and are not evidence.</sub>\n",
+        h.confidence * 100.0
+    ));
+}
+
+fn slices(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
+    if run.slices.len() < 2 {
+        return;
+    }
+    out.push_str("\n### By signal (test)\n\n| signal | n | production | candidate | delta | fixed | broken |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    for slice in &run.slices {
+        let Scores { n, baseline, candidate } = slice.scores;
+        out.push_str(&format!(
+            "| {} | {n} | {baseline:.3} | {candidate:.3} | {:+.3} | {} | {} |\n",
+            cell(&slice.signal),
+            candidate - baseline,
+            slice.fixed,
+            slice.broken
+        ));
+    }
+}
+
+fn history(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
+    if run.history.is_empty() {
+        return;
+    }
+    out.push_str("\n### Test score by run\n\n");
+    if run.history.len() > 1 {
+        out.push_str("Production is the first line, the candidate the second.\n\n");
+        out.push_str(&chart::mermaid(&run.history, &run.headline.metric));
+        out.push('\n');
+    }
+    out.push_str("<details><summary>The numbers</summary>\n\n| run | examples | test n | production | candidate | delta | decision |\n|---|---:|---:|---:|---:|---:|---|\n");
+    for entry in run.history.iter().rev() {
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.3} | {:.3} | {:+.3} [{:+.3}, {:+.3}] | {} |\n",
+            entry.date.format("%Y-%m-%d %H:%M"),
+            thousands(entry.examples as u64),
+            entry.test_n,
+            entry.baseline,
+            entry.candidate,
+            entry.delta,
+            entry.low,
+            entry.high,
+            entry.decision.as_str()
+        ));
+    }
+    out.push_str("\n</details>\n");
+}
+
+fn program_diff(run: &RunReport, detail: Detail, report_path: Option<&str>, out: &mut String) {
+    out.push_str("\n### What changed in the prompts\n\n");
+    if run.program_diff.is_empty() {
+        out.push_str("Nothing: the candidate's instructions and demos are production's.\n");
+        return;
+    }
+    let lines: Vec<&str> = run.program_diff.lines().collect();
+    let added = lines.iter().filter(|l| l.starts_with('+') && !l.starts_with("+++")).count();
+    let removed = lines.iter().filter(|l| l.starts_with('-') && !l.starts_with("---")).count();
+    out.push_str(&format!(
+        "<details><summary>Instructions and demos, production → candidate: {added} lines added, {removed} removed</summary>\n\n"
+    ));
+    if detail.diff_lines == 0 {
+        out.push_str(&left_out("The diff", report_path));
+    } else {
+        out.push_str("```diff\n");
+        for line in lines.iter().take(detail.diff_lines) {
+            // A fence inside the diff would end the code block early.
+            out.push_str(&line.replace("```", "`\u{200b}``"));
+            out.push('\n');
+        }
+        out.push_str("```\n");
+        if lines.len() > detail.diff_lines {
+            out.push_str(&left_out(&format!("{} more lines", lines.len() - detail.diff_lines), report_path));
+        }
+    }
+    out.push_str("\n</details>\n");
+}
+
+fn flipped(run: &RunReport, detail: Detail, report_path: Option<&str>, out: &mut String) {
+    if run.flipped.is_empty() {
+        out.push_str("\n### Examples that flipped\n\nNone: both programs score the same on every test example.\n");
+        return;
+    }
+    out.push_str("\n### Examples that flipped\n");
+    for (fixed, label) in [(true, "fixed by the candidate"), (false, "broken by the candidate")] {
+        let flips: Vec<&Flip> = run.flipped.iter().filter(|f| f.fixed == fixed).collect();
+        if flips.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("\n<details><summary>{} {label}</summary>\n\n", flips.len()));
+        if detail.flips == 0 {
+            out.push_str(&left_out("The examples", report_path));
+        } else {
+            out.push_str(
+                "| example | signal | input | reference | production | candidate |\n|---|---|---|---|---|---|\n",
+            );
+            for flip in flips.iter().take(detail.flips) {
+                out.push_str(&format!(
+                    "| `{}` | {} | {} | {} | {} | {} |\n",
+                    flip.id.replace('`', "'"),
+                    cell(&flip.signal),
+                    cell(&fields_text(&flip.inputs)),
+                    cell(&fields_text(&flip.reference)),
+                    cell(&outcome_text(&flip.production)),
+                    cell(&outcome_text(&flip.candidate)),
+                ));
+            }
+            if flips.len() > detail.flips {
+                out.push_str(&left_out(&format!("{} more", flips.len() - detail.flips), report_path));
+            }
+        }
+        out.push_str("\n</details>\n");
+    }
+}
+
+fn dataset(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
+    let size = &run.examples;
+    out.push_str("\n### Dataset\n\n");
+    out.push_str(&format!(
+        "{} examples: {} train, {} dev, {} test.\n",
+        thousands(size.examples as u64),
+        thousands(size.train as u64),
+        thousands(size.dev as u64),
+        thousands(size.test as u64)
+    ));
+    let Some(pull) = &run.dataset else {
+        out.push_str("\nNo logs were pulled in this run.\n");
+        return;
+    };
+    let window = match pull.since {
+        Some(since) => format!("{} to {}", since.format("%Y-%m-%d %H:%M"), pull.until.format("%Y-%m-%d %H:%M UTC")),
+        None => format!("everything up to {}", pull.until.format("%Y-%m-%d %H:%M UTC")),
+    };
+    let malformed: u64 = pull.malformed.values().sum();
+    let d = &pull.duplicates;
+    let sampled: Vec<String> = pull.sampled.iter().map(|(signal, n)| format!("{} {n}", signal.name())).collect();
+    let added: Vec<String> = pull.added.iter().map(|(split, n)| format!("{} {n}", split.name())).collect();
+    let anonymized: Vec<String> =
+        pull.anonymized.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k} {n}")).collect();
+    out.push_str(&format!(
+        "\nThis run's pull ({window}):\n\n\
+         - read {} lines from {} source files or pages; {} malformed, skipped{}\n\
+         - {} records in the window; {} anonymized{}\n\
+         - duplicates: {} exact and {} near within the pull, {} exact and {} near already in the dataset; {} kept out because they resemble a test example\n\
+         - sampled: {} ({} more left out by the caps)\n\
+         - added: {}; {} to the inbox to be labelled, {} labelled inbox lines promoted\n",
+        thousands(pull.lines),
+        pull.units,
+        thousands(malformed),
+        if malformed > 0 {
+            format!(" ({})", pull.malformed.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
+        } else {
+            String::new()
+        },
+        thousands(pull.records),
+        thousands(pull.anonymized.total()),
+        if anonymized.is_empty() { String::new() } else { format!(" ({})", anonymized.join(", ")) },
+        d.exact_in_pull,
+        d.near_in_pull,
+        d.exact_existing,
+        d.near_existing,
+        d.leak_guarded,
+        if sampled.is_empty() { "none".to_string() } else { sampled.join(", ") },
+        thousands(pull.not_sampled),
+        if added.is_empty() { "none".to_string() } else { added.join(", ") },
+        pull.inbox_added,
+        pull.promoted,
+    ));
+}
+
+fn cost(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
+    out.push_str(&format!("\n### Cost\n\n{}.\n", run.cost.text()));
+}
+
+fn footer(run: &RunReport, out: &mut String) {
+    out.push_str(&format!(
+        "\n---\n<sub>promptloop {} · run {} · the artifact, this report and the history are in `artifacts/{}/`</sub>\n",
+        env!("CARGO_PKG_VERSION"),
+        run.date.format("%Y-%m-%d %H:%M UTC"),
+        run.headline.pipeline
+    ));
+}
+
+fn left_out(what: &str, report_path: Option<&str>) -> String {
+    match report_path {
+        Some(path) => format!("\n_{what} left out here to fit GitHub's size limit: see `{path}`._\n"),
+        None => format!("\n_{what} left out._\n"),
+    }
+}
+
+/// `0.0005`, or `< 0.0001`.
+fn p_value(p: f64) -> String {
+    if p < 0.0001 { "< 0.0001".to_string() } else { format!("{p:.4}") }
+}
+
+fn fields_text(fields: &Map<String, Value>) -> String {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if fields.len() == 1 {
+        return fields.values().next().map(text).unwrap_or_default();
+    }
+    fields.iter().map(|(k, v)| format!("{k}: {}", text(v))).collect::<Vec<_>>().join("; ")
+}
+
+fn outcome_text(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Outputs(fields) => fields_text(fields),
+        Outcome::Failed(reason) => format!("(no answer: {reason})"),
+    }
+}
+
+/// Text made safe for one Markdown table cell: one line, no pipes, no HTML,
+/// and cut at a character boundary.
+fn cell(text: &str) -> String {
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut cut: String = one_line.chars().take(CELL_CHARS).collect();
+    if one_line.chars().count() > CELL_CHARS {
+        cut.push('…');
+    }
+    cut.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('|', "\\|")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_are_one_line_without_pipes_or_html() {
+        assert_eq!(cell("a | b\nc <script>"), "a \\| b c &lt;script&gt;");
+        let long = "é".repeat(500);
+        assert_eq!(cell(&long).chars().count(), CELL_CHARS + 1);
+    }
+
+    #[test]
+    fn p_values_are_readable() {
+        assert_eq!(p_value(0.00046), "0.0005");
+        assert_eq!(p_value(0.00001), "< 0.0001");
+    }
+}
