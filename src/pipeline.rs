@@ -7,17 +7,26 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::config::{LmConfig, PipelineConfig, Provider, ResponseFormatStyle};
-use crate::dataset::{Dataset, Split};
+use chrono::{DateTime, Utc};
+
+use crate::config::{LmConfig, OptimizerKind, PipelineConfig, Provider, ResponseFormatStyle};
+use crate::dataset::store::DatasetStore;
+use crate::dataset::{Dataset, Example, Split};
+use crate::gate::Decision;
+use crate::logs::pull::{PullRequest, Since};
+use crate::report::{Cost, DatasetSize, Flip, Headline, Outcome, RunReport, Scores, Slice, history};
+use crate::stats::{Comparison, Pair};
 use crate::lm::cache::ResponseCache;
 use crate::lm::local::{LocalEngine, LocalOptions};
 use crate::lm::openai::{OpenAiClient, OpenAiConfig, SchemaStyle};
 use crate::lm::{LanguageModel, Lm, UsageSummary};
 use crate::metric;
 use crate::optimize::bootstrap::OptimizeContext;
-use crate::optimize::evaluate::{EvalContext, Evaluation, evaluate};
+use crate::optimize::evaluate::{EvalContext, Evaluation, ExampleResult, evaluate};
 use crate::program::Program;
-use crate::program::artifact::{Artifact, DatasetProvenance, LmSettings, Provenance, Scores, SplitScore};
+use crate::program::artifact::{
+    Artifact, DatasetProvenance, LmSettings, Provenance, Scores as ArtifactScores, SplitScore, write_atomically,
+};
 use crate::program::predictor::PredictSettings;
 
 /// Builds the LM a pipeline names, behind the response cache in `state_dir`.
@@ -158,7 +167,7 @@ pub async fn compile(request: &CompileRequest) -> Result<CompileOutcome> {
         },
         candidates: optimized.candidates.clone(),
     };
-    let scores = Scores {
+    let scores = ArtifactScores {
         metric: metric::name(&config.metric),
         dev: (!dataset.dev().is_empty()).then(|| SplitScore {
             n: dataset.dev().len(),
@@ -244,4 +253,397 @@ fn eval_context(config: &PipelineConfig, lm: Lm, progress: bool) -> EvalContext 
 
 fn relative_to(path: &Path, root: &Path) -> String {
     path.strip_prefix(root).unwrap_or(path).to_string_lossy().replace('\\', "/")
+}
+
+// ---- the weekly run ---------------------------------------------------------
+
+/// `.promptloop/runs/<name>/`: what a run leaves for the stages after it
+/// (`report`, `publish`) and for people when nothing was published.
+pub fn run_dir(config: &PipelineConfig) -> PathBuf {
+    config.state_dir().join("runs").join(&config.name)
+}
+
+/// A run's result as saved in `run_dir/run.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SavedRun {
+    pub report: RunReport,
+    /// The repository-relative files the run wrote: what the bot branch carries.
+    pub files: Vec<String>,
+    /// The branch production was read from.
+    pub base: String,
+}
+
+pub struct EvaluateRequest {
+    pub pipeline: PathBuf,
+    /// Use this optimizer instead of the pipeline's.
+    pub optimizer: Option<OptimizerKind>,
+    /// Pull logs first (when the pipeline has a `[source]`).
+    pub pull: Option<(Since, Option<DateTime<Utc>>)>,
+    /// The branch production lives on.
+    pub base: String,
+    /// The git remote whose base branch is production (read without checking it out).
+    pub remote: Option<String>,
+    pub use_cache: bool,
+    pub progress: bool,
+}
+
+/// Pull → production's program → optimize → score both on test → compare →
+/// gate → write `artifacts/<name>/{program.json, history.jsonl, REPORT.md}`
+/// and the saved run. The candidate replaces `program.json` only on promote.
+pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
+    let mut config = PipelineConfig::load(&request.pipeline)?;
+    if let Some(kind) = request.optimizer {
+        config.optimizer.kind = kind;
+    }
+    let mut files = Vec::new();
+    let pulled = match (&request.pull, &config.source) {
+        (Some((since, until)), Some(_)) => {
+            let pull_request =
+                PullRequest { config: config.clone(), since: since.clone(), until: *until, dry_run: false };
+            let report = crate::logs::pull::pull(pull_request).await.context("the pull failed")?;
+            let store = DatasetStore::new(&config.dataset.path, config.dataset.split);
+            for path in [&store.examples, &store.inbox, &store.manifest] {
+                if path.exists() {
+                    files.push(relative_to(path, &config.root));
+                }
+            }
+            Some(report)
+        }
+        _ => None,
+    };
+
+    let dataset = Dataset::load(&config.dataset.path, &config.dataset.split)?;
+    if dataset.train().is_empty() || dataset.test().is_empty() {
+        bail!(
+            "{}: the dataset has {} train and {} test examples; both must be non-empty for a run",
+            config.dataset.path.display(),
+            dataset.train().len(),
+            dataset.test().len()
+        );
+    }
+    let (production, production_label) = production_program(&config, request)?;
+
+    let lm = build_lm(&config.lm, &config.state_dir(), request.use_cache)?;
+    let eval_ctx = eval_context(&config, lm.clone(), request.progress);
+    let teacher_settings = match &config.optimizer.teacher {
+        Some(teacher) => {
+            predict_settings(teacher, build_lm(teacher, &config.state_dir(), request.use_cache)?, config.adapter)
+        }
+        None => eval_ctx.settings.clone(),
+    };
+    let ctx = OptimizeContext { student: eval_ctx.clone(), teacher: teacher_settings };
+    // The optimizer starts from the program as declared, every week; production
+    // is only what the candidate must beat.
+    let declared = Program::baseline(&config);
+    tracing::info!(pipeline = %config.name, train = dataset.train().len(), dev = dataset.dev().len(), "optimizing");
+    let optimized =
+        crate::optimize::optimize(&declared, dataset.train(), dataset.dev(), &ctx, &config.optimizer, config.seed)
+            .await
+            .context("optimizing stopped: the LM failed")?;
+    let candidate = &optimized.program;
+    let scoring = "the LM failed while scoring";
+    let production_dev = evaluate(&production, dataset.dev(), &eval_ctx, "dev: production").await.context(scoring)?;
+    let candidate_dev = evaluate(candidate, dataset.dev(), &eval_ctx, "dev: candidate").await.context(scoring)?;
+    // Test is read here for the first time, by both programs alike.
+    let production_test =
+        evaluate(&production, dataset.test(), &eval_ctx, "test: production").await.context(scoring)?;
+    let candidate_test = evaluate(candidate, dataset.test(), &eval_ctx, "test: candidate").await.context(scoring)?;
+
+    let pairs = crate::stats::pair_by_id(
+        production_test.results.iter().map(|r| (r.example_id.as_str(), r.score)),
+        candidate_test.results.iter().map(|r| (r.example_id.as_str(), r.score)),
+    );
+    let comparison = Comparison::of(&pairs, config.gate.confidence, config.seed);
+    let verdict = crate::gate::decide(&comparison, &config.gate);
+    let usage = lm.usage();
+    let cost = Cost {
+        lm_calls: usage.calls,
+        cache_hits: usage.cache_hits,
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        dollars: dollars(&config.lm, &usage),
+    };
+    let headline = Headline {
+        pipeline: config.name.clone(),
+        metric: metric::name(&config.metric),
+        n: comparison.n,
+        baseline: comparison.baseline_mean,
+        candidate: comparison.candidate_mean,
+        delta: comparison.delta.estimate,
+        low: comparison.delta.low,
+        high: comparison.delta.high,
+        confidence: comparison.delta.confidence,
+        mcnemar_p: comparison.mcnemar_p,
+        decision: verdict.decision,
+        reasons: verdict.reasons.clone(),
+    };
+
+    let artifact_dir = config.root.join("artifacts").join(&config.name);
+    let history_path = artifact_dir.join("history.jsonl");
+    let date = Utc::now();
+    let entry = history::Entry {
+        date,
+        examples: dataset.len(),
+        test_n: comparison.n,
+        baseline: comparison.baseline_mean,
+        candidate: comparison.candidate_mean,
+        delta: comparison.delta.estimate,
+        low: comparison.delta.low,
+        high: comparison.delta.high,
+        decision: verdict.decision,
+        lm_calls: cost.lm_calls,
+        tokens: cost.prompt_tokens + cost.completion_tokens,
+        dollars: cost.dollars,
+    };
+    let mut past = history::read(&history_path)?;
+    past.push(entry.clone());
+
+    let report = RunReport {
+        headline,
+        date,
+        production: production_label,
+        optimizer: optimizer_label(&config),
+        dev: (!dataset.dev().is_empty()).then(|| Scores {
+            n: dataset.dev().len(),
+            baseline: production_dev.summary.mean,
+            candidate: candidate_dev.summary.mean,
+        }),
+        slices: slices(&dataset, &pairs),
+        flipped: flips(&dataset, &production_test, &candidate_test),
+        program_diff: crate::report::diff::unified(
+            &crate::report::diff::program_text(&production),
+            &crate::report::diff::program_text(candidate),
+        ),
+        dataset: pulled,
+        examples: DatasetSize {
+            examples: dataset.len(),
+            train: dataset.train().len(),
+            dev: dataset.dev().len(),
+            test: dataset.test().len(),
+        },
+        cost,
+        history: past,
+    };
+
+    // The artifact: the candidate on promote; production stays otherwise.
+    if verdict.decision == Decision::Promote {
+        let lm_settings = LmSettings {
+            model: lm.description().clone(),
+            temperature: config.lm.temperature,
+            max_tokens: config.lm.max_tokens,
+            adapter: config.adapter,
+        };
+        let provenance = Provenance {
+            tool: format!("promptloop {}", env!("CARGO_PKG_VERSION")),
+            seed: config.seed,
+            optimizer: serde_json::to_value(&config.optimizer).expect("optimizer settings serialize"),
+            dataset: DatasetProvenance {
+                path: relative_to(&config.dataset.path, &config.root),
+                sha256: dataset.content_hash.clone(),
+                examples: dataset.len(),
+                train: dataset.train().len(),
+                dev: dataset.dev().len(),
+                test: dataset.test().len(),
+            },
+            candidates: optimized.candidates.clone(),
+        };
+        let scores = ArtifactScores {
+            metric: metric::name(&config.metric),
+            dev: report.dev.map(|d| SplitScore { n: d.n, baseline: d.baseline, compiled: d.candidate }),
+            test: Some(SplitScore {
+                n: comparison.n,
+                baseline: comparison.baseline_mean,
+                compiled: comparison.candidate_mean,
+            }),
+        };
+        let artifact = Artifact::from_program(candidate, &config.name, lm_settings, provenance, scores);
+        artifact.save(&config.artifact_path())?;
+        files.push(relative_to(&config.artifact_path(), &config.root));
+    }
+    let existing = match std::fs::read(&history_path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", history_path.display())),
+    };
+    write_atomically(&history_path, &history::appended(&existing, &entry))?;
+    files.push(relative_to(&history_path, &config.root));
+    let report_path = artifact_dir.join("REPORT.md");
+    write_atomically(&report_path, crate::report::markdown::report(&report).as_bytes())?;
+    files.push(relative_to(&report_path, &config.root));
+
+    let saved = SavedRun { report, files, base: request.base.clone() };
+    save_run(&config, &saved)?;
+    Ok(saved)
+}
+
+pub fn save_run(config: &PipelineConfig, run: &SavedRun) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(run).expect("a run serializes");
+    text.push('\n');
+    write_atomically(&run_dir(config).join("run.json"), text.as_bytes())
+}
+
+pub fn load_run(config: &PipelineConfig) -> Result<SavedRun> {
+    let path = run_dir(config).join("run.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("no saved run at {}; run `promptloop run {}` (or `--dry-run`) first", path.display(), config.name)
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a run promptloop saved", path.display()))
+}
+
+/// Production: the artifact on the base branch (read from git, not the work
+/// tree), else the artifact in the work tree when this is not a repository,
+/// else the program as declared.
+fn production_program(config: &PipelineConfig, request: &EvaluateRequest) -> Result<(Program, String)> {
+    let relative = relative_to(&config.artifact_path(), &config.root);
+    let (bytes, label) = match base_file(&config.root, request.remote.as_deref(), &request.base, &relative)? {
+        BaseFile::Found { bytes, commit } => (Some(bytes), format!("`{relative}` on {} ({commit})", request.base)),
+        BaseFile::Absent => (None, String::new()),
+        BaseFile::NoRepository => match std::fs::read(config.artifact_path()) {
+            Ok(bytes) => (Some(bytes), format!("`{relative}` in the work tree (not a git repository)")),
+            Err(_) => (None, String::new()),
+        },
+    };
+    match bytes {
+        Some(bytes) => {
+            let text = String::from_utf8(bytes).with_context(|| format!("{relative} on {} is not UTF-8", request.base))?;
+            let artifact = Artifact::parse(&text, Path::new(&relative))?;
+            Ok((artifact.program(), label))
+        }
+        None => Ok((
+            Program::baseline(config),
+            format!("the program as declared in `{}` (no artifact on {} yet)", relative_to(&config.file, &config.root), request.base),
+        )),
+    }
+}
+
+enum BaseFile {
+    Found { bytes: Vec<u8>, commit: String },
+    Absent,
+    NoRepository,
+}
+
+/// A file as it is on the base branch's tip: the remote-tracking branch when
+/// there is a remote (CI checks out whatever ref it was given), else the
+/// local branch.
+fn base_file(root: &Path, remote: Option<&str>, base: &str, relative: &str) -> Result<BaseFile> {
+    let repo = match git2::Repository::discover(root) {
+        Ok(repo) => repo,
+        Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(BaseFile::NoRepository),
+        Err(e) => return Err(e).with_context(|| format!("cannot open the git repository at {}", root.display())),
+    };
+    let tracking = remote.map(|r| format!("refs/remotes/{r}/{base}"));
+    let reference = tracking
+        .iter()
+        .map(String::as_str)
+        .chain([format!("refs/heads/{base}").as_str()])
+        .find_map(|name| repo.find_reference(name).ok())
+        .with_context(|| format!("the base branch `{base}` is in neither the remote nor the local repository; fetch it, or set [publish] base"))?;
+    let commit = reference.peel_to_commit().with_context(|| format!("`{base}` does not point at a commit"))?;
+    // The artifact's path inside the repository, whose root may be above ours.
+    let workdir = repo.workdir().unwrap_or(root);
+    let prefix = root.canonicalize().ok().and_then(|r| r.strip_prefix(workdir.canonicalize().ok()?).ok().map(Path::to_path_buf));
+    let in_repo = prefix.unwrap_or_default().join(relative);
+    let short = commit.id().to_string()[..7].to_string();
+    match commit.tree()?.get_path(&in_repo) {
+        Ok(entry) => {
+            let blob = entry.to_object(&repo)?.peel_to_blob().with_context(|| format!("{relative} on {base} is not a file"))?;
+            Ok(BaseFile::Found { bytes: blob.content().to_vec(), commit: short })
+        }
+        Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(BaseFile::Absent),
+        Err(e) => Err(e).with_context(|| format!("cannot read {relative} on {base}")),
+    }
+}
+
+fn optimizer_label(config: &PipelineConfig) -> String {
+    let o = &config.optimizer;
+    let kind = serde_json::to_value(o.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    match o.kind {
+        OptimizerKind::None => format!("`{kind}` (the declared program unchanged)"),
+        OptimizerKind::BootstrapFewShot => {
+            format!("`{kind}` (up to {} bootstrapped and {} labeled demos)", o.max_bootstrapped_demos, o.max_labeled_demos)
+        }
+        OptimizerKind::BootstrapRandomSearch => format!(
+            "`{kind}` ({} random candidates, up to {} bootstrapped and {} labeled demos, chosen on dev)",
+            o.num_candidates, o.max_bootstrapped_demos, o.max_labeled_demos
+        ),
+    }
+}
+
+fn dollars(config: &LmConfig, usage: &UsageSummary) -> Option<f64> {
+    if config.input_price.is_none() && config.output_price.is_none() {
+        return None;
+    }
+    // Cached replies cost nothing: only what the provider computed is billed.
+    let share = if usage.calls == 0 { 0.0 } else { usage.provider_calls as f64 / usage.calls as f64 };
+    let input = config.input_price.unwrap_or(0.0) * usage.prompt_tokens as f64 / 1e6;
+    let output = config.output_price.unwrap_or(0.0) * usage.completion_tokens as f64 / 1e6;
+    Some((input + output) * share)
+}
+
+fn signal_of(example: &Example) -> String {
+    example
+        .extra
+        .get("signal")
+        .and_then(|s| s.get("label"))
+        .and_then(|l| l.as_str())
+        .unwrap_or("unlabeled")
+        .to_string()
+}
+
+/// The test comparison per signal, in a fixed order.
+fn slices(dataset: &Dataset, pairs: &[Pair]) -> Vec<Slice> {
+    let signals: std::collections::HashMap<&str, String> =
+        dataset.test().iter().map(|e| (e.id.as_str(), signal_of(e))).collect();
+    let mut by_signal: std::collections::BTreeMap<String, Vec<&Pair>> = Default::default();
+    for pair in pairs {
+        let signal = signals.get(pair.id.as_str()).cloned().unwrap_or_else(|| "unlabeled".into());
+        by_signal.entry(signal).or_default().push(pair);
+    }
+    let order = |s: &str| ["routine", "urgent", "escalating", "unlabeled"].iter().position(|x| *x == s).unwrap_or(9);
+    let mut slices: Vec<Slice> = by_signal
+        .into_iter()
+        .map(|(signal, pairs)| {
+            let n = pairs.len();
+            let mean = |f: fn(&Pair) -> f64| pairs.iter().map(|p| f(p)).sum::<f64>() / n as f64;
+            Slice {
+                scores: Scores { n, baseline: mean(|p| p.baseline), candidate: mean(|p| p.candidate) },
+                fixed: pairs.iter().filter(|p| p.candidate > p.baseline).count(),
+                broken: pairs.iter().filter(|p| p.candidate < p.baseline).count(),
+                signal,
+            }
+        })
+        .collect();
+    slices.sort_by_key(|s| order(&s.signal));
+    slices
+}
+
+/// The test examples whose score changed, fixed first, in test order.
+fn flips(dataset: &Dataset, production: &Evaluation, candidate: &Evaluation) -> Vec<Flip> {
+    let by_id: std::collections::HashMap<&str, &ExampleResult> =
+        candidate.results.iter().map(|r| (r.example_id.as_str(), r)).collect();
+    let examples: std::collections::HashMap<&str, &Example> =
+        dataset.test().iter().map(|e| (e.id.as_str(), e)).collect();
+    let outcome = |r: &ExampleResult| match &r.prediction {
+        Some(outputs) => Outcome::Outputs(outputs.clone()),
+        None => Outcome::Failed(r.feedback.clone()),
+    };
+    let mut flips: Vec<Flip> = production
+        .results
+        .iter()
+        .filter_map(|before| {
+            let after = by_id.get(before.example_id.as_str())?;
+            let example = examples.get(before.example_id.as_str())?;
+            (after.score != before.score).then(|| Flip {
+                id: example.id.clone(),
+                fixed: after.score > before.score,
+                signal: signal_of(example),
+                inputs: example.inputs.clone(),
+                reference: example.outputs.clone(),
+                production: outcome(before),
+                candidate: outcome(after),
+            })
+        })
+        .collect();
+    flips.sort_by_key(|f| !f.fixed);
+    flips
 }
