@@ -85,6 +85,41 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The weekly loop for one pipeline: pull the logs, optimize, score the
+    /// candidate and production on the held-out test split, gate, write
+    /// artifacts/<name>/{program.json, history.jsonl, REPORT.md}, commit them
+    /// to the branch promptloop/<name>, push, open or update the pull request
+    /// and post to Slack.
+    Run {
+        pipeline: String,
+        /// Use this optimizer instead of the pipeline's (e.g. bootstrap_few_shot).
+        #[arg(long, value_parser = parse_optimizer)]
+        optimizer: Option<crate::config::OptimizerKind>,
+        /// Where the pull's window starts (as for `pull`); `last` is where the
+        /// dataset's last merged pull ended.
+        #[arg(long, default_value = "last")]
+        since: crate::logs::pull::Since,
+        #[arg(long, value_parser = parse_time)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Skip the pull: optimize on the dataset as it is.
+        #[arg(long)]
+        no_pull: bool,
+        /// Publish nothing (no commit, push, GitHub or Slack call): the PR body
+        /// and the Slack message are written under .promptloop/runs/<name>/.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        no_cache: bool,
+    },
+    /// Render the last run's report again (artifacts/<name>/REPORT.md) and its
+    /// PR body, from the run saved in .promptloop/runs/<name>/.
+    Report { pipeline: String },
+    /// Publish the last run: commit, push, pull request, Slack.
+    Publish {
+        pipeline: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// List the pipelines in pipelines/ (with --json: for a workflow matrix).
     List {
         #[arg(long)]
@@ -232,6 +267,42 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!("{report}");
             }
         }
+        Command::Run { pipeline, optimizer, since, until, no_pull, dry_run, no_cache } => {
+            let file = PipelineConfig::locate(&pipeline, &cli.root)?;
+            let config = PipelineConfig::load(&file)?;
+            let request = pipeline::RunRequest {
+                pipeline: file,
+                optimizer,
+                pull: (!no_pull).then_some((since, until)),
+                dry_run,
+                use_cache: !no_cache,
+                progress: true,
+                context: pipeline::PublishContext::from_env(&config),
+            };
+            let outcome = pipeline::run(request).await?;
+            print_run(&outcome.run);
+            print_published(&outcome.published);
+            if outcome.published.failed() {
+                anyhow::bail!("the run's result was not published in full; see above");
+            }
+        }
+        Command::Report { pipeline } => {
+            let file = PipelineConfig::locate(&pipeline, &cli.root)?;
+            let config = PipelineConfig::load(&file)?;
+            let path = pipeline::run::write_report(&config)?;
+            println!("wrote {}", path.display());
+        }
+        Command::Publish { pipeline, dry_run } => {
+            let file = PipelineConfig::locate(&pipeline, &cli.root)?;
+            let config = PipelineConfig::load(&file)?;
+            let request =
+                pipeline::PublishRequest { pipeline: file, dry_run, context: pipeline::PublishContext::from_env(&config) };
+            let outcome = pipeline::publish::publish(&request).await?;
+            print_published(&outcome);
+            if outcome.failed() {
+                anyhow::bail!("the run's result was not published in full; see above");
+            }
+        }
         Command::List { json } => {
             let pipelines = PipelineConfig::load_all(&cli.root)?;
             if json {
@@ -311,6 +382,39 @@ async fn serve(root: &std::path::Path, args: ServeArgs) -> Result<()> {
         });
     };
     crate::serve::serve_with_shutdown(listener, std::sync::Arc::new(engine), serve_options, shutdown).await
+}
+
+fn print_run(run: &pipeline::SavedRun) {
+    let r = &run.report;
+    let h = &r.headline;
+    println!("{}: {}", h.pipeline, h.decision_text());
+    println!("  test {}: production {:.3} → candidate {:.3}", h.metric, h.baseline, h.candidate);
+    println!("  delta {}", h.delta_text());
+    if let Some(p) = h.mcnemar_p {
+        let fixed = r.flipped.iter().filter(|f| f.fixed).count();
+        println!("  McNemar p = {p:.4}; {fixed} fixed, {} broken", r.flipped.len() - fixed);
+    }
+    println!("  production: {}", r.production);
+    println!("  cost: {}", r.cost.text());
+    for file in &run.files {
+        println!("  wrote {file}");
+    }
+}
+
+fn print_published(outcome: &pipeline::PublishOutcome) {
+    println!("publish {}:", outcome.branch);
+    println!("  commit        {}", outcome.commit);
+    println!("  push          {}", outcome.push);
+    println!("  pull request  {}", outcome.pull_request);
+    println!("  slack         {}", outcome.slack);
+    if let Some(text) = &outcome.slack_text {
+        println!("\n{text}");
+    }
+}
+
+fn parse_optimizer(s: &str) -> std::result::Result<crate::config::OptimizerKind, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("`{s}` is not an optimizer; use none, bootstrap_few_shot or bootstrap_random_search"))
 }
 
 fn parse_time(s: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {

@@ -1,0 +1,295 @@
+//! The stages as library operations: each takes a typed request and returns
+//! a typed outcome; `cli.rs` only builds requests and prints outcomes.
+//! `compile` and `eval` are here; the weekly run's evaluation is in `run`,
+//! its publishing in `publish`.
+
+pub mod publish;
+pub mod run;
+
+pub use publish::{PublishContext, PublishOutcome, PublishRequest};
+pub use run::{EvaluateRequest, SavedRun};
+
+/// `promptloop run`: the whole weekly loop for one pipeline.
+pub struct RunRequest {
+    pub pipeline: PathBuf,
+    pub optimizer: Option<crate::config::OptimizerKind>,
+    /// Where the pull's window starts and ends; `None` skips the pull.
+    pub pull: Option<(crate::logs::pull::Since, Option<chrono::DateTime<chrono::Utc>>)>,
+    pub dry_run: bool,
+    pub use_cache: bool,
+    pub progress: bool,
+    pub context: PublishContext,
+}
+
+pub struct RunOutcome {
+    pub run: SavedRun,
+    pub published: PublishOutcome,
+}
+
+/// Pull → evaluate against production → report → publish.
+pub async fn run(request: RunRequest) -> Result<RunOutcome> {
+    let config = PipelineConfig::load(&request.pipeline)?;
+    let base = publish::base_branch(&config, &request.context);
+    let saved = run::evaluate_run(&EvaluateRequest {
+        pipeline: request.pipeline.clone(),
+        optimizer: request.optimizer,
+        pull: request.pull.clone(),
+        base,
+        remote: Some(config.publish.remote.clone()),
+        use_cache: request.use_cache,
+        progress: request.progress,
+    })
+    .await?;
+    let published = publish::publish(&PublishRequest {
+        pipeline: request.pipeline,
+        dry_run: request.dry_run,
+        context: request.context,
+    })
+    .await?;
+    Ok(RunOutcome { run: saved, published })
+}
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::config::{LmConfig, PipelineConfig, Provider, ResponseFormatStyle};
+use crate::dataset::{Dataset, Split};
+use crate::lm::cache::ResponseCache;
+use crate::lm::local::{LocalEngine, LocalOptions};
+use crate::lm::openai::{OpenAiClient, OpenAiConfig, SchemaStyle};
+use crate::lm::{LanguageModel, Lm, UsageSummary};
+use crate::metric;
+use crate::optimize::bootstrap::OptimizeContext;
+use crate::optimize::evaluate::{EvalContext, Evaluation, evaluate};
+use crate::program::Program;
+use crate::program::artifact::{Artifact, DatasetProvenance, LmSettings, Provenance, Scores, SplitScore};
+use crate::program::predictor::PredictSettings;
+
+/// Builds the LM a pipeline names, behind the response cache in `state_dir`.
+pub fn build_lm(config: &LmConfig, state_dir: &Path, use_cache: bool) -> Result<Lm> {
+    let model: Arc<dyn LanguageModel> = match config.provider {
+        Provider::Embedded => {
+            let options = LocalOptions {
+                threads: config.threads,
+                constrained: config.constrained,
+                prefix_cache_mb: config.prefix_cache_mb,
+            };
+            Arc::new(LocalEngine::load(Path::new(&config.model), options)?)
+        }
+        Provider::Openai => {
+            let api_key = match &config.api_key_env {
+                Some(var) => Some(std::env::var(var).map_err(|_| {
+                    anyhow::anyhow!("the environment variable {var} (named by api_key_env in [lm]) is not set; export it or remove api_key_env")
+                })?),
+                None => None,
+            };
+            let schema_style = match config.response_format {
+                ResponseFormatStyle::JsonSchema => SchemaStyle::OpenAi,
+                ResponseFormatStyle::JsonObject => SchemaStyle::JsonObject,
+                ResponseFormatStyle::None => SchemaStyle::None,
+            };
+            Arc::new(OpenAiClient::new(OpenAiConfig {
+                base_url: config.base_url.clone().unwrap_or_default(),
+                model: config.model.clone(),
+                api_key,
+                timeout_secs: config.timeout_secs,
+                max_retries: config.max_retries,
+                initial_backoff_ms: 500,
+                max_backoff_ms: 20_000,
+                schema_style,
+            })?)
+        }
+    };
+    let cache = if use_cache {
+        let path = state_dir.join("cache.sqlite");
+        Some(Arc::new(
+            ResponseCache::open(&path).with_context(|| format!("cannot open the LM cache {}", path.display()))?,
+        ))
+    } else {
+        None
+    };
+    Ok(Lm::new(model, cache, config.concurrency))
+}
+
+pub(crate) fn predict_settings(config: &LmConfig, lm: Lm, format: crate::config::AdapterFormat) -> PredictSettings {
+    PredictSettings { lm, format, temperature: config.temperature, max_tokens: config.max_tokens }
+}
+
+pub struct CompileRequest {
+    pub pipeline: PathBuf,
+    /// Where to write the artifact (default: `artifacts/<name>/program.json`).
+    pub out: Option<PathBuf>,
+    pub use_cache: bool,
+    pub progress: bool,
+}
+
+pub struct CompileOutcome {
+    pub artifact: Artifact,
+    pub artifact_path: PathBuf,
+    pub baseline_test: Evaluation,
+    pub compiled_test: Evaluation,
+    /// LM use of the optimizer alone (bootstrapping and dev selection).
+    pub compile_usage: UsageSummary,
+    pub compile_secs: f64,
+    /// LM use of the whole command.
+    pub total_usage: UsageSummary,
+}
+
+/// Optimizes the pipeline's program on train (selecting on dev), scores it and
+/// the hand-written baseline on test, and writes the artifact.
+pub async fn compile(request: &CompileRequest) -> Result<CompileOutcome> {
+    let config = PipelineConfig::load(&request.pipeline)?;
+    let dataset = Dataset::load(&config.dataset.path, &config.dataset.split)?;
+    if dataset.train().is_empty() || dataset.test().is_empty() {
+        bail!(
+            "{}: the dataset has {} train and {} test examples; both must be non-empty to compile",
+            config.dataset.path.display(),
+            dataset.train().len(),
+            dataset.test().len()
+        );
+    }
+    let lm = build_lm(&config.lm, &config.state_dir(), request.use_cache)?;
+    let eval_ctx = eval_context(&config, lm.clone(), request.progress);
+    let teacher_settings = match &config.optimizer.teacher {
+        Some(teacher) => {
+            predict_settings(teacher, build_lm(teacher, &config.state_dir(), request.use_cache)?, config.adapter)
+        }
+        None => eval_ctx.settings.clone(),
+    };
+    let ctx = OptimizeContext { student: eval_ctx.clone(), teacher: teacher_settings };
+    let baseline = Program::baseline(&config);
+
+    let started = Instant::now();
+    let before = lm.usage();
+    tracing::info!(pipeline = %config.name, train = dataset.train().len(), dev = dataset.dev().len(), "optimizing");
+    let optimized =
+        crate::optimize::optimize(&baseline, dataset.train(), dataset.dev(), &ctx, &config.optimizer, config.seed)
+            .await
+            .context("optimizing stopped: the LM failed")?;
+    let compile_secs = started.elapsed().as_secs_f64();
+    let compile_usage = lm.usage().since(&before);
+
+    // Scores for the artifact: dev (mostly cached from selection), then test,
+    // which is read here for the first time.
+    let baseline_dev =
+        evaluate(&baseline, dataset.dev(), &eval_ctx, "dev: baseline").await.context("the LM failed while scoring")?;
+    let compiled_dev = evaluate(&optimized.program, dataset.dev(), &eval_ctx, "dev: compiled")
+        .await
+        .context("the LM failed while scoring")?;
+    let baseline_test = evaluate(&baseline, dataset.test(), &eval_ctx, "test: baseline")
+        .await
+        .context("the LM failed while scoring")?;
+    let compiled_test = evaluate(&optimized.program, dataset.test(), &eval_ctx, "test: compiled")
+        .await
+        .context("the LM failed while scoring")?;
+
+    let lm_settings = LmSettings {
+        model: lm.description().clone(),
+        temperature: config.lm.temperature,
+        max_tokens: config.lm.max_tokens,
+        adapter: config.adapter,
+    };
+    let provenance = Provenance {
+        tool: format!("promptloop {}", env!("CARGO_PKG_VERSION")),
+        seed: config.seed,
+        optimizer: serde_json::to_value(&config.optimizer).expect("optimizer settings serialize"),
+        dataset: DatasetProvenance {
+            path: relative_to(&config.dataset.path, &config.root),
+            sha256: dataset.content_hash.clone(),
+            examples: dataset.len(),
+            train: dataset.train().len(),
+            dev: dataset.dev().len(),
+            test: dataset.test().len(),
+        },
+        candidates: optimized.candidates.clone(),
+    };
+    let scores = Scores {
+        metric: metric::name(&config.metric),
+        dev: (!dataset.dev().is_empty()).then(|| SplitScore {
+            n: dataset.dev().len(),
+            baseline: baseline_dev.summary.mean,
+            compiled: compiled_dev.summary.mean,
+        }),
+        test: Some(SplitScore {
+            n: dataset.test().len(),
+            baseline: baseline_test.summary.mean,
+            compiled: compiled_test.summary.mean,
+        }),
+    };
+    let artifact = Artifact::from_program(&optimized.program, &config.name, lm_settings, provenance, scores);
+    let artifact_path = request.out.clone().unwrap_or_else(|| config.artifact_path());
+    artifact.save(&artifact_path)?;
+    Ok(CompileOutcome {
+        artifact,
+        artifact_path,
+        baseline_test,
+        compiled_test,
+        compile_usage,
+        compile_secs,
+        total_usage: lm.usage(),
+    })
+}
+
+/// Which program `eval` scores.
+pub enum EvalTarget {
+    /// The hand-written program from the pipeline file.
+    Baseline,
+    /// A compiled artifact.
+    Artifact(PathBuf),
+}
+
+pub struct EvalRequest {
+    pub pipeline: PathBuf,
+    pub target: EvalTarget,
+    pub split: Split,
+    /// Score only the first `limit` examples of the split.
+    pub limit: Option<usize>,
+    pub use_cache: bool,
+    pub progress: bool,
+    /// Decode without enforcing the reply's shape (embedded model), to measure
+    /// what constrained decoding changes.
+    pub unconstrained: bool,
+}
+
+pub struct EvalOutcome {
+    pub evaluation: Evaluation,
+    pub usage: UsageSummary,
+    pub program_label: String,
+}
+
+pub async fn eval(request: &EvalRequest) -> Result<EvalOutcome> {
+    let mut config = PipelineConfig::load(&request.pipeline)?;
+    if request.unconstrained {
+        config.lm.constrained = false;
+    }
+    let dataset = Dataset::load(&config.dataset.path, &config.dataset.split)?;
+    let (program, label) = match &request.target {
+        EvalTarget::Baseline => (Program::baseline(&config), "hand-written baseline".to_string()),
+        EvalTarget::Artifact(path) => (Artifact::load(path)?.program(), path.display().to_string()),
+    };
+    let lm = build_lm(&config.lm, &config.state_dir(), request.use_cache)?;
+    let ctx = eval_context(&config, lm.clone(), request.progress);
+    let examples = dataset.split(request.split);
+    let examples = &examples[..request.limit.unwrap_or(examples.len()).min(examples.len())];
+    let evaluation = evaluate(&program, examples, &ctx, &format!("{}: {label}", request.split.name()))
+        .await
+        .context("the LM failed while scoring")?;
+    Ok(EvalOutcome { evaluation, usage: lm.usage(), program_label: label })
+}
+
+/// How the pipeline's program is scored: its LM and adapter, its metric.
+pub(crate) fn eval_context(config: &PipelineConfig, lm: Lm, progress: bool) -> EvalContext {
+    EvalContext {
+        settings: predict_settings(&config.lm, lm, config.adapter),
+        metric: config.metric.clone(),
+        concurrency: config.lm.concurrency,
+        progress,
+    }
+}
+
+pub(crate) fn relative_to(path: &Path, root: &Path) -> String {
+    path.strip_prefix(root).unwrap_or(path).to_string_lossy().replace('\\', "/")
+}
