@@ -18,6 +18,7 @@ use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 
 use crate::gate::Decision;
+use super::Secret;
 use crate::report::{Cost, Headline};
 
 /// Slack's Web API; GovSlack and tests point [`SlackTarget::Bot`] elsewhere.
@@ -275,27 +276,6 @@ impl Mrkdwn {
         }
         out.push(ELLIPSIS);
         out
-    }
-}
-
-/// A token or webhook URL: its `Debug` prints `***`, and it has no `Display` or `Serialize`,
-/// so it cannot reach a log line, an error or a file by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
     }
 }
 
