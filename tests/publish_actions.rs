@@ -289,6 +289,10 @@ fn outputs_refuse_masked_secrets_and_bad_names_without_writing_anything() {
     job.actions.mask(key);
     assert!(job.actions.outputs(&[("x", "MIIEfakeKEYmaterial0123456789")]).is_err());
 
+    // A clone is the same job: it knows the masks too.
+    let clone = job.actions.clone();
+    assert!(clone.outputs(&[("y", FAKE_TOKEN)]).is_err());
+
     for name in ["", "a=b", "a<<b", "9lives", "with space", "new\nline"] {
         let err = job.actions.outputs(&[(name, "v")]).unwrap_err();
         assert!(format!("{err}").contains("output name"), "{name:?}: {err}");

@@ -12,7 +12,7 @@ use std::fmt;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
 use rand::Rng;
@@ -52,7 +52,9 @@ pub enum SummaryWritten {
     NoFile,
 }
 
-/// The job's GitHub Actions environment and the workflow-command stream (stdout).
+/// The job's GitHub Actions environment and the workflow-command stream
+/// (stdout). Clones share the masked secrets and the stream: they are the same job.
+#[derive(Clone)]
 pub struct Actions {
     summary_file: Option<PathBuf>,
     output_file: Option<PathBuf>,
@@ -64,8 +66,8 @@ pub struct Actions {
     base_ref: Option<String>,
     ref_name: Option<String>,
     ref_type: Option<String>,
-    masked: Mutex<Vec<String>>,
-    commands: Mutex<Box<dyn Write + Send>>,
+    masked: Arc<Mutex<Vec<String>>>,
+    commands: Arc<Mutex<Box<dyn Write + Send>>>,
 }
 
 impl fmt::Debug for Actions {
@@ -110,14 +112,14 @@ impl Actions {
             base_ref: get("GITHUB_BASE_REF"),
             ref_name: get("GITHUB_REF_NAME"),
             ref_type: get("GITHUB_REF_TYPE"),
-            masked: Mutex::new(Vec::new()),
-            commands: Mutex::new(Box::new(std::io::stdout())),
+            masked: Arc::new(Mutex::new(Vec::new())),
+            commands: Arc::new(Mutex::new(Box::new(std::io::stdout()))),
         })
     }
 
     /// Sends workflow commands (annotations, masks) to `out` instead of stdout.
     pub fn with_command_output(mut self, out: impl Write + Send + 'static) -> Self {
-        self.commands = Mutex::new(Box::new(out));
+        self.commands = Arc::new(Mutex::new(Box::new(out)));
         self
     }
 
