@@ -328,7 +328,10 @@ fn short(id: &git2::Oid) -> String {
 /// for each step that failed.
 fn report_to_actions(actions: &Actions, run: &SavedRun, body: &str, marker: &str, outcome: &PublishOutcome) -> Result<()> {
     let summary = body.replacen(marker, "", 1);
-    actions.summary(summary.trim_start()).context("cannot write the job summary")?;
+    // The summary is a convenience: a full disk there must not fail a published run.
+    if let Err(e) = actions.summary(summary.trim_start()) {
+        tracing::warn!("the job summary was not written: {e:#}");
+    }
     let mut outputs = Actions::run_outputs(&run.report.headline, outcome.pr_url.as_deref());
     outputs.push(("published", (!outcome.failed()).to_string()));
     actions.outputs(&outputs).context("cannot write the step outputs")?;
