@@ -348,6 +348,18 @@ async fn a_failed_creation_looks_again_before_retrying() {
 }
 
 #[tokio::test]
+async fn a_creation_that_went_through_despite_a_502_is_not_repeated() {
+    let stub = GitHubStub::start().await;
+    stub.push_fault(Fault::server_error(502).on("POST", "/pulls").after_effect());
+    let outcome = open_or_update(&config(&stub), &first_spec()).await.unwrap();
+    assert_eq!((outcome.number, outcome.action), (1, PullRequestAction::Created));
+    let calls: Vec<_> = stub.requests().into_iter().map(|r| r.operation.unwrap_or_default()).collect();
+    assert_eq!(calls, ["pulls/list", "pulls/create", "pulls/list", "issues/add-labels"]);
+    assert_eq!(stub.pulls().len(), 1);
+    assert_conforms(&stub);
+}
+
+#[tokio::test]
 async fn an_outage_gives_up_after_a_couple_of_retries() {
     let stub = GitHubStub::start().await;
     for _ in 0..3 {

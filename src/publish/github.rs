@@ -420,7 +420,12 @@ impl<'a> Client<'a> {
         let mut attempt = 0;
         loop {
             if let Some((pull, duplicates)) = self.find(spec).await? {
-                return Ok((pull, PullRequestAction::Unchanged, duplicates));
+                // Found after a creation that answered 5xx: that creation went through after all.
+                let created = attempt > 0
+                    && pull.title == spec.title
+                    && normalize(pull.body.as_deref().unwrap_or("")) == normalize(body);
+                let action = if created { PullRequestAction::Created } else { PullRequestAction::Unchanged };
+                return Ok((pull, action, duplicates));
             }
             match self.create(spec, body).await {
                 Err(GitHubError::Server { status, message, .. }) if attempt < self.config.server_error_retries => {

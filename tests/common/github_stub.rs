@@ -359,11 +359,19 @@ pub struct Fault {
     pub method: Option<String>,
     /// … and whose path (after the API prefix) ends with this.
     pub path_suffix: Option<String>,
+    /// The request takes effect before the fault is answered (a timeout after the write).
+    pub after_effect: bool,
 }
 
 impl Fault {
     pub fn new(status: u16, body: Value) -> Self {
-        Fault { status, headers: Vec::new(), body, method: None, path_suffix: None }
+        Fault { status, headers: Vec::new(), body, method: None, path_suffix: None, after_effect: false }
+    }
+
+    /// The request takes effect (a PR is created, a label added) and then this fault is answered.
+    pub fn after_effect(mut self) -> Self {
+        self.after_effect = true;
+        self
     }
 
     pub fn header(mut self, name: &str, value: impl ToString) -> Self {
@@ -701,8 +709,8 @@ async fn handle(State((state, prefix)): State<Shared>, request: Request) -> Resp
         .header("x-accepted-github-permissions", accepted);
         return finish(stub, record, violations, checked(op, fault));
     }
-    if let Some(i) = stub.faults.iter().position(|f| f.matches(&method, &path)) {
-        let fault = stub.faults.remove(i);
+    let fault = stub.faults.iter().position(|f| f.matches(&method, &path)).map(|i| stub.faults.remove(i));
+    if let Some(fault) = fault.clone().filter(|f| !f.after_effect) {
         let response = checked(op, fault);
         return finish(stub, record, violations, response);
     }
@@ -729,14 +737,18 @@ async fn handle(State((state, prefix)): State<Shared>, request: Request) -> Resp
             (501, json!({ "message": format!("{id} is not implemented by the stub") }))
         }
     };
+    if let Some(fault) = fault {
+        let response = checked(op, fault);
+        return finish(stub, record, violations, response);
+    }
     let location = value.get("url").and_then(Value::as_str).map(str::to_string);
-    let mut fault = Fault::new(status, value);
+    let mut response = Fault::new(status, value);
     if status == 201
         && let Some(url) = location
     {
-        fault = fault.header("location", url);
+        response = response.header("location", url);
     }
-    let response = checked(op, fault);
+    let response = checked(op, response);
     finish(stub, record, violations, response)
 }
 
