@@ -24,4 +24,16 @@ if ! "$venv/bin/actionlint" -version 2>/dev/null | grep -F " $actionlint_version
 fi
 export PROMPTLOOP_ACTIONLINT="$PWD/$venv/bin/actionlint"
 export PROMPTLOOP_ZIZMOR="$PWD/$venv/bin/zizmor"
+# The GitHub stub checks every request against GitHub's REST description
+# (@octokit/openapi on npm), fetched once.
+github_openapi=.promptloop/test-data/github-openapi.json
+if [ ! -s "$github_openapi" ]; then
+  mkdir -p "$(dirname "$github_openapi")"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent @octokit/openapi@23.0.2 >/dev/null)
+  tar -xzf "$tmp"/octokit-openapi-23.0.2.tgz -C "$tmp" package/generated/api.github.com.deref.json
+  mv "$tmp"/package/generated/api.github.com.deref.json "$github_openapi"
+  rm -rf "$tmp"
+fi
+export PROMPTLOOP_GITHUB_OPENAPI="$PWD/$github_openapi"
 cargo nextest run --release --locked --no-fail-fast "$@"

@@ -295,8 +295,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Publish { pipeline, dry_run } => {
             let file = PipelineConfig::locate(&pipeline, &cli.root)?;
             let config = PipelineConfig::load(&file)?;
-            let request =
-                pipeline::PublishRequest { pipeline: file, dry_run, context: pipeline::PublishContext::from_env(&config) };
+            let request = pipeline::PublishRequest {
+                pipeline: file,
+                dry_run,
+                context: pipeline::PublishContext::from_env(&config),
+            };
             let outcome = pipeline::publish::publish(&request).await?;
             print_published(&outcome);
             if outcome.failed() {

@@ -9,10 +9,8 @@ mod slack_stub;
 use std::time::{Duration, Instant};
 
 use promptloop::gate::Decision;
-use promptloop::publish::slack::{
-    self, Links, Posted, Retry, SlackError, SlackMessage, SlackTarget, to_json, to_text,
-};
 use promptloop::publish::Secret;
+use promptloop::publish::slack::{self, Links, Posted, Retry, SlackError, SlackMessage, SlackTarget, to_json, to_text};
 use promptloop::report::{Cost, Headline};
 use serde_json::{Value, json};
 use slack_stub::SlackStub;

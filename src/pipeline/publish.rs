@@ -12,11 +12,11 @@ use super::run::{SavedRun, load_run, run_dir};
 use crate::config::PipelineConfig;
 use crate::gate::Decision;
 use crate::program::artifact::write_atomically;
+use crate::publish::Secret;
 use crate::publish::actions::{Actions, Level};
 use crate::publish::git::{self, BotIdentity, Remote, RunCommit};
 use crate::publish::github::{self, GitHubConfig, PullRequestSpec};
 use crate::publish::slack::{self, Links, SlackTarget};
-use crate::publish::Secret;
 use crate::report::markdown;
 
 /// What publishing needs from the environment, read once by the CLI.
@@ -186,7 +186,10 @@ pub async fn publish(request: &PublishRequest) -> Result<PublishOutcome> {
                 let why = if context.slack_token.is_some() {
                     format!("{} is set but [publish.slack] has no channel", config.publish.slack.token_env)
                 } else {
-                    format!("neither {} nor {} is set", config.publish.slack.token_env, config.publish.slack.webhook_env)
+                    format!(
+                        "neither {} nor {} is set",
+                        config.publish.slack.token_env, config.publish.slack.webhook_env
+                    )
                 };
                 outcome.slack = Step::Skipped(format!("{why}; the message is in {}", path.display()));
             }
@@ -252,11 +255,21 @@ async fn publish_git_and_github(
             return;
         }
     };
-    outcome.commit = Step::Done(format!("{} on {branch}, on top of {} {}", short(&committed.commit), run.base, short(&committed.base)));
+    outcome.commit = Step::Done(format!(
+        "{} on {branch}, on top of {} {}",
+        short(&committed.commit),
+        run.base,
+        short(&committed.base)
+    ));
     outcome.push = match git::push(&commit, &committed) {
         Ok(pushed) if pushed.up_to_date => Step::Done(format!("{} already had this commit", config.publish.remote)),
         Ok(pushed) => Step::Done(match pushed.replaced {
-            Some(old) => format!("{branch} on {} now {}, replacing the earlier run commit {}", config.publish.remote, short(&pushed.commit), short(&old)),
+            Some(old) => format!(
+                "{branch} on {} now {}, replacing the earlier run commit {}",
+                config.publish.remote,
+                short(&pushed.commit),
+                short(&old)
+            ),
             None => format!("{branch} created on {}", config.publish.remote),
         }),
         Err(e) => {
@@ -326,7 +339,13 @@ fn short(id: &git2::Oid) -> String {
 
 /// The job summary is the PR body; outputs for later steps; an annotation
 /// for each step that failed.
-fn report_to_actions(actions: &Actions, run: &SavedRun, body: &str, marker: &str, outcome: &PublishOutcome) -> Result<()> {
+fn report_to_actions(
+    actions: &Actions,
+    run: &SavedRun,
+    body: &str,
+    marker: &str,
+    outcome: &PublishOutcome,
+) -> Result<()> {
     let summary = body.replacen(marker, "", 1);
     // The summary is a convenience: a full disk there must not fail a published run.
     if let Err(e) = actions.summary(summary.trim_start()) {
@@ -335,7 +354,8 @@ fn report_to_actions(actions: &Actions, run: &SavedRun, body: &str, marker: &str
     let mut outputs = Actions::run_outputs(&run.report.headline, outcome.pr_url.as_deref());
     outputs.push(("published", (!outcome.failed()).to_string()));
     actions.outputs(&outputs).context("cannot write the step outputs")?;
-    for (what, step) in [("commit", &outcome.commit), ("push", &outcome.push), ("pull request", &outcome.pull_request)] {
+    for (what, step) in [("commit", &outcome.commit), ("push", &outcome.push), ("pull request", &outcome.pull_request)]
+    {
         if let Step::Failed(text) = step {
             actions.annotate(Level::Error, Some(&format!("promptloop: {what} failed")), text, None);
         }

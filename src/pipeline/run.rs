@@ -272,13 +272,18 @@ fn production_program(config: &PipelineConfig, request: &EvaluateRequest) -> Res
     };
     match bytes {
         Some(bytes) => {
-            let text = String::from_utf8(bytes).with_context(|| format!("{relative} on {} is not UTF-8", request.base))?;
+            let text =
+                String::from_utf8(bytes).with_context(|| format!("{relative} on {} is not UTF-8", request.base))?;
             let artifact = Artifact::parse(&text, Path::new(&relative))?;
             Ok((artifact.program(), label))
         }
         None => Ok((
             Program::baseline(config),
-            format!("the program as declared in `{}` (no artifact on {} yet)", relative_to(&config.file, &config.root), request.base),
+            format!(
+                "the program as declared in `{}` (no artifact on {} yet)",
+                relative_to(&config.file, &config.root),
+                request.base
+            ),
         )),
     }
 }
@@ -308,12 +313,16 @@ fn base_file(root: &Path, remote: Option<&str>, base: &str, relative: &str) -> R
     let commit = reference.peel_to_commit().with_context(|| format!("`{base}` does not point at a commit"))?;
     // The artifact's path inside the repository, whose root may be above ours.
     let workdir = repo.workdir().unwrap_or(root);
-    let prefix = root.canonicalize().ok().and_then(|r| r.strip_prefix(workdir.canonicalize().ok()?).ok().map(Path::to_path_buf));
+    let prefix =
+        root.canonicalize().ok().and_then(|r| r.strip_prefix(workdir.canonicalize().ok()?).ok().map(Path::to_path_buf));
     let in_repo = prefix.unwrap_or_default().join(relative);
     let short = commit.id().to_string()[..7].to_string();
     match commit.tree()?.get_path(&in_repo) {
         Ok(entry) => {
-            let blob = entry.to_object(&repo)?.peel_to_blob().with_context(|| format!("{relative} on {base} is not a file"))?;
+            let blob = entry
+                .to_object(&repo)?
+                .peel_to_blob()
+                .with_context(|| format!("{relative} on {base} is not a file"))?;
             Ok(BaseFile::Found { bytes: blob.content().to_vec(), commit: short })
         }
         Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(BaseFile::Absent),
@@ -327,7 +336,10 @@ fn optimizer_label(config: &PipelineConfig) -> String {
     match o.kind {
         OptimizerKind::None => format!("`{kind}` (the declared program unchanged)"),
         OptimizerKind::BootstrapFewShot => {
-            format!("`{kind}` (up to {} bootstrapped and {} labeled demos)", o.max_bootstrapped_demos, o.max_labeled_demos)
+            format!(
+                "`{kind}` (up to {} bootstrapped and {} labeled demos)",
+                o.max_bootstrapped_demos, o.max_labeled_demos
+            )
         }
         OptimizerKind::BootstrapRandomSearch => format!(
             "`{kind}` ({} random candidates, up to {} bootstrapped and {} labeled demos, chosen on dev)",
@@ -348,13 +360,7 @@ fn dollars(config: &LmConfig, usage: &UsageSummary) -> Option<f64> {
 }
 
 fn signal_of(example: &Example) -> String {
-    example
-        .extra
-        .get("signal")
-        .and_then(|s| s.get("label"))
-        .and_then(|l| l.as_str())
-        .unwrap_or("unlabeled")
-        .to_string()
+    example.extra.get("signal").and_then(|s| s.get("label")).and_then(|l| l.as_str()).unwrap_or("unlabeled").to_string()
 }
 
 /// The test comparison per signal, in a fixed order.

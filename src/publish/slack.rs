@@ -17,8 +17,8 @@ use reqwest::Url;
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 
-use crate::gate::Decision;
 use super::Secret;
+use crate::gate::Decision;
 use crate::report::{Cost, Headline};
 
 /// Slack's Web API; GovSlack and tests point [`SlackTarget::Bot`] elsewhere.
