@@ -376,7 +376,7 @@ pub fn base_branch(config: &PipelineConfig, context: &PublishContext) -> String 
     let current = || {
         let repo = git2::Repository::discover(&config.root).ok()?;
         let head = repo.head().ok()?;
-        head.is_branch().then(|| head.shorthand().map(str::to_string)).flatten()
+        head.is_branch().then(|| head.shorthand().ok().map(str::to_string)).flatten()
     };
     from_actions
         .filter(|b| !b.starts_with("promptloop/"))

@@ -19,7 +19,7 @@ use reqwest::header::{ACCEPT, HeaderMap, RETRY_AFTER};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{REDACTED, Secret};
+use super::Secret;
 
 /// github.com's REST API root.
 pub const DEFAULT_API_URL: &str = "https://api.github.com";

@@ -10,7 +10,6 @@
 //! 10 context elements) hold by construction: at most seven blocks, and every text is fitted
 //! to its limit, cutting user text at a character with an ellipsis, never the delta.
 
-use std::fmt;
 use std::time::Duration;
 
 use reqwest::Url;
