@@ -123,7 +123,7 @@ fn publish(repo: &Path, remote: &Remote, version: u32) -> Result<(Committed, Pus
     Ok((committed, pushed))
 }
 
-/// Every file of the work tree outside `.git`, plus the index and HEAD.
+/// Every file of the work tree outside `.git`, plus the index, HEAD and config.
 fn snapshot(work: &Path) -> BTreeMap<String, Vec<u8>> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
         for entry in std::fs::read_dir(dir).unwrap() {
@@ -141,7 +141,7 @@ fn snapshot(work: &Path) -> BTreeMap<String, Vec<u8>> {
     }
     let mut files = BTreeMap::new();
     walk(work, work, &mut files);
-    for meta in ["index", "HEAD"] {
+    for meta in ["index", "HEAD", "config"] {
         files.insert(format!(".git/{meta}"), std::fs::read(work.join(".git").join(meta)).unwrap());
     }
     files

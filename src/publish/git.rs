@@ -300,7 +300,7 @@ pub fn read_base_file(repo: &Path, remote: &str, base: &str, path: &str) -> Resu
     check_branch_name(base)?;
     check_path(path)?;
     let repo = open(repo)?;
-    let (tip, _) = base_tip(&repo, remote, base)?;
+    let tip = base_tip(&repo, remote, base)?;
     let commit = repo.find_commit(tip).map_err(|e| other("reading the base commit", &e, None))?;
     let tree = commit.tree().map_err(|e| other("reading the base tree", &e, None))?;
     let entry = match tree.get_path(Path::new(path)) {
@@ -335,7 +335,7 @@ pub fn commit_run(run: &RunCommit<'_>) -> Result<Committed, GitError> {
         return Err(GitError::CheckedOut { branch: run.branch.to_string(), worktree });
     }
 
-    let (base, _) = base_tip(&repo, &run.remote.name, run.base)?;
+    let base = base_tip(&repo, &run.remote.name, run.base)?;
     let base_commit = repo.find_commit(base).map_err(|e| other("reading the base commit", &e, None))?;
     let base_tree = base_commit.tree().map_err(|e| other("reading the base tree", &e, None))?;
     let previous = ref_target(&repo, &tracking_ref(&run.remote.name, run.branch));
@@ -639,14 +639,14 @@ fn ref_target(repo: &Repository, name: &str) -> Option<Oid> {
 
 /// The base tip: the remote-tracking branch as fetched (what the pull request
 /// will be based on), else the local branch.
-fn base_tip(repo: &Repository, remote: &str, base: &str) -> Result<(Oid, String), GitError> {
+fn base_tip(repo: &Repository, remote: &str, base: &str) -> Result<Oid, GitError> {
     let tracking = tracking_ref(remote, base);
     if let Some(id) = ref_target(repo, &tracking) {
-        return Ok((id, tracking));
+        return Ok(id);
     }
     let local = format!("refs/heads/{base}");
     match ref_target(repo, &local) {
-        Some(id) => Ok((id, local)),
+        Some(id) => Ok(id),
         None => Err(GitError::BaseMissing {
             base: base.to_string(),
             place: format!("in the repository (neither {tracking} nor {local})"),
