@@ -9,9 +9,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use promptloop::publish::git::{
-    self as bot, BotIdentity, Committed, GitError, Pushed, Remote, RunCommit, Secret, TRAILER,
-};
+use promptloop::publish::Secret;
+use promptloop::publish::git::{self as bot, BotIdentity, Committed, GitError, Pushed, Remote, RunCommit, TRAILER};
 use tempfile::TempDir;
 
 use git_http::GitHttpServer;

@@ -15,6 +15,7 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use super::Secret;
 use git2::{
     AutotagOption, Commit, Cred, CredentialType, ErrorClass, ErrorCode, FetchOptions, Index, IndexEntry, IndexTime,
     Oid, PushOptions, RemoteCallbacks, Repository, Tree,
@@ -31,28 +32,6 @@ const LISTED_COMMITS: usize = 5;
 
 /// How far back to look for a person's commits before giving up counting.
 const WALK_LIMIT: usize = 1000;
-
-/// A token that never shows itself: Debug prints `***`, there is no Display
-/// and no Serialize, and every error text is scrubbed of its value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The value, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
 
 /// Who the run commit is by. Also how a run commit is recognised again (with
 /// the trailer): a person amending or rebasing it becomes its committer.
