@@ -134,18 +134,18 @@ fn changed_files(remote: &Path, rev: &str) -> Vec<String> {
 }
 
 fn output_value(outputs: &str, name: &str) -> Option<String> {
-    // `name<<DELIMITER` … `DELIMITER`, as the runner reads it.
+    // `name<<DELIMITER` … `DELIMITER`, as the runner reads it; a later step's value wins.
+    let mut found = None;
     let mut lines = outputs.lines();
     while let Some(line) = lines.next() {
         if let Some(delimiter) = line.strip_prefix(&format!("{name}<<")) {
             let value: Vec<&str> = lines.by_ref().take_while(|l| *l != delimiter).collect();
-            return Some(value.join("\n"));
-        }
-        if let Some(value) = line.strip_prefix(&format!("{name}=")) {
-            return Some(value.to_string());
+            found = Some(value.join("\n"));
+        } else if let Some(value) = line.strip_prefix(&format!("{name}=")) {
+            found = Some(value.to_string());
         }
     }
-    None
+    found
 }
 
 /// Every file under `dir` (work trees, the bare remote's objects unpacked by

@@ -30,6 +30,15 @@ pub struct RunOutcome {
 pub async fn run(request: RunRequest) -> Result<RunOutcome> {
     let config = PipelineConfig::load(&request.pipeline)?;
     let base = publish::base_branch(&config, &request.context);
+    // Production is read from the base branch: bring it up to date first, and
+    // find out now, not after the optimizer, if the remote cannot be reached.
+    if !request.dry_run
+        && let Some(token) = &request.context.github_token
+    {
+        let remote = crate::publish::git::Remote::new(config.publish.remote.clone(), Some(token.clone()));
+        crate::publish::git::fetch(&config.root, &remote, &base, &publish::branch_name(&config.name))
+            .context("cannot fetch the base branch before the run")?;
+    }
     let saved = run::evaluate_run(&EvaluateRequest {
         pipeline: request.pipeline.clone(),
         optimizer: request.optimizer,

@@ -167,17 +167,26 @@ impl Actions {
     /// log from now on, and remembers it so nothing here writes it out.
     /// Call it before anything that could print the value.
     pub fn mask(&self, secret: &str) {
+        if self.guard(secret) {
+            self.command(&format!("::add-mask::{}", escape_data(secret)));
+        }
+    }
+
+    /// Remembers `secret` so nothing here writes it out (outputs refuse it,
+    /// the summary and annotations scrub it) without printing it: for values
+    /// the runner already masks, such as `secrets.*` passed through `env:`,
+    /// where an `::add-mask::` line would only put the value on stdout.
+    /// Returns whether it was new.
+    pub fn guard(&self, secret: &str) -> bool {
         if secret.trim().is_empty() {
-            return;
+            return false;
         }
-        {
-            let mut masked = self.masked.lock().unwrap_or_else(|e| e.into_inner());
-            if masked.iter().any(|m| m == secret) {
-                return;
-            }
-            masked.push(secret.to_string());
+        let mut masked = self.masked.lock().unwrap_or_else(|e| e.into_inner());
+        if masked.iter().any(|m| m == secret) {
+            return false;
         }
-        self.command(&format!("::add-mask::{}", escape_data(secret)));
+        masked.push(secret.to_string());
+        true
     }
 
     /// Prints an annotation the runner attaches to the job (and, with `file`,
