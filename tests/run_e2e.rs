@@ -264,15 +264,26 @@ async fn the_weekly_run_opens_one_pull_request_and_updates_it_on_the_next_run() 
     assert_ne!(new_tip, branch_tip, "the rerun did not replace the run commit");
     assert_eq!(git(&remote, &["rev-parse", &format!("{BRANCH}~1")]), main_tip, "the rerun stacked a commit");
 
+    // 4. A token that may push but not edit pull requests: the run fails, and
+    // says what was published (the branch) and what was not (the PR).
+    github.forbid("PATCH", "/repos/acme/banking-app/pulls");
+    let third = promptloop(&work2, &env, &["run", PIPELINE, "--no-pull"]).await;
+    assert!(!third.status.success(), "a refused PR update passed:\n{}", text(&third));
+    let said = text(&third);
+    assert!(said.contains("pull request  FAILED: the branch promptloop/support-triage is pushed, but"), "{said}");
+    assert!(said.contains("pull-requests: write"), "the fix is not named:\n{said}");
+    let warned = slack.messages().last().unwrap().to_string();
+    assert!(warned.contains("Not published"), "Slack was not told: {warned}");
+
     assert!(github.violations().is_empty(), "GitHub stand-in: {:#?}", github.violations());
     assert!(slack.violations().is_empty(), "Slack stand-in: {:#?}", slack.violations());
 
-    // 4. No secret anywhere: output, files, what was sent.
+    // 5. No secret anywhere: output, files, what was sent.
     let mut everything: Vec<(PathBuf, String)> = Vec::new();
     for dir in [&work, &work2, &actions_dir] {
         all_text_under(dir, &mut everything);
     }
-    for out in [&dry, &first, &second] {
+    for out in [&dry, &first, &second, &third] {
         everything.push((PathBuf::from("<output>"), text(out)));
     }
     for request in github.requests() {

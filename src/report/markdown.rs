@@ -107,7 +107,8 @@ fn headline(run: &RunReport, out: &mut String) {
     }
     let fixed = run.flipped.iter().filter(|f| f.fixed).count();
     let broken = run.flipped.len() - fixed;
-    facts.push_str(&format!(" {fixed} examples fixed, {broken} broken."));
+    let examples = if fixed == 1 { "example" } else { "examples" };
+    facts.push_str(&format!(" {fixed} {examples} fixed, {broken} broken."));
     out.push_str(&facts);
     out.push_str("\n\n");
     let reasons = h.reasons.join("; ");

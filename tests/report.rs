@@ -1,0 +1,157 @@
+//! The report reviewers read: REPORT.md and the PR body. The body is pinned
+//! as a snapshot, and a run with far too much to say still fits GitHub's
+//! limit with its headline whole.
+
+use chrono::{TimeZone, Utc};
+use promptloop::gate::Decision;
+use promptloop::report::history::Entry;
+use promptloop::report::markdown::{self, GITHUB_BODY_LIMIT};
+use promptloop::report::{Cost, DatasetSize, Flip, Headline, Outcome, RunReport, Scores, Slice};
+use serde_json::{Map, Value, json};
+
+const MARKER: &str = "<!-- promptloop:pipeline=support-triage -->";
+const REPORT_PATH: &str = "artifacts/support-triage/REPORT.md";
+
+fn fields(value: Value) -> Map<String, Value> {
+    value.as_object().unwrap().clone()
+}
+
+fn entry(day: u32, baseline: f64, candidate: f64, decision: Decision) -> Entry {
+    Entry {
+        date: Utc.with_ymd_and_hms(2026, 11, day, 6, 0, 0).unwrap(),
+        examples: 1150,
+        test_n: 162,
+        baseline,
+        candidate,
+        delta: candidate - baseline,
+        low: candidate - baseline - 0.08,
+        high: candidate - baseline + 0.08,
+        decision,
+        lm_calls: 1500,
+        tokens: 900_000,
+        dollars: None,
+    }
+}
+
+fn flip(i: usize, fixed: bool, message: &str) -> Flip {
+    Flip {
+        id: format!("log-{i:04}"),
+        fixed,
+        signal: if i % 3 == 0 { "urgent".into() } else { "routine".into() },
+        inputs: fields(json!({ "message": message })),
+        reference: fields(json!({ "queue": "cards" })),
+        production: if fixed {
+            Outcome::Outputs(fields(json!({ "queue": "payments" })))
+        } else {
+            Outcome::Outputs(fields(json!({ "queue": "cards" })))
+        },
+        candidate: if fixed {
+            Outcome::Outputs(fields(json!({ "queue": "cards" })))
+        } else {
+            Outcome::Failed("the reply had no `queue` field".into())
+        },
+    }
+}
+
+fn run(flips: Vec<Flip>, program_diff: String) -> RunReport {
+    RunReport {
+        headline: Headline {
+            pipeline: "support-triage".into(),
+            metric: "exact_match(queue)".into(),
+            n: 162,
+            baseline: 0.432,
+            candidate: 0.494,
+            delta: 0.062,
+            low: 0.012,
+            high: 0.111,
+            confidence: 0.95,
+            mcnemar_p: Some(0.0213),
+            decision: Decision::Promote,
+            reasons: vec!["the delta +0.062 clears the minimum of +0.000 and its interval lies above zero".into()],
+        },
+        date: Utc.with_ymd_and_hms(2026, 11, 27, 6, 0, 0).unwrap(),
+        production: "`artifacts/support-triage/program.json` on main (1a2b3c4)".into(),
+        optimizer: "`bootstrap_random_search` (6 random candidates)".into(),
+        dev: Some(Scores { n: 180, baseline: 0.45, candidate: 0.52 }),
+        slices: vec![
+            Slice {
+                signal: "routine".into(),
+                scores: Scores { n: 140, baseline: 0.45, candidate: 0.51 },
+                fixed: 14,
+                broken: 6,
+            },
+            Slice {
+                signal: "urgent".into(),
+                scores: Scores { n: 22, baseline: 0.32, candidate: 0.41 },
+                fixed: 3,
+                broken: 1,
+            },
+        ],
+        flipped: flips,
+        program_diff,
+        dataset: None,
+        examples: DatasetSize { examples: 1150, train: 808, dev: 180, test: 162 },
+        cost: Cost {
+            lm_calls: 1498,
+            cache_hits: 312,
+            prompt_tokens: 800_000,
+            completion_tokens: 12_000,
+            dollars: Some(0.41),
+        },
+        history: vec![
+            entry(13, 0.266, 0.460, Decision::Promote),
+            entry(20, 0.460, 0.455, Decision::Hold),
+            entry(27, 0.432, 0.494, Decision::Promote),
+        ],
+    }
+}
+
+#[test]
+fn the_pr_body_for_a_small_run_is_pinned() {
+    let diff = "--- production\n+++ candidate\n@@ -3,2 +3,4 @@\n   Route it.\n-demos: 0\n+demos: 1\n+  1. log-0001 (bootstrapped)\n+     message: my card | is <b>stuck</b>\n".to_string();
+    let report =
+        run(vec![flip(1, true, "My card is stuck in the ATM | help"), flip(2, false, "Where is my <refund>?")], diff);
+    let body = markdown::pr_body(&report, MARKER, REPORT_PATH, GITHUB_BODY_LIMIT);
+    assert_eq!(
+        body,
+        format!("{MARKER}\n{}", markdown::report(&report)),
+        "a small body is the full report with the marker"
+    );
+    insta::assert_snapshot!("pr_body_small", body);
+}
+
+#[test]
+fn a_huge_run_still_fits_githubs_limit_with_the_headline_whole() {
+    let long = "I was charged twice for the same card payment and nobody answers. ".repeat(20);
+    let flips: Vec<Flip> = (0..3000).map(|i| flip(i, i % 4 != 0, &long)).collect();
+    let diff: String =
+        (0..20_000).map(|i| format!("+  demo line {i} with some words to make it long enough\n")).collect();
+    let report = run(flips, format!("--- production\n+++ candidate\n@@ -1 +1,20000 @@\n{diff}"));
+
+    let full = markdown::report(&report);
+    assert!(full.chars().count() > 10 * GITHUB_BODY_LIMIT, "the full report is not trimmed");
+    let body = markdown::pr_body(&report, MARKER, REPORT_PATH, GITHUB_BODY_LIMIT);
+    assert!(body.chars().count() <= GITHUB_BODY_LIMIT, "{} characters", body.chars().count());
+    assert!(body.starts_with(MARKER));
+    let headline = "## ✅ support-triage: promote — test +0.062 (95% CI +0.012 to +0.111, n = 162)";
+    assert!(body.contains(headline), "{}", &body[..500]);
+    assert!(body.contains("| **test** (held out) | 162 | 0.432 | 0.494 |"), "the score table was cut");
+    assert!(body.contains(REPORT_PATH), "the body does not say where the rest is");
+    // Markup stays balanced: every <details> is closed and code fences pair up.
+    assert_eq!(body.matches("<details>").count(), body.matches("</details>").count());
+    assert_eq!(body.matches("```").count() % 2, 0);
+}
+
+#[test]
+fn a_hold_says_why_in_the_headline_and_the_gate_line() {
+    let mut report = run(vec![], String::new());
+    report.headline.decision = Decision::Hold;
+    report.headline.low = -0.02;
+    report.headline.reasons =
+        vec!["the 95% interval [-0.020, +0.111] reaches zero: the difference may be noise".into()];
+    let body = markdown::report(&report);
+    assert!(body.contains("## ⏸️ support-triage: hold — test +0.062"), "{body}");
+    assert!(body.contains("**Gate: hold** — the 95% interval [-0.020, +0.111] reaches zero"), "{body}");
+    assert!(body.contains("Nothing: the candidate's instructions and demos are production's."), "{body}");
+    assert!(body.contains("None: both programs score the same on every test example."), "{body}");
+}
