@@ -67,6 +67,9 @@ pub fn pr_body(run: &RunReport, marker: &str, report_path: &str, limit: usize) -
 /// (and are dropped from the end).
 const SECTIONS: usize = 6;
 
+/// A section renderer: the run, how much to show, where the full report is, the text so far.
+type Section = fn(&RunReport, Detail, Option<&str>, &mut String);
+
 fn render(run: &RunReport, marker: Option<&str>, detail: Detail, report_path: Option<&str>) -> String {
     let mut out = String::new();
     if let Some(marker) = marker {
@@ -75,8 +78,7 @@ fn render(run: &RunReport, marker: Option<&str>, detail: Detail, report_path: Op
     }
     headline(run, &mut out);
     score_table(run, &mut out);
-    let sections: [fn(&RunReport, Detail, Option<&str>, &mut String); SECTIONS] =
-        [slices, history, program_diff, flipped, dataset, cost];
+    let sections: [Section; SECTIONS] = [slices, history, program_diff, flipped, dataset, cost];
     for section in sections.iter().take(detail.sections) {
         section(run, detail, report_path, &mut out);
     }
