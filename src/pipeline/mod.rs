@@ -162,13 +162,7 @@ pub async fn compile(request: &CompileRequest) -> Result<CompileOutcome> {
     }
     let lm = build_lm(&config.lm, &config.state_dir(), request.use_cache)?;
     let eval_ctx = eval_context(&config, lm.clone(), request.progress);
-    let teacher_settings = match &config.optimizer.teacher {
-        Some(teacher) => {
-            predict_settings(teacher, build_lm(teacher, &config.state_dir(), request.use_cache)?, config.adapter)
-        }
-        None => eval_ctx.settings.clone(),
-    };
-    let ctx = OptimizeContext { student: eval_ctx.clone(), teacher: teacher_settings };
+    let ctx = optimize_context(&config, &eval_ctx, request.use_cache)?;
     let baseline = Program::baseline(&config);
 
     let started = Instant::now();
@@ -195,6 +189,54 @@ pub async fn compile(request: &CompileRequest) -> Result<CompileOutcome> {
         .await
         .context("the LM failed while scoring")?;
 
+    let scores = Scores {
+        metric: metric::name(&config.metric),
+        dev: (!dataset.dev().is_empty()).then(|| SplitScore {
+            n: dataset.dev().len(),
+            baseline: baseline_dev.summary.mean,
+            compiled: compiled_dev.summary.mean,
+        }),
+        test: Some(SplitScore {
+            n: dataset.test().len(),
+            baseline: baseline_test.summary.mean,
+            compiled: compiled_test.summary.mean,
+        }),
+    };
+    let artifact = build_artifact(&config, &lm, &dataset, &optimized, scores);
+    let artifact_path = request.out.clone().unwrap_or_else(|| config.artifact_path());
+    artifact.save(&artifact_path)?;
+    Ok(CompileOutcome {
+        artifact,
+        artifact_path,
+        baseline_test,
+        compiled_test,
+        compile_usage,
+        compile_secs,
+        total_usage: lm.usage(),
+    })
+}
+
+/// The optimizer's student (the pipeline's LM) and teacher (`[optimizer.teacher]`, or the same).
+pub(crate) fn optimize_context(
+    config: &PipelineConfig,
+    eval_ctx: &EvalContext,
+    use_cache: bool,
+) -> Result<OptimizeContext> {
+    let teacher = match &config.optimizer.teacher {
+        Some(teacher) => predict_settings(teacher, build_lm(teacher, &config.state_dir(), use_cache)?, config.adapter),
+        None => eval_ctx.settings.clone(),
+    };
+    Ok(OptimizeContext { student: eval_ctx.clone(), teacher })
+}
+
+/// The artifact for an optimized program: its LM settings (no secrets), provenance and scores.
+pub(crate) fn build_artifact(
+    config: &PipelineConfig,
+    lm: &Lm,
+    dataset: &Dataset,
+    optimized: &crate::optimize::bootstrap::Optimized,
+    scores: Scores,
+) -> Artifact {
     let lm_settings = LmSettings {
         model: lm.description().clone(),
         temperature: config.lm.temperature,
@@ -215,31 +257,7 @@ pub async fn compile(request: &CompileRequest) -> Result<CompileOutcome> {
         },
         candidates: optimized.candidates.clone(),
     };
-    let scores = Scores {
-        metric: metric::name(&config.metric),
-        dev: (!dataset.dev().is_empty()).then(|| SplitScore {
-            n: dataset.dev().len(),
-            baseline: baseline_dev.summary.mean,
-            compiled: compiled_dev.summary.mean,
-        }),
-        test: Some(SplitScore {
-            n: dataset.test().len(),
-            baseline: baseline_test.summary.mean,
-            compiled: compiled_test.summary.mean,
-        }),
-    };
-    let artifact = Artifact::from_program(&optimized.program, &config.name, lm_settings, provenance, scores);
-    let artifact_path = request.out.clone().unwrap_or_else(|| config.artifact_path());
-    artifact.save(&artifact_path)?;
-    Ok(CompileOutcome {
-        artifact,
-        artifact_path,
-        baseline_test,
-        compiled_test,
-        compile_usage,
-        compile_secs,
-        total_usage: lm.usage(),
-    })
+    Artifact::from_program(&optimized.program, &config.name, lm_settings, provenance, scores)
 }
 
 /// Which program `eval` scores.

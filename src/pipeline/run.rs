@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 
-use super::{build_lm, eval_context, predict_settings, relative_to};
+use super::{build_artifact, build_lm, eval_context, optimize_context, relative_to};
 use crate::config::{LmConfig, OptimizerKind, PipelineConfig};
 use crate::dataset::store::DatasetStore;
 use crate::dataset::{Dataset, Example};
@@ -15,12 +15,9 @@ use crate::gate::Decision;
 use crate::lm::UsageSummary;
 use crate::logs::pull::{PullRequest, Since};
 use crate::metric;
-use crate::optimize::bootstrap::OptimizeContext;
 use crate::optimize::evaluate::{Evaluation, ExampleResult, evaluate};
 use crate::program::Program;
-use crate::program::artifact::{
-    Artifact, DatasetProvenance, LmSettings, Provenance, Scores as ArtifactScores, SplitScore, write_atomically,
-};
+use crate::program::artifact::{Artifact, Scores as ArtifactScores, SplitScore, write_atomically};
 use crate::report::{Cost, DatasetSize, Flip, Headline, Outcome, RunReport, Scores, Slice, history};
 use crate::stats::{Comparison, Pair};
 
@@ -92,13 +89,7 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
 
     let lm = build_lm(&config.lm, &config.state_dir(), request.use_cache)?;
     let eval_ctx = eval_context(&config, lm.clone(), request.progress);
-    let teacher_settings = match &config.optimizer.teacher {
-        Some(teacher) => {
-            predict_settings(teacher, build_lm(teacher, &config.state_dir(), request.use_cache)?, config.adapter)
-        }
-        None => eval_ctx.settings.clone(),
-    };
-    let ctx = OptimizeContext { student: eval_ctx.clone(), teacher: teacher_settings };
+    let ctx = optimize_context(&config, &eval_ctx, request.use_cache)?;
     // The optimizer starts from the program as declared, every week; production
     // is only what the candidate must beat.
     let declared = Program::baseline(&config);
@@ -194,26 +185,6 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
 
     // The artifact: the candidate on promote; production stays otherwise.
     if verdict.decision == Decision::Promote {
-        let lm_settings = LmSettings {
-            model: lm.description().clone(),
-            temperature: config.lm.temperature,
-            max_tokens: config.lm.max_tokens,
-            adapter: config.adapter,
-        };
-        let provenance = Provenance {
-            tool: format!("promptloop {}", env!("CARGO_PKG_VERSION")),
-            seed: config.seed,
-            optimizer: serde_json::to_value(&config.optimizer).expect("optimizer settings serialize"),
-            dataset: DatasetProvenance {
-                path: relative_to(&config.dataset.path, &config.root),
-                sha256: dataset.content_hash.clone(),
-                examples: dataset.len(),
-                train: dataset.train().len(),
-                dev: dataset.dev().len(),
-                test: dataset.test().len(),
-            },
-            candidates: optimized.candidates.clone(),
-        };
         let scores = ArtifactScores {
             metric: metric::name(&config.metric),
             dev: report.dev.map(|d| SplitScore { n: d.n, baseline: d.baseline, compiled: d.candidate }),
@@ -223,7 +194,7 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
                 compiled: comparison.candidate_mean,
             }),
         };
-        let artifact = Artifact::from_program(candidate, &config.name, lm_settings, provenance, scores);
+        let artifact = build_artifact(&config, &lm, &dataset, &optimized, scores);
         artifact.save(&config.artifact_path())?;
         files.push(relative_to(&config.artifact_path(), &config.root));
     }
