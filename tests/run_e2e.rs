@@ -95,6 +95,8 @@ fn user_repository(root: &Path, slack_api: &str) -> (PathBuf, PathBuf) {
 }
 
 struct Env<'a> {
+    /// Without it, the run has no GitHub or Slack token.
+    tokens: bool,
     github: &'a GitHubStub,
     slack: &'a SlackStub,
     actions_dir: &'a Path,
@@ -108,11 +110,14 @@ async fn promptloop(work: &Path, env: &Env<'_>, args: &[&str]) -> Output {
     }
     let summary = env.actions_dir.join("summary.md");
     let outputs = env.actions_dir.join("outputs.txt");
+    if env.tokens {
+        command.env("GITHUB_TOKEN", GITHUB_TOKEN).env("SLACK_BOT_TOKEN", env.slack.token());
+    } else {
+        command.env_remove("GITHUB_TOKEN").env_remove("SLACK_BOT_TOKEN");
+    }
     command
-        .env("GITHUB_TOKEN", GITHUB_TOKEN)
         .env("GITHUB_REPOSITORY", "acme/banking-app")
         .env("GITHUB_API_URL", env.github.base_url())
-        .env("SLACK_BOT_TOKEN", env.slack.token())
         .env("GITHUB_ACTIONS", "true")
         .env("GITHUB_SERVER_URL", "https://github.com")
         .env("GITHUB_RUN_ID", "4242")
@@ -169,7 +174,7 @@ async fn the_weekly_run_opens_one_pull_request_and_updates_it_on_the_next_run() 
     let (work, remote) = user_repository(root.path(), &slack.api_url());
     let actions_dir = root.path().join("actions");
     std::fs::create_dir_all(&actions_dir).unwrap();
-    let env = Env { github: &github, slack: &slack, actions_dir: &actions_dir };
+    let env = Env { tokens: true, github: &github, slack: &slack, actions_dir: &actions_dir };
     let main_tip = git(&remote, &["rev-parse", "main"]);
 
     // 1. A dry run: everything is computed and written to files, nothing is sent.
@@ -275,15 +280,32 @@ async fn the_weekly_run_opens_one_pull_request_and_updates_it_on_the_next_run() 
     let warned = slack.messages().last().unwrap().to_string();
     assert!(warned.contains("Not published"), "Slack was not told: {warned}");
 
+    // 5. No token: the commit stays on the local branch, the PR body and the
+    // Slack message are files, nothing is sent.
+    let sent = (github.requests().len(), slack.received().len());
+    let remote_tip = git(&remote, &["rev-parse", BRANCH]);
+    let offline_env = Env { tokens: false, ..env };
+    let offline = promptloop(&work, &offline_env, &["run", PIPELINE, "--no-pull"]).await;
+    assert!(offline.status.success(), "a run without tokens failed:\n{}", text(&offline));
+    let said = text(&offline);
+    assert!(said.contains("skipped: GITHUB_TOKEN is not set; the branch stays local"), "{said}");
+    assert!(said.contains("skipped: neither SLACK_BOT_TOKEN nor SLACK_WEBHOOK_URL is set"), "{said}");
+    assert_eq!((github.requests().len(), slack.received().len()), sent, "a run without tokens sent something");
+    assert_eq!(git(&remote, &["rev-parse", BRANCH]), remote_tip, "a run without a token pushed");
+    let local = git(&work, &["rev-parse", BRANCH]);
+    assert_ne!(local, branch_tip, "the local branch did not get the new run commit");
+    assert_eq!(git(&work, &["rev-parse", &format!("{BRANCH}~1")]), main_tip);
+    assert!(std::fs::read_to_string(run_dir.join("pr-body.md")).unwrap().contains("support-triage"));
+
     assert!(github.violations().is_empty(), "GitHub stand-in: {:#?}", github.violations());
     assert!(slack.violations().is_empty(), "Slack stand-in: {:#?}", slack.violations());
 
-    // 5. No secret anywhere: output, files, what was sent.
+    // 6. No secret anywhere: output, files, what was sent.
     let mut everything: Vec<(PathBuf, String)> = Vec::new();
     for dir in [&work, &work2, &actions_dir] {
         all_text_under(dir, &mut everything);
     }
-    for out in [&dry, &first, &second, &third] {
+    for out in [&dry, &first, &second, &third, &offline] {
         everything.push((PathBuf::from("<output>"), text(out)));
     }
     for request in github.requests() {

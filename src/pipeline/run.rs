@@ -59,22 +59,21 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
     if let Some(kind) = request.optimizer {
         config.optimizer.kind = kind;
     }
-    let mut files = Vec::new();
     let pulled = match (&request.pull, &config.source) {
         (Some((since, until)), Some(_)) => {
             let pull_request =
                 PullRequest { config: config.clone(), since: since.clone(), until: *until, dry_run: false };
-            let report = crate::logs::pull::pull(pull_request).await.context("the pull failed")?;
-            let store = DatasetStore::new(&config.dataset.path, config.dataset.split);
-            for path in [&store.examples, &store.inbox, &store.manifest] {
-                if path.exists() {
-                    files.push(relative_to(path, &config.root));
-                }
-            }
-            Some(report)
+            Some(crate::logs::pull::pull(pull_request).await.context("the pull failed")?)
         }
         _ => None,
     };
+    // The dataset the scores are on travels with them, pulled this run or not.
+    let store = DatasetStore::new(&config.dataset.path, config.dataset.split);
+    let mut files: Vec<String> = [&store.examples, &store.inbox, &store.manifest]
+        .into_iter()
+        .filter(|path| path.exists())
+        .map(|path| relative_to(path, &config.root))
+        .collect();
 
     let dataset = Dataset::load(&config.dataset.path, &config.dataset.split)?;
     if dataset.train().is_empty() || dataset.test().is_empty() {
