@@ -67,7 +67,7 @@ impl SlackMessage {
 }
 
 /// The message for a run: pipeline and decision, the test delta with its interval and n,
-/// baseline → candidate, cost, links, and a note when publishing was partial.
+/// production → candidate, cost, links, and a note when publishing was partial.
 pub fn message(headline: &Headline, cost: &Cost, links: &Links, note: Option<&str>) -> SlackMessage {
     let decision = headline.decision.as_str();
     let delta = headline.delta_text();
@@ -94,7 +94,7 @@ pub fn message(headline: &Headline, cost: &Cost, links: &Links, note: Option<&st
     blocks.push(SlackSectionBlock::new().with_text(md(headline_text)).into());
 
     let fields = vec![
-        md(Mrkdwn::default().markup("*Baseline → candidate*\n").text(&scores).render(FIELD_MAX)),
+        md(Mrkdwn::default().markup("*Production → candidate*\n").text(&scores).render(FIELD_MAX)),
         md(Mrkdwn::default().markup("*Cost*\n").text(&cost_text).render(FIELD_MAX)),
     ];
     blocks.push(SlackSectionBlock::new().with_fields(fields).into());
@@ -144,7 +144,7 @@ pub fn message(headline: &Headline, cost: &Cost, links: &Links, note: Option<&st
 
     let mut plain = format!("{}: {decision}\n", headline.pipeline);
     plain.push_str(&format!("Test delta: {delta}\nDecision: {decision_text}\n"));
-    plain.push_str(&format!("Baseline → candidate: {scores}\nCost: {cost_text}\nMetric: {}\n", headline.metric));
+    plain.push_str(&format!("Production → candidate: {scores}\nCost: {cost_text}\nMetric: {}\n", headline.metric));
     for reason in more_reasons {
         plain.push_str(&format!("Also: {reason}\n"));
     }

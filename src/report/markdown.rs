@@ -279,7 +279,7 @@ fn dataset(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
         "\nThis run's pull ({window}):\n\n\
          - read {} lines from {} source files or pages; {} malformed, skipped{}\n\
          - {} records in the window; {} anonymized{}\n\
-         - duplicates: {} exact and {} near within the pull, {} exact and {} near already in the dataset; {} kept out because they resemble a test example\n\
+         - duplicates: {} exact and {} near within the pull, {} exact and {} near already in the dataset; {} kept out for resembling an example across the test boundary\n\
          - sampled: {} ({} more left out by the caps)\n\
          - added: {}; {} to the inbox to be labelled, {} labelled inbox lines promoted\n",
         thousands(pull.lines),
