@@ -78,3 +78,52 @@ pub fn decide(comparison: &Comparison, config: &GateConfig) -> Verdict {
         Verdict { decision: Decision::Hold, reasons }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Interval;
+
+    fn comparison(estimate: f64, low: f64, high: f64) -> Comparison {
+        Comparison {
+            n: 100,
+            baseline_mean: 0.5,
+            candidate_mean: 0.5 + estimate,
+            delta: Interval { estimate, low, high, confidence: 0.95 },
+            mcnemar_p: None,
+            fixed: vec![],
+            broken: vec![],
+        }
+    }
+
+    #[test]
+    fn a_clear_gain_is_promoted() {
+        let verdict = decide(&comparison(0.1, 0.03, 0.17), &GateConfig::default());
+        assert_eq!(verdict.decision, Decision::Promote);
+        assert_eq!(verdict.reasons.len(), 1);
+    }
+
+    #[test]
+    fn a_gain_whose_interval_reaches_zero_is_held_and_says_so() {
+        let verdict = decide(&comparison(0.05, -0.01, 0.11), &GateConfig::default());
+        assert_eq!(verdict.decision, Decision::Hold);
+        assert!(verdict.reasons[0].contains("reaches zero"), "{:?}", verdict.reasons);
+        let lenient = GateConfig { require_interval_above_zero: false, ..GateConfig::default() };
+        assert_eq!(decide(&comparison(0.05, -0.01, 0.11), &lenient).decision, Decision::Promote);
+    }
+
+    #[test]
+    fn no_change_or_a_loss_is_held_and_every_reason_is_given() {
+        assert_eq!(decide(&comparison(0.0, 0.0, 0.0), &GateConfig::default()).decision, Decision::Hold);
+        let verdict = decide(&comparison(-0.07, -0.14, 0.01), &GateConfig::default());
+        assert_eq!(verdict.decision, Decision::Hold);
+        assert_eq!(verdict.reasons.len(), 2, "{:?}", verdict.reasons);
+    }
+
+    #[test]
+    fn the_minimum_delta_is_a_floor() {
+        let strict = GateConfig { min_delta: 0.05, ..GateConfig::default() };
+        assert_eq!(decide(&comparison(0.04, 0.01, 0.07), &strict).decision, Decision::Hold);
+        assert_eq!(decide(&comparison(0.05, 0.01, 0.09), &strict).decision, Decision::Promote);
+    }
+}

@@ -271,3 +271,32 @@ fn list_and_schedule_as_a_workflow_uses_them() {
     assert_eq!(runs.len(), 3, "{stdout}");
     assert!(runs.iter().all(|r| r.trim_start().starts_with("Fri ") && r.ends_with("06:00 UTC")), "{stdout}");
 }
+
+#[test]
+fn gate_and_publish_settings_are_read_and_checked() {
+    let config = PipelineConfig::load(Path::new("pipelines/support-triage.toml")).unwrap();
+    assert!(config.gate.require_interval_above_zero);
+    assert_eq!(config.publish.token_env, "GITHUB_TOKEN");
+    assert_eq!(config.publish.slack.channel.as_deref(), Some("#support-triage"));
+
+    let base = std::fs::read_to_string("pipelines/support-triage.toml").unwrap();
+    let base = &base[..base.find("[gate]").unwrap()];
+    for (table, key, needle) in [
+        ("[gate]\nmin_delta = 2.0", "[gate.min_delta]", "between -1 and 1"),
+        ("[gate]\nconfidence = 1.5", "[gate.confidence]", "below 1"),
+        ("[publish]\nrepository = \"just-a-name\"", "[publish.repository]", "owner/name"),
+        // A token pasted where the variable's name belongs is refused, not used.
+        ("[publish]\ntoken_env = \"ghp_0123456789abcdef-not/a-name\"", "[publish.token_env]", "environment variable"),
+        (
+            "[publish.slack]\nwebhook_env = \"https://hooks.slack.com/services/T0/B0/X\"",
+            "[publish.slack.webhook_env]",
+            "not hold a secret",
+        ),
+    ] {
+        let error = parse(&format!("{base}{table}\n")).unwrap_err().to_string();
+        assert!(error.contains(key) && error.contains(needle), "{table}: {error}");
+        assert!(!error.contains("ghp_0123") && !error.contains("hooks.slack.com"), "the value leaked: {error}");
+    }
+    let error = parse(&format!("{base}[publish]\nbranch = \"x\"\n")).unwrap_err().to_string();
+    assert!(error.contains("branch"), "{error}");
+}
