@@ -666,3 +666,17 @@ fn an_unreachable_remote_is_a_network_error() {
     let text = error.to_string();
     assert!(text.contains("http://***@127.0.0.1") && !text.contains(TOKEN), "{text}");
 }
+
+#[test]
+fn a_project_in_a_subdirectory_is_addressed_by_its_repository_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("services/bank");
+    std::fs::create_dir_all(&project).unwrap();
+    git(dir.path(), &["init", "-q"]);
+    let (workdir, prefix) = bot::repository_path(&project).unwrap();
+    assert_eq!(workdir, dir.path().canonicalize().unwrap());
+    assert_eq!(prefix, "services/bank");
+    assert_eq!(bot::repository_path(dir.path()).unwrap().1, "");
+    let outside = tempfile::tempdir().unwrap();
+    assert!(bot::repository_path(outside.path()).is_none());
+}

@@ -212,10 +212,13 @@ async fn publish_git_and_github(
     marker: &str,
     outcome: &mut PublishOutcome,
 ) {
+    // Paths in the commit are the repository's, which may hold the project in a subdirectory.
+    let prefix = git::repository_path(&config.root).map(|(_, prefix)| prefix).unwrap_or_default();
     let mut files = Vec::new();
     for relative in &run.files {
+        let in_repo = if prefix.is_empty() { relative.clone() } else { format!("{prefix}/{relative}") };
         match std::fs::read(config.root.join(relative)) {
-            Ok(bytes) => files.push((relative.clone(), bytes)),
+            Ok(bytes) => files.push((in_repo, bytes)),
             Err(e) => {
                 outcome.commit = Step::Failed(format!("cannot read {relative}, which the run wrote: {e}"));
                 outcome.push = Step::Skipped("nothing committed".into());

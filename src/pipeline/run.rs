@@ -232,10 +232,17 @@ pub fn load_run(config: &PipelineConfig) -> Result<SavedRun> {
 /// else the program as declared.
 fn production_program(config: &PipelineConfig, request: &EvaluateRequest) -> Result<(Program, String)> {
     let relative = relative_to(&config.artifact_path(), &config.root);
-    let (bytes, label) = match base_file(&config.root, request.remote.as_deref(), &request.base, &relative)? {
-        BaseFile::Found { bytes, commit } => (Some(bytes), format!("`{relative}` on {} ({commit})", request.base)),
-        BaseFile::Absent => (None, String::new()),
-        BaseFile::NoRepository => match std::fs::read(config.artifact_path()) {
+    // The artifact's path in the repository, which may hold the project in a subdirectory.
+    let (bytes, label) = match crate::publish::git::repository_path(&config.root) {
+        Some((_, prefix)) => {
+            let in_repo = if prefix.is_empty() { relative.clone() } else { format!("{prefix}/{relative}") };
+            let remote = request.remote.as_deref().unwrap_or("origin");
+            let bytes = crate::publish::git::read_base_file(&config.root, remote, &request.base, &in_repo)
+                .with_context(|| format!("cannot read production's artifact from {}", request.base))?;
+            let commit = crate::publish::git::base_commit(&config.root, remote, &request.base)?;
+            (bytes, format!("`{relative}` on {} ({})", request.base, &commit.to_string()[..7]))
+        }
+        None => match std::fs::read(config.artifact_path()) {
             Ok(bytes) => (Some(bytes), format!("`{relative}` in the work tree (not a git repository)")),
             Err(_) => (None, String::new()),
         },
@@ -255,48 +262,6 @@ fn production_program(config: &PipelineConfig, request: &EvaluateRequest) -> Res
                 request.base
             ),
         )),
-    }
-}
-
-enum BaseFile {
-    Found { bytes: Vec<u8>, commit: String },
-    Absent,
-    NoRepository,
-}
-
-/// A file as it is on the base branch's tip: the remote-tracking branch when
-/// there is a remote (CI checks out whatever ref it was given), else the
-/// local branch.
-fn base_file(root: &Path, remote: Option<&str>, base: &str, relative: &str) -> Result<BaseFile> {
-    let repo = match git2::Repository::discover(root) {
-        Ok(repo) => repo,
-        Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(BaseFile::NoRepository),
-        Err(e) => return Err(e).with_context(|| format!("cannot open the git repository at {}", root.display())),
-    };
-    let tracking = remote.map(|r| format!("refs/remotes/{r}/{base}"));
-    let reference = tracking
-        .iter()
-        .map(String::as_str)
-        .chain([format!("refs/heads/{base}").as_str()])
-        .find_map(|name| repo.find_reference(name).ok())
-        .with_context(|| format!("the base branch `{base}` is in neither the remote nor the local repository; fetch it, or set [publish] base"))?;
-    let commit = reference.peel_to_commit().with_context(|| format!("`{base}` does not point at a commit"))?;
-    // The artifact's path inside the repository, whose root may be above ours.
-    let workdir = repo.workdir().unwrap_or(root);
-    let prefix =
-        root.canonicalize().ok().and_then(|r| r.strip_prefix(workdir.canonicalize().ok()?).ok().map(Path::to_path_buf));
-    let in_repo = prefix.unwrap_or_default().join(relative);
-    let short = commit.id().to_string()[..7].to_string();
-    match commit.tree()?.get_path(&in_repo) {
-        Ok(entry) => {
-            let blob = entry
-                .to_object(&repo)?
-                .peel_to_blob()
-                .with_context(|| format!("{relative} on {base} is not a file"))?;
-            Ok(BaseFile::Found { bytes: blob.content().to_vec(), commit: short })
-        }
-        Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(BaseFile::Absent),
-        Err(e) => Err(e).with_context(|| format!("cannot read {relative} on {base}")),
     }
 }
 

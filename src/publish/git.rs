@@ -297,6 +297,23 @@ pub fn read_base_file(repo: &Path, remote: &str, base: &str, path: &str) -> Resu
     }
 }
 
+/// The base branch's tip as [`read_base_file`] reads it: what production is.
+pub fn base_commit(repo: &Path, remote: &str, base: &str) -> Result<Oid, GitError> {
+    check_branch_name(base)?;
+    base_tip(&open(repo)?, remote, base)
+}
+
+/// `path` (inside the repository that contains it) as a repository-relative,
+/// `/`-separated path, for a project that lives in a subdirectory. `None`
+/// when `path` is not inside a git repository.
+pub fn repository_path(path: &Path) -> Option<(PathBuf, String)> {
+    let repo = Repository::discover(path).ok()?;
+    let workdir = repo.workdir()?.canonicalize().ok()?;
+    let inside = path.canonicalize().ok()?.strip_prefix(&workdir).ok()?.to_path_buf();
+    let relative = inside.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect::<Vec<_>>();
+    Some((workdir, relative.join("/")))
+}
+
 /// Commits exactly the base tip plus the run's files and points the local
 /// bot branch at it. Replaces an earlier run commit of this pipeline; refuses
 /// when the remote-tracking or the local bot branch holds anything else on
