@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use github_stub::{Fault, GitHubStub};
 use promptloop::publish::Secret;
 use promptloop::publish::github::{
-    GitHubConfig, GitHubError, PullRequestAction, PullRequestSpec, marker, open_or_update, parse_repository,
-    write_offline,
+    GitHubConfig, GitHubError, PullRequestAction, PullRequestSpec, marker, offline_text, open_or_update,
+    parse_repository,
 };
 
 const OWNER: &str = "octo-org";
@@ -401,11 +401,8 @@ async fn unusable_settings_fail_before_anything_is_sent() {
 }
 
 #[test]
-fn without_a_token_the_pull_request_is_written_to_a_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("out/pull-request.md");
-    write_offline(&first_spec(), &path).unwrap();
-    let text = std::fs::read_to_string(&path).unwrap();
+fn without_a_token_the_pull_request_is_written_out_whole() {
+    let text = offline_text(&first_spec());
     assert!(text.contains("# support-triage: +0.194 on test"), "{text}");
     assert!(text.contains("`promptloop/support-triage` → `main` · labels: promptloop, prompts"), "{text}");
     assert!(text.contains("The candidate beats production.") && text.contains(&marker("support-triage")));

@@ -135,9 +135,17 @@ pub async fn publish(request: &PublishRequest) -> Result<PublishOutcome> {
     let branch = branch_name(&config.name);
     let report_path = format!("artifacts/{}/REPORT.md", config.name);
     let marker = github::marker(&config.name);
-    let body = markdown::pr_body(&run.report, &marker, &report_path, markdown::GITHUB_BODY_LIMIT);
+    let spec = PullRequestSpec {
+        head: branch.clone(),
+        base: run.base.clone(),
+        title: title(&run),
+        body: markdown::pr_body(&run.report, &marker, &report_path, markdown::GITHUB_BODY_LIMIT),
+        labels: config.publish.labels.clone(),
+        marker,
+    };
+    // Always on disk, so a dry run or a run without a token leaves the PR to read.
     let body_path = dir.join("pr-body.md");
-    write_atomically(&body_path, body.as_bytes())?;
+    write_atomically(&body_path, github::offline_text(&spec).as_bytes())?;
     let mut outcome = PublishOutcome {
         branch: branch.clone(),
         commit: Step::Skipped("dry run".into()),
@@ -150,7 +158,7 @@ pub async fn publish(request: &PublishRequest) -> Result<PublishOutcome> {
     };
 
     if !request.dry_run {
-        publish_git_and_github(&config, &run, context, &branch, &body, &marker, &mut outcome).await;
+        publish_git_and_github(&config, &run, context, &spec, &mut outcome).await;
     }
 
     // Slack says what happened, including a publish that went wrong.
@@ -198,7 +206,7 @@ pub async fn publish(request: &PublishRequest) -> Result<PublishOutcome> {
     }
 
     if let Some(actions) = &context.actions {
-        report_to_actions(actions, &run, &body, &marker, &outcome)?;
+        report_to_actions(actions, &run, &spec, &outcome)?;
     }
     Ok(outcome)
 }
@@ -207,11 +215,10 @@ async fn publish_git_and_github(
     config: &PipelineConfig,
     run: &SavedRun,
     context: &PublishContext,
-    branch: &str,
-    body: &str,
-    marker: &str,
+    spec: &PullRequestSpec,
     outcome: &mut PublishOutcome,
 ) {
+    let branch = spec.head.as_str();
     // Paths in the commit are the repository's, which may hold the project in a subdirectory.
     let prefix = git::repository_path(&config.root).map(|(_, prefix)| prefix).unwrap_or_default();
     let mut files = Vec::new();
@@ -300,15 +307,7 @@ async fn publish_git_and_github(
     if let Some(api_url) = &context.api_url {
         github_config.api_url = api_url.clone();
     }
-    let spec = PullRequestSpec {
-        head: branch.to_string(),
-        base: run.base.clone(),
-        title: title(run),
-        body: body.to_string(),
-        labels: config.publish.labels.clone(),
-        marker: marker.to_string(),
-    };
-    outcome.pull_request = match github::open_or_update(&github_config, &spec).await {
+    outcome.pull_request = match github::open_or_update(&github_config, spec).await {
         Ok(pr) => {
             outcome.pr_url = Some(pr.url.clone());
             let mut text = format!("#{} {} ({})", pr.number, pr.action.as_str(), pr.url);
@@ -346,11 +345,10 @@ fn short(id: &git2::Oid) -> String {
 fn report_to_actions(
     actions: &Actions,
     run: &SavedRun,
-    body: &str,
-    marker: &str,
+    spec: &PullRequestSpec,
     outcome: &PublishOutcome,
 ) -> Result<()> {
-    let summary = body.replacen(marker, "", 1);
+    let summary = spec.body.replacen(&spec.marker, "", 1);
     // The summary is a convenience: a full disk there must not fail a published run.
     if let Err(e) = actions.summary(summary.trim_start()) {
         tracing::warn!("the job summary was not written: {e:#}");

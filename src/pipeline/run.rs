@@ -152,7 +152,8 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
         tokens: cost.prompt_tokens + cost.completion_tokens,
         dollars: cost.dollars,
     };
-    let mut past = history::read(&history_path)?;
+    let existing = history::read_bytes(&history_path)?;
+    let mut past = history::parse(&existing, &history_path);
     past.push(entry.clone());
 
     let report = RunReport {
@@ -197,11 +198,6 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
         artifact.save(&config.artifact_path())?;
         files.push(relative_to(&config.artifact_path(), &config.root));
     }
-    let existing = match std::fs::read(&history_path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", history_path.display())),
-    };
     write_atomically(&history_path, &history::appended(&existing, &entry))?;
     files.push(relative_to(&history_path, &config.root));
     let report_path = artifact_dir.join("REPORT.md");

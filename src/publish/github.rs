@@ -10,7 +10,6 @@
 //! appears in an error, a log line or a `Debug` print.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -220,27 +219,19 @@ pub fn parse_repository(s: &str) -> Result<(String, String), GitHubError> {
     }
 }
 
-/// Without a token: the PR as it would have been opened, written to `path`
-/// (title, branches and labels above the body), so a person can open it by hand.
-pub fn write_offline(spec: &PullRequestSpec, path: &Path) -> anyhow::Result<PathBuf> {
-    use anyhow::Context;
+/// The pull request as a file, for a run that does not open it (no token, or
+/// a dry run): title, branches and labels, then the body with its marker.
+pub fn offline_text(spec: &PullRequestSpec) -> String {
     let labels = if spec.labels.is_empty() { "none".to_string() } else { spec.labels.join(", ") };
-    let text = format!(
-        "<!-- pull request not opened (no GitHub token): title, branches and labels, then the body -->\n\
+    format!(
+        "<!-- pull request not opened: title, branches and labels, then the body -->\n\
          # {}\n\n`{}` → `{}` · labels: {}\n\n{}",
         spec.title,
         spec.head,
         spec.base,
         labels,
         spec.body_with_marker()
-    );
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("md.tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
-    Ok(path.to_path_buf())
+    )
 }
 
 /// Finds the open PR for `spec.head` (by its marker), updates its title and

@@ -28,17 +28,22 @@ pub struct Entry {
     pub dollars: Option<f64>,
 }
 
-/// The entries in `path` (none when it does not exist). A line that does not
-/// parse is skipped with a warning naming it: the history is for reading,
-/// and a hand-edited line must not stop a run.
-pub fn read(path: &Path) -> Result<Vec<Entry>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
+/// The bytes of `path` (none when it does not exist): [`parse`] reads them
+/// for the chart, [`appended`] extends them.
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The entries in a history file's bytes. A line that does not parse is
+/// skipped with a warning naming it: the history is for reading, and a
+/// hand-edited line must not stop a run.
+pub fn parse(bytes: &[u8], path: &Path) -> Vec<Entry> {
     let mut entries = Vec::new();
-    for (index, line) in text.lines().enumerate() {
+    for (index, line) in String::from_utf8_lossy(bytes).lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
@@ -49,7 +54,7 @@ pub fn read(path: &Path) -> Result<Vec<Entry>> {
             }
         }
     }
-    Ok(entries)
+    entries
 }
 
 /// The file's bytes with `entry` appended as one line; earlier lines are kept
