@@ -37,3 +37,8 @@ if [ ! -s "$github_openapi" ]; then
 fi
 export PROMPTLOOP_GITHUB_OPENAPI="$PWD/$github_openapi"
 cargo nextest run --release --locked --no-fail-fast "$@"
+# Doc tests (nextest does not run them): among them, the compile-time proof
+# that the optimizer cannot be handed the test split (src/dataset/mod.rs).
+if [ "$#" -eq 0 ]; then
+  cargo test --release --locked --doc
+fi

@@ -8,10 +8,10 @@ use clap::{Parser, Subcommand};
 
 use crate::config::PipelineConfig;
 use crate::dataset::Split;
+use crate::eval::EvalSummary;
 use crate::lm::UsageSummary;
 use crate::lm::local::{LocalEngine, LocalOptions};
 use crate::logs::pull::PullRequest;
-use crate::optimize::evaluate::EvalSummary;
 use crate::pipeline::{self, CompileRequest, EvalRequest, EvalTarget};
 
 #[derive(Parser)]
@@ -193,7 +193,23 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("compiled {} in {:.1}s", outcome.artifact.pipeline, outcome.compile_secs);
             println!("  optimizer LM use: {}", usage_line(&outcome.compile_usage));
             for c in &outcome.artifact.provenance.candidates {
-                println!("  candidate {:<14} demos {:>2}  dev {:.3}", c.name, c.demos, c.dev_score);
+                let on = c.scored_on.map_or_else(String::new, |n| format!("  (on {n} dev examples)"));
+                println!("  candidate {:<28} demos {:>2}  dev {:.3}{on}", c.name, c.demos, c.dev_score);
+            }
+            let search = &outcome.search;
+            if let Some(stop) = &search.stopped_early {
+                println!("  stopped early: {stop}");
+            }
+            if search.improved {
+                println!(
+                    "  chosen: {} (dev {:.3} vs the declared program's {:.3})",
+                    search.chosen, search.candidate_dev, search.production_dev
+                );
+            } else {
+                println!(
+                    "  no better program found: nothing beat the declared program's dev {:.3}; it is kept",
+                    search.production_dev
+                );
             }
             if let Some(dev) = &outcome.artifact.scores.dev {
                 println!("dev  (n={}): baseline {:.3}  compiled {:.3}", dev.n, dev.baseline, dev.compiled);
@@ -205,11 +221,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                 test.compiled,
                 test.compiled - test.baseline
             );
-            let pairs = crate::stats::pair_by_id(
+            let pairs = crate::eval::compare::pair_by_id(
                 outcome.baseline_test.results.iter().map(|r| (r.example_id.as_str(), r.score)),
                 outcome.compiled_test.results.iter().map(|r| (r.example_id.as_str(), r.score)),
             );
-            let comparison = crate::stats::Comparison::of(&pairs, 0.95, outcome.artifact.provenance.seed);
+            let comparison = crate::eval::compare::Comparison::of(&pairs, 0.95, outcome.artifact.provenance.seed);
             println!("  {}", comparison_line(&comparison));
             println!("  baseline: {}", failures_line(&outcome.baseline_test.summary));
             println!("  compiled: {}", failures_line(&outcome.compiled_test.summary));
@@ -428,7 +444,7 @@ fn parse_time(s: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, Str
 }
 
 /// "delta +0.194, 95% CI [+0.129, +0.259] (paired bootstrap); McNemar p = 0.0002; 38 fixed, 11 broken"
-fn comparison_line(c: &crate::stats::Comparison) -> String {
+fn comparison_line(c: &crate::eval::compare::Comparison) -> String {
     let d = &c.delta;
     let mut line = format!(
         "delta {:+.3}, {:.0}% CI [{:+.3}, {:+.3}] (paired bootstrap)",

@@ -29,6 +29,8 @@ pub struct PipelineConfig {
     pub predictors: Vec<PredictorConfig>,
     pub metric: MetricConfig,
     pub optimizer: OptimizerConfig,
+    /// `[budget]`: the most LM use a run may take.
+    pub budget: BudgetConfig,
     /// When the weekly workflow runs it: 5-field POSIX cron, as in GitHub Actions.
     pub schedule: Option<crate::schedule::CronSchedule>,
     /// `[source]`: where production logs come from (needed by `pull` only).
@@ -38,7 +40,7 @@ pub struct PipelineConfig {
     pub dedup: DedupConfig,
     pub sample: SampleConfig,
     /// `[gate]`: when a candidate is proposed for production.
-    pub gate: crate::gate::GateConfig,
+    pub gate: crate::eval::gate::GateConfig,
     /// `[publish]`: the bot branch, the pull request and the Slack message.
     pub publish: PublishConfig,
 }
@@ -456,10 +458,129 @@ pub enum MetricConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OptimizerKind {
-    /// Keep the hand-written program (no demos).
+    /// Keep production's program as it is.
     None,
+    /// One bootstrapped demo set per predictor.
     BootstrapFewShot,
+    /// Label-covering and bootstrapped demo sets, raced on dev minibatches.
     BootstrapRandomSearch,
+    /// Instructions and demo sets searched jointly with a Parzen estimator.
+    MiproV2,
+}
+
+impl OptimizerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::None => "none",
+            OptimizerKind::BootstrapFewShot => "bootstrap_few_shot",
+            OptimizerKind::BootstrapRandomSearch => "bootstrap_random_search",
+            OptimizerKind::MiproV2 => "mipro_v2",
+        }
+    }
+}
+
+/// `[optimizer.mipro_v2]`: MIPROv2's settings. `auto` picks the numbers
+/// below unless they are set.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MiproConfig {
+    #[serde(default = "default_auto")]
+    pub auto: MiproAuto,
+    /// Instruction candidates per predictor (production's and the declared one included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_instructions: Option<usize>,
+    /// Search trials, each scored on one minibatch of dev.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_trials: Option<usize>,
+    /// Dev examples per trial.
+    #[serde(default = "default_minibatch")]
+    pub minibatch_size: usize,
+    /// Every this many trials, the best combination so far is scored on all of dev.
+    #[serde(default = "default_full_eval_steps")]
+    pub full_eval_steps: usize,
+    /// Ask the proposer LM for instructions (besides the drafts written from the data).
+    #[serde(default = "yes")]
+    pub lm_proposals: bool,
+}
+
+impl MiproConfig {
+    fn is_default(&self) -> bool {
+        *self == MiproConfig::default()
+    }
+}
+
+impl Default for MiproConfig {
+    fn default() -> Self {
+        MiproConfig {
+            auto: default_auto(),
+            num_instructions: None,
+            num_trials: None,
+            minibatch_size: default_minibatch(),
+            full_eval_steps: default_full_eval_steps(),
+            lm_proposals: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MiproAuto {
+    Light,
+    Medium,
+    Heavy,
+}
+
+fn default_auto() -> MiproAuto {
+    MiproAuto::Light
+}
+fn default_minibatch() -> usize {
+    25
+}
+fn default_full_eval_steps() -> usize {
+    5
+}
+
+/// `[budget]`: the most a run may use, in all and per role. Unset limits are
+/// no limit. The run sets aside what scoring both programs on dev and test
+/// takes; the optimizer gets the rest and stops when it is spent.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_calls: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_dollars: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<crate::lm::budget::Budget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<crate::lm::budget::Budget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposer: Option<crate::lm::budget::Budget>,
+}
+
+impl BudgetConfig {
+    pub fn total(&self) -> crate::lm::budget::Budget {
+        crate::lm::budget::Budget {
+            max_calls: self.max_calls,
+            max_tokens: self.max_tokens,
+            max_dollars: self.max_dollars,
+        }
+    }
+
+    /// The limits per role that are set.
+    pub fn roles(&self) -> Vec<(crate::lm::budget::LmRole, crate::lm::budget::Budget)> {
+        use crate::lm::budget::LmRole;
+        [(LmRole::Task, self.task), (LmRole::Teacher, self.teacher), (LmRole::Proposer, self.proposer)]
+            .into_iter()
+            .filter_map(|(role, budget)| budget.map(|b| (role, b)))
+            .collect()
+    }
+
+    pub fn is_unlimited(&self) -> bool {
+        self.total().is_unlimited() && self.roles().iter().all(|(_, b)| b.is_unlimited())
+    }
 }
 
 /// `[optimizer]`.
@@ -483,6 +604,12 @@ pub struct OptimizerConfig {
     /// Bootstrap demos with another model (e.g. a larger one).
     #[serde(default, skip_serializing)]
     pub teacher: Option<LmConfig>,
+    /// The model that writes instructions and reflects on failures (in
+    /// production, a strong hosted model); the task LM unless set.
+    #[serde(default, skip_serializing)]
+    pub proposer: Option<LmConfig>,
+    #[serde(default, skip_serializing_if = "MiproConfig::is_default")]
+    pub mipro_v2: MiproConfig,
 }
 
 fn default_bootstrapped() -> usize {
@@ -522,6 +649,8 @@ struct RawPipeline {
     metric: RawMetric,
     optimizer: OptimizerConfig,
     #[serde(default)]
+    budget: BudgetConfig,
+    #[serde(default)]
     source: Option<RawSource>,
     #[serde(default)]
     anonymize: RawAnonymize,
@@ -532,7 +661,7 @@ struct RawPipeline {
     #[serde(default)]
     sample: SampleConfig,
     #[serde(default)]
-    gate: crate::gate::GateConfig,
+    gate: crate::eval::gate::GateConfig,
     #[serde(default)]
     publish: PublishConfig,
 }
@@ -775,7 +904,10 @@ impl PipelineConfig {
         // The embedded model enforces each output's JSON Schema while decoding, so
         // every schema must be one its grammar can enforce.
         let enforces_schemas = |lm: &LmConfig| lm.provider == Provider::Embedded && lm.constrained;
-        if enforces_schemas(&raw.lm) || raw.optimizer.teacher.as_ref().is_some_and(enforces_schemas) {
+        if enforces_schemas(&raw.lm)
+            || raw.optimizer.teacher.as_ref().is_some_and(enforces_schemas)
+            || raw.optimizer.proposer.as_ref().is_some_and(enforces_schemas)
+        {
             for (sig_name, sig) in &signatures {
                 for field in &sig.signature.outputs {
                     if let Some(schema) = output_schema(&field.ty) {
@@ -851,15 +983,42 @@ impl PipelineConfig {
         }
 
         validate_lm(&raw.lm, "lm").map_err(|m| err("lm", m))?;
-        if let Some(teacher) = &raw.optimizer.teacher {
-            validate_lm(teacher, "optimizer.teacher").map_err(|m| err("optimizer.teacher", m))?;
+        let mut optimizer = raw.optimizer;
+        for (key, role) in
+            [("optimizer.teacher", &mut optimizer.teacher), ("optimizer.proposer", &mut optimizer.proposer)]
+        {
+            if let Some(lm) = role {
+                validate_lm(lm, key).map_err(|m| err(key, m))?;
+                if lm.provider == Provider::Embedded {
+                    lm.model = root.join(&lm.model).to_string_lossy().into_owned();
+                }
+            }
         }
         let mut lm = raw.lm;
         if lm.provider == Provider::Embedded {
             lm.model = root.join(&lm.model).to_string_lossy().into_owned();
         }
-        if !(0.0..=1.0).contains(&raw.optimizer.metric_threshold) {
+        if !(0.0..=1.0).contains(&optimizer.metric_threshold) {
             return Err(err("optimizer.metric_threshold", "must be between 0 and 1".into()));
+        }
+        let mipro = &optimizer.mipro_v2;
+        if mipro.minibatch_size == 0 || mipro.full_eval_steps == 0 {
+            return Err(err("optimizer.mipro_v2", "minibatch_size and full_eval_steps must be at least 1".into()));
+        }
+        if mipro.num_trials == Some(0) || mipro.num_instructions == Some(0) {
+            return Err(err("optimizer.mipro_v2", "num_trials and num_instructions must be at least 1".into()));
+        }
+        let budget = raw.budget;
+        let limits = std::iter::once(("budget", budget.total()))
+            .chain(budget.roles().into_iter().map(|(role, b)| (role.name(), b)));
+        for (key, b) in limits {
+            if b.max_calls == Some(0)
+                || b.max_tokens == Some(0)
+                || b.max_dollars.is_some_and(|d| !(d > 0.0) || !d.is_finite())
+            {
+                let key = if key == "budget" { key.to_string() } else { format!("budget.{key}") };
+                return Err(err(&key, "limits must be above zero; leave a limit out for no limit".into()));
+            }
         }
 
         let first_input = predictors
@@ -994,7 +1153,8 @@ impl PipelineConfig {
             signatures,
             predictors,
             metric,
-            optimizer: raw.optimizer,
+            optimizer,
+            budget,
         })
     }
 

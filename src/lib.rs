@@ -5,7 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod dataset;
-pub mod gate;
+pub mod eval;
 pub mod lm;
 pub mod logs;
 pub mod metric;
@@ -16,4 +16,3 @@ pub mod publish;
 pub mod report;
 pub mod schedule;
 pub mod serve;
-pub mod stats;

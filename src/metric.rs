@@ -5,44 +5,108 @@ use serde_json::{Map, Value};
 use crate::config::MetricConfig;
 use crate::dataset::Example;
 
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+/// A score in 0..=1 and the feedback that explains it: what reflective
+/// optimizers read, and what a reviewer sees next to a failed example.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Score {
     pub value: f64,
     pub feedback: String,
 }
 
-pub fn score(metric: &MetricConfig, example: &Example, prediction: &Map<String, Value>) -> Score {
-    match metric {
-        MetricConfig::ExactMatch { fields } => {
-            let mut hits = 0usize;
-            let mut misses = Vec::new();
-            for field in fields {
-                let want = example.outputs.get(field).map(normalize_value).unwrap_or_default();
-                let got = prediction.get(field).map(normalize_value).unwrap_or_default();
-                if !want.is_empty() && want == got {
-                    hits += 1;
-                } else {
-                    misses.push(format!("`{field}`: expected {:?}, got {:?}", want, got));
-                }
-            }
-            let value = hits as f64 / fields.len().max(1) as f64;
-            let feedback = if misses.is_empty() { "correct".into() } else { misses.join("; ") };
-            Score { value, feedback }
-        }
-        MetricConfig::TokenF1 { field } => {
-            let want = example.outputs.get(field).map(value_text).unwrap_or_default();
-            let got = prediction.get(field).map(value_text).unwrap_or_default();
-            let value = token_f1(&want, &got);
-            Score { value, feedback: format!("token F1 {value:.2} on `{field}`") }
-        }
+/// A metric that could not score a prediction (a judge that failed, a command
+/// that crashed). Evaluation scores the example 0 with this reason, and counts it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct MetricError(pub String);
+
+/// `(example, prediction) -> Score`. Async and fallible, so a metric may ask a
+/// judge model or run a command.
+#[async_trait]
+pub trait Metric: Send + Sync {
+    /// The metric as reports name it, e.g. `exact_match(queue)`.
+    fn name(&self) -> String;
+
+    /// Whether every score is 0 or 1 (pass/fail), which the paired statistics use.
+    fn is_binary(&self) -> bool;
+
+    async fn score(&self, example: &Example, prediction: &Map<String, Value>) -> Result<Score, MetricError>;
+}
+
+/// The metric a pipeline declares.
+pub fn build(config: &MetricConfig) -> Arc<dyn Metric> {
+    match config {
+        MetricConfig::ExactMatch { fields } => Arc::new(ExactMatch { fields: fields.clone() }),
+        MetricConfig::TokenF1 { field } => Arc::new(TokenF1 { field: field.clone() }),
     }
 }
 
-/// The name of the metric, for reports.
-pub fn name(metric: &MetricConfig) -> String {
-    match metric {
-        MetricConfig::ExactMatch { fields } => format!("exact_match({})", fields.join(", ")),
-        MetricConfig::TokenF1 { field } => format!("token_f1({field})"),
+/// The name of the metric a pipeline declares, for reports.
+pub fn name(config: &MetricConfig) -> String {
+    build(config).name()
+}
+
+/// Mean over `fields` of normalized exact match.
+pub struct ExactMatch {
+    pub fields: Vec<String>,
+}
+
+#[async_trait]
+impl Metric for ExactMatch {
+    fn name(&self) -> String {
+        format!("exact_match({})", self.fields.join(", "))
+    }
+
+    fn is_binary(&self) -> bool {
+        self.fields.len() <= 1
+    }
+
+    async fn score(&self, example: &Example, prediction: &Map<String, Value>) -> Result<Score, MetricError> {
+        let mut hits = 0usize;
+        let mut misses = Vec::new();
+        for field in &self.fields {
+            let want = example.outputs.get(field).map(normalize_value).unwrap_or_default();
+            let got = prediction.get(field).map(normalize_value).unwrap_or_default();
+            if !want.is_empty() && want == got {
+                hits += 1;
+            } else {
+                misses.push(format!("`{field}`: expected {:?}, got {:?}", want, got));
+            }
+        }
+        let value = hits as f64 / self.fields.len().max(1) as f64;
+        let feedback = if misses.is_empty() { "correct".into() } else { misses.join("; ") };
+        Ok(Score { value, feedback })
+    }
+}
+
+/// SQuAD-style token F1 on one free-text field.
+pub struct TokenF1 {
+    pub field: String,
+}
+
+#[async_trait]
+impl Metric for TokenF1 {
+    fn name(&self) -> String {
+        format!("token_f1({})", self.field)
+    }
+
+    fn is_binary(&self) -> bool {
+        false
+    }
+
+    async fn score(&self, example: &Example, prediction: &Map<String, Value>) -> Result<Score, MetricError> {
+        let want = example.outputs.get(&self.field).map(value_text).unwrap_or_default();
+        let got = prediction.get(&self.field).map(value_text).unwrap_or_default();
+        let value = token_f1(&want, &got);
+        let feedback = if value >= 1.0 {
+            "correct".to_string()
+        } else {
+            format!("token F1 {value:.2} on `{}`: expected {:?}, got {:?}", self.field, want, got)
+        };
+        Ok(Score { value, feedback })
     }
 }
 

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use promptloop::gate::Decision;
+use promptloop::eval::gate::Decision;
 use promptloop::publish::actions::{Actions, Level, SUMMARY_LIMIT, SummaryWritten};
 use promptloop::report::Headline;
 

@@ -8,7 +8,7 @@ mod slack_stub;
 
 use std::time::{Duration, Instant};
 
-use promptloop::gate::Decision;
+use promptloop::eval::gate::Decision;
 use promptloop::publish::Secret;
 use promptloop::publish::slack::{self, Links, Posted, Retry, SlackError, SlackMessage, SlackTarget, to_json, to_text};
 use promptloop::report::{Cost, Headline};

@@ -3,10 +3,14 @@
 //! limit with its headline whole.
 
 use chrono::{TimeZone, Utc};
-use promptloop::gate::Decision;
+use promptloop::eval::gate::Decision;
+use promptloop::lm::budget::{Budget, RoleUsage};
+use promptloop::optimize::ProposalRecord;
+use promptloop::program::artifact::CandidateScore;
 use promptloop::report::history::Entry;
 use promptloop::report::markdown::{self, GITHUB_BODY_LIMIT};
 use promptloop::report::{Cost, DatasetSize, Flip, Headline, Outcome, RunReport, Scores, Slice};
+use promptloop::report::{RoleUse, SearchSummary};
 use serde_json::{Map, Value, json};
 
 const MARKER: &str = "<!-- promptloop:pipeline=support-triage -->";
@@ -102,6 +106,53 @@ fn run(flips: Vec<Flip>, program_diff: String) -> RunReport {
             entry(13, 0.266, 0.460, Decision::Promote),
             entry(20, 0.460, 0.455, Decision::Hold),
             entry(27, 0.432, 0.494, Decision::Promote),
+        ],
+        search: Some(search()),
+    }
+}
+
+fn search() -> SearchSummary {
+    let candidate = |name: &str, demos: usize, dev_score: f64, scored_on: Option<usize>| CandidateScore {
+        name: name.into(),
+        demos,
+        dev_score,
+        scored_on,
+    };
+    let role = |role: &str, calls: u64, cached: u64, projected_calls: u64, budget: Budget| RoleUse {
+        role: role.into(),
+        budget,
+        projected_calls,
+        used: RoleUsage {
+            calls,
+            provider_calls: calls - cached,
+            cache_hits: cached,
+            prompt_tokens: calls * 500,
+            completion_tokens: calls * 4,
+            ..Default::default()
+        },
+    };
+    SearchSummary {
+        improved: true,
+        production_dev: 0.45,
+        candidate_dev: 0.52,
+        chosen: "mipro i2d1".into(),
+        candidates: vec![
+            candidate("production", 4, 0.45, None),
+            candidate("mipro i2d1", 7, 0.52, None),
+            candidate("mipro i1d3", 14, 0.30, Some(25)),
+        ],
+        stopped_early: None,
+        evaluations: 410,
+        notes: vec!["`route`: a proposal (tip: Be concise.) was dropped: unparseable reply | twice".into()],
+        proposals: vec![ProposalRecord {
+            predictor: "route".into(),
+            origin: "data: label clues".into(),
+            instruction: "Answer with exactly one queue.\ncards: often mentions `card`, arrive @team".into(),
+            dev_score: Some(0.52),
+        }],
+        usage: vec![
+            role("task", 1200, 312, 1100, Budget::default()),
+            role("proposer", 4, 0, 4, Budget { max_calls: Some(20), ..Default::default() }),
         ],
     }
 }

@@ -1,7 +1,15 @@
 """Shared loading for the peer baselines: the pipeline TOML, the dataset and its splits.
 
 The splits match promptloop's exactly: an example's bucket is the first 8 bytes of
-sha256(id) read big-endian, modulo 10000; train below 7000, dev below 8500, test the rest.
+sha256(id) read big-endian, modulo 10000; train below 7000, dev below 8500, test the rest
+(support-triage's 0.70 / 0.15 / 0.15; another pipeline's [dataset] split fractions give its
+own bounds, rounded as promptloop rounds them).
+
+Another pipeline can be loaded with load_task(path) (the scripts' --pipeline PATH): its
+dataset path resolves as promptloop resolves it, against the parent of the pipeline's
+pipelines/ folder (or the pipeline file's own folder), and its results are written to
+bench/results/<pipeline name>-peers-<method>.json (outside table.py's peers-*.json, which
+is support-triage's table). The default pipeline keeps the file names peers-<method>.json.
 
 The support-triage data is built from Banking77 (PolyAI, CC-BY-4.0): Casanueva et al.,
 "Efficient Intent Detection with Dual Sentence Encoders", NLP4ConvAI @ ACL 2020,
@@ -12,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import tomllib
@@ -54,6 +63,9 @@ class Task:
     dev: tuple[Example, ...]
     test: tuple[Example, ...]
     config: dict
+    # The pipeline file it was loaded from, and its [dataset] split fractions.
+    pipeline: Path = PIPELINE
+    split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
 
 
 def bucket(example_id: str) -> int:
@@ -61,25 +73,58 @@ def bucket(example_id: str) -> int:
     return int.from_bytes(digest[:8], "big") % 10000
 
 
-def split_of(example_id: str) -> str:
+def _round(x: float) -> int:
+    # Rust's f64::round (promptloop's): halves away from zero.
+    return int(math.floor(x + 0.5))
+
+
+def split_of(example_id: str, fractions: tuple[float, float, float] | None = None) -> str:
+    """promptloop's split_of (src/dataset/mod.rs); the default is support-triage's 0.70/0.15/0.15."""
     b = bucket(example_id)
-    if b < 7000:
+    if fractions is None:
+        train_end, dev_end = 7000, 8500
+    else:
+        train_end = _round(fractions[0] * 10000.0)
+        dev_end = _round((fractions[0] + fractions[1]) * 10000.0)
+    if b < train_end:
         return "train"
-    if b < 8500:
+    if b < dev_end:
         return "dev"
     return "test"
 
 
+def resolve_pipeline(path: str | Path) -> Path:
+    """A pipeline path as given on the command line: as is if it exists, else relative to the repository."""
+    p = Path(path)
+    if not p.is_absolute() and not p.exists():
+        p = REPO / p
+    return p.resolve()
+
+
+def project_root(pipeline: Path) -> Path:
+    """promptloop's project root for a pipeline file: the parent of its pipelines/ folder, else its folder."""
+    folder = Path(pipeline).resolve().parent
+    return folder.parent if folder.name == "pipelines" else folder
+
+
+def is_default(pipeline: Path) -> bool:
+    return Path(pipeline).resolve() == PIPELINE.resolve()
+
+
 def load_task(pipeline: Path = PIPELINE) -> Task:
+    pipeline = Path(pipeline)
     with open(pipeline, "rb") as f:
         cfg = tomllib.load(f)
+    split_cfg = cfg["dataset"].get("split", {})
+    fractions = (float(split_cfg.get("train", 0.70)), float(split_cfg.get("dev", 0.15)),
+                 float(split_cfg.get("test", 0.15)))
     predictor = cfg["program"]["predictors"][0]
     sig = cfg["signatures"][predictor["signature"]]
     (in_name, in_spec), = sig["inputs"].items()
     (out_name, out_spec), = sig["outputs"].items()
     queues = tuple(out_spec["values"])
 
-    path = REPO / cfg["dataset"]["path"]
+    path = project_root(pipeline) / cfg["dataset"]["path"]
     splits: dict[str, list[Example]] = {"train": [], "dev": [], "test": []}
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -87,7 +132,7 @@ def load_task(pipeline: Path = PIPELINE) -> Task:
                 continue
             row = json.loads(line)
             ex = Example(row["id"], row["inputs"][in_name], row["outputs"][out_name])
-            splits[split_of(ex.id)].append(ex)
+            splits[split_of(ex.id, fractions)].append(ex)
     for part in splits.values():
         part.sort(key=lambda e: e.id)
 
@@ -103,6 +148,8 @@ def load_task(pipeline: Path = PIPELINE) -> Task:
         dev=tuple(splits["dev"]),
         test=tuple(splits["test"]),
         config=cfg,
+        pipeline=pipeline,
+        split_fractions=fractions,
     )
 
 
@@ -116,14 +163,27 @@ def machine() -> dict:
     }
 
 
-def write_result(name: str, payload: dict) -> Path:
+def write_result(name: str, payload: dict, pipeline: Path = PIPELINE, pipeline_name: str | None = None) -> Path:
+    """Writes bench/results/peers-<name>.json, or <pipeline name>-peers-<name>.json for another pipeline."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    pipeline = Path(pipeline).resolve()
     name = f"{name}{RESULT_SUFFIX}"
-    out = RESULTS / f"peers-{name}.json"
+    if is_default(pipeline):
+        out = RESULTS / f"peers-{name}.json"
+    else:
+        if pipeline_name is None:
+            with open(pipeline, "rb") as f:
+                pipeline_name = tomllib.load(f)["name"]
+        out = RESULTS / f"{pipeline_name}-peers-{name}.json"
+        name = f"{pipeline_name}-{name}"
+    try:
+        shown = str(pipeline.relative_to(REPO))
+    except ValueError:
+        shown = str(pipeline)
     doc = {
         "name": name,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "pipeline": str(PIPELINE.relative_to(REPO)),
+        "pipeline": shown,
         "dataset_license": "Banking77 (PolyAI), CC-BY-4.0",
         "server": {"base_url": SERVER_BASE, "model": SERVER_MODEL, "flags": SERVER_FLAGS,
                    "software": SERVER_SOFTWARE},
@@ -135,5 +195,7 @@ def write_result(name: str, payload: dict) -> Path:
 
 
 if __name__ == "__main__":
-    t = load_task()
+    import sys
+
+    t = load_task(resolve_pipeline(sys.argv[1]) if len(sys.argv) > 1 else PIPELINE)
     print(t.name, len(t.train), len(t.dev), len(t.test), t.queues)

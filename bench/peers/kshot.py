@@ -10,20 +10,29 @@ Variants, all at temperature 0 with max_tokens 16, scored on the whole test spli
   zeroshot-json     the constrained variant without demos.
   zeroshot          the unconstrained variant without demos.
 
-The support-triage data is built from Banking77 (PolyAI, CC-BY-4.0).
+"7" is the number of labels: one demo per label, whatever the pipeline.
 
-Usage: python bench/peers/kshot.py [variant ...]
+The support-triage data is built from Banking77 (PolyAI, CC-BY-4.0), and so is the
+small-data task's (bench/small-data/): Casanueva et al., "Efficient Intent Detection with
+Dual Sentence Encoders", NLP4ConvAI @ ACL 2020, arXiv:2003.04807.
+
+Usage: python bench/peers/kshot.py [--pipeline PATH] [variant ...]
+  --pipeline PATH   the pipeline whose signature, dataset and splits to use (default
+                    pipelines/support-triage.toml, results bench/results/peers-<variant>.json);
+                    another pipeline's results go to bench/results/<name>-peers-<variant>.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 import urllib.error
 import urllib.request
 
-from common import SERVER_BASE, SERVER_MODEL, Example, Task, load_task, write_result
+from common import (PIPELINE, SERVER_BASE, SERVER_MODEL, Example, Task, load_task, resolve_pipeline,
+                    write_result)
 
 MAX_TOKENS = 16
 TIMEOUT_S = 300
@@ -179,14 +188,20 @@ def run(task: Task, variant: str) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    task = load_task()
-    variants = argv or ["kshot7", "kshot7-json", "zeroshot-json", "zeroshot"]
+    ap = argparse.ArgumentParser(description="Hand-written k-shot chat prompts against an OpenAI-compatible server.")
+    ap.add_argument("--pipeline", default=str(PIPELINE.relative_to(PIPELINE.parents[1])),
+                    help="pipeline TOML (default: pipelines/support-triage.toml)")
+    ap.add_argument("variants", nargs="*", metavar="variant")
+    args = ap.parse_args(argv)
+    pipeline = resolve_pipeline(args.pipeline)
+    task = load_task(pipeline)
+    variants = args.variants or ["kshot7", "kshot7-json", "zeroshot-json", "zeroshot"]
     for v in variants:
         if v not in VARIANTS:
             raise SystemExit(f"unknown variant {v}; known: {', '.join(VARIANTS)}")
     for v in variants:
         res = run(task, v)
-        path = write_result(v, res)
+        path = write_result(v, res, pipeline=pipeline, pipeline_name=task.name)
         print(f"{v}: accuracy={res['accuracy']:.3f} ({res['correct']}/{res['n']}) calls={res['lm_calls']} "
               f"format_errors={res['format_errors']} exceptions={res['exceptions']} "
               f"wall={res['eval_wall_s']}s -> {path}", flush=True)

@@ -71,13 +71,80 @@ pub fn split_of(id: &str, fractions: &SplitFractions) -> Split {
     }
 }
 
-/// A loaded dataset, split. Fields are private so `test` is handed out only by
-/// name: the optimizer receives [`Dataset::train`] and [`Dataset::dev`].
+macro_rules! split_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Default, PartialEq)]
+        pub struct $name(Vec<Example>);
+
+        impl $name {
+            /// The split's examples, in file order.
+            pub fn examples(&self) -> &[Example] {
+                &self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = [Example];
+            fn deref(&self) -> &[Example] {
+                &self.0
+            }
+        }
+    };
+}
+
+split_type!(
+    /// The training split: what optimizers learn from (demos, instruction drafts).
+    Train
+);
+split_type!(
+    /// The development split: what optimizers select on.
+    Dev
+);
+split_type!(
+    /// The held-out test split: read only after the optimizer has returned.
+    /// No function under `optimize/` takes one, so the compiler keeps it out.
+    /// The optimizer takes train and dev:
+    ///
+    /// ```no_run
+    /// # async fn f(d: &promptloop::dataset::Dataset, start: &promptloop::optimize::Start,
+    /// #            ctx: &promptloop::optimize::OptimizeContext, o: &dyn promptloop::optimize::Optimizer) {
+    /// promptloop::optimize::optimize(o, start, d.train(), d.dev(), ctx).await;
+    /// # }
+    /// ```
+    ///
+    /// and the same call with the test split does not compile:
+    ///
+    /// ```compile_fail,E0308
+    /// # async fn f(d: &promptloop::dataset::Dataset, start: &promptloop::optimize::Start,
+    /// #            ctx: &promptloop::optimize::OptimizeContext, o: &dyn promptloop::optimize::Optimizer) {
+    /// promptloop::optimize::optimize(o, start, d.train(), d.test(), ctx).await; // expected `&Dev`, found `&Test`
+    /// # }
+    /// ```
+    Test
+);
+
+impl Train {
+    /// A training split from examples, for tools and tests that build one by hand.
+    pub fn new(examples: Vec<Example>) -> Self {
+        Self(examples)
+    }
+}
+
+impl Dev {
+    /// A development split from examples, for tools and tests that build one by hand.
+    pub fn new(examples: Vec<Example>) -> Self {
+        Self(examples)
+    }
+}
+
+/// A loaded dataset, split. Each split is its own type, so a function that
+/// takes a [`Train`] and a [`Dev`] cannot be handed the [`Test`] split.
 #[derive(Debug, Clone)]
 pub struct Dataset {
-    train: Vec<Example>,
-    dev: Vec<Example>,
-    test: Vec<Example>,
+    train: Train,
+    dev: Dev,
+    test: Test,
     /// SHA-256 of the file's bytes.
     pub content_hash: String,
 }
@@ -92,7 +159,7 @@ impl Dataset {
                 Split::Test => test.push(example),
             }
         }
-        Self { train, dev, test, content_hash }
+        Self { train: Train(train), dev: Dev(dev), test: Test(test), content_hash }
     }
 
     pub fn load(path: &Path, fractions: &SplitFractions) -> Result<Dataset> {
@@ -106,13 +173,13 @@ impl Dataset {
         Ok(Self::from_examples(examples, fractions, hex::encode(Sha256::digest(&bytes))))
     }
 
-    pub fn train(&self) -> &[Example] {
+    pub fn train(&self) -> &Train {
         &self.train
     }
-    pub fn dev(&self) -> &[Example] {
+    pub fn dev(&self) -> &Dev {
         &self.dev
     }
-    pub fn test(&self) -> &[Example] {
+    pub fn test(&self) -> &Test {
         &self.test
     }
     pub fn split(&self, split: Split) -> &[Example] {

@@ -3,12 +3,12 @@
 //!
 //! Only this module (and, later, `publish/`) touches the network.
 
+pub mod budget;
 pub mod cache;
 pub mod local;
 pub mod openai;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -134,6 +134,8 @@ pub enum LmError {
     ContextOverflow { prompt_tokens: usize, max_tokens: usize, context: usize },
     #[error("{0}")]
     Engine(String),
+    #[error("the LM budget of {scope} is spent ({limit})")]
+    BudgetExhausted { scope: String, limit: String },
 }
 
 fn retry_after_note(secs: Option<f64>) -> String {
@@ -148,7 +150,7 @@ impl LmError {
             LmError::Http { status, .. } => *status >= 500,
             // A body that is not a chat completion is often a proxy's error page mid-restart.
             LmError::BadResponse { .. } => true,
-            LmError::ContextOverflow { .. } | LmError::Engine(_) => false,
+            LmError::ContextOverflow { .. } | LmError::Engine(_) | LmError::BudgetExhausted { .. } => false,
         }
     }
 
@@ -189,16 +191,6 @@ pub struct LmDescription {
     pub response_format: Option<String>,
 }
 
-/// Counters for one run: how many calls, tokens, cache hits.
-#[derive(Debug, Default)]
-pub struct UsageMeter {
-    calls: AtomicU64,
-    provider_calls: AtomicU64,
-    cache_hits: AtomicU64,
-    prompt_tokens: AtomicU64,
-    completion_tokens: AtomicU64,
-}
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageSummary {
     /// Completions asked for (cache hits included).
@@ -222,38 +214,29 @@ impl UsageSummary {
     }
 }
 
-impl UsageMeter {
-    fn record(&self, usage: TokenUsage, cache_hit: bool) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        if cache_hit {
-            self.cache_hits.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.provider_calls.fetch_add(1, Ordering::Relaxed);
-        }
-        self.prompt_tokens.fetch_add(usage.prompt_tokens, Ordering::Relaxed);
-        self.completion_tokens.fetch_add(usage.completion_tokens, Ordering::Relaxed);
-    }
-
-    pub fn summary(&self) -> UsageSummary {
+impl From<budget::RoleUsage> for UsageSummary {
+    fn from(u: budget::RoleUsage) -> Self {
         UsageSummary {
-            calls: self.calls.load(Ordering::Relaxed),
-            provider_calls: self.provider_calls.load(Ordering::Relaxed),
-            cache_hits: self.cache_hits.load(Ordering::Relaxed),
-            prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
-            completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
+            calls: u.calls,
+            provider_calls: u.provider_calls,
+            cache_hits: u.cache_hits,
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
         }
     }
 }
 
 /// What the program calls: the model behind a response cache, a concurrency
-/// limit and a usage meter. Cheap to clone.
+/// limit and the run's usage meter, in one role. Cheap to clone.
 #[derive(Clone)]
 pub struct Lm {
     model: Arc<dyn LanguageModel>,
     description: LmDescription,
     cache: Option<Arc<cache::ResponseCache>>,
     permits: Arc<tokio::sync::Semaphore>,
-    meter: Arc<UsageMeter>,
+    meter: Arc<budget::Meter>,
+    role: budget::LmRole,
+    prices: budget::Prices,
 }
 
 /// The outcome of one call through [`Lm`].
@@ -271,25 +254,58 @@ impl Lm {
             description,
             cache,
             permits: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
-            meter: Arc::new(UsageMeter::default()),
+            meter: Arc::new(budget::Meter::new()),
+            role: budget::LmRole::Task,
+            prices: budget::Prices::default(),
         }
+    }
+
+    /// This handle, recording into `meter` as `role` at `prices`.
+    pub fn metered(mut self, meter: Arc<budget::Meter>, role: budget::LmRole, prices: budget::Prices) -> Self {
+        self.meter = meter;
+        self.role = role;
+        self.prices = prices;
+        self
+    }
+
+    /// The same model, cache and concurrency limit, recorded as another role.
+    pub fn in_role(&self, role: budget::LmRole) -> Self {
+        let mut lm = self.clone();
+        lm.role = role;
+        lm
+    }
+
+    pub fn role(&self) -> budget::LmRole {
+        self.role
+    }
+
+    pub fn meter(&self) -> &Arc<budget::Meter> {
+        &self.meter
     }
 
     pub fn description(&self) -> &LmDescription {
         &self.description
     }
 
+    /// What every role of the run has used so far, in all.
     pub fn usage(&self) -> UsageSummary {
-        self.meter.summary()
+        self.meter.usage().total().into()
     }
 
     pub async fn complete(&self, request: &LmRequest) -> Result<Completion, LmError> {
+        self.meter.admit(self.role)?;
+        let result = self.complete_unmetered(request).await;
+        let recorded = result.as_ref().ok().map(|c| (c.response.usage, c.cache_hit));
+        self.meter.record(self.role, &self.prices, recorded);
+        result
+    }
+
+    async fn complete_unmetered(&self, request: &LmRequest) -> Result<Completion, LmError> {
         let key = self.cache.as_ref().map(|_| cache::request_key(&self.description, request));
-        if let (Some(cache), Some(key)) = (&self.cache, &key) {
-            if let Some(response) = cache.get(key) {
-                self.meter.record(response.usage, true);
-                return Ok(Completion { response, cache_hit: true });
-            }
+        if let (Some(cache), Some(key)) = (&self.cache, &key)
+            && let Some(response) = cache.get(key)
+        {
+            return Ok(Completion { response, cache_hit: true });
         }
         let response = {
             let _permit = self.permits.acquire().await.expect("semaphore never closed");
@@ -298,7 +314,6 @@ impl Lm {
         if let (Some(cache), Some(key)) = (&self.cache, &key) {
             cache.put(key, &response);
         }
-        self.meter.record(response.usage, false);
         Ok(Completion { response, cache_hit: false })
     }
 }

@@ -348,7 +348,7 @@ fn with_attempts(error: LmError, attempts: u32) -> LmError {
         LmError::Connect { endpoint, message } => LmError::Connect { endpoint: note(endpoint), message },
         LmError::BadResponse { endpoint, message } => LmError::BadResponse { endpoint: note(endpoint), message },
         LmError::Engine(message) => LmError::Engine(format!("{message} (gave up after {attempts} attempts)")),
-        other @ LmError::ContextOverflow { .. } => other,
+        other @ (LmError::ContextOverflow { .. } | LmError::BudgetExhausted { .. }) => other,
     }
 }
 

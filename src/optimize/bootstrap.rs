@@ -1,23 +1,23 @@
-//! BootstrapFewShot and its random-search variant.
-//!
-//! Bootstrapping runs a teacher (the program with labeled demos, optionally on
-//! another LM) over training examples and keeps the traces the metric accepts
-//! as demos; labeled examples fill the remaining demo slots. Random search
-//! builds several such programs from shuffled training sets and keeps the one
-//! that scores best on dev. Nothing here ever receives the test split.
+//! BootstrapFewShot: a teacher (the program with labeled demos, optionally on
+//! another LM) answers training examples; the traces the metric accepts become
+//! demos, and labeled examples covering the labels not yet shown fill the
+//! remaining slots.
 
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use rand::SeedableRng;
 use rand::seq::{IndexedRandom, SliceRandom};
-use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde_json::{Map, Value};
 
-use crate::dataset::Example;
+use super::demos::{cover_labels, interleave, labeled_demo, stratified};
+use super::{OptimizeContext, Optimizer, Scorer, SearchNotes, Start};
+use crate::config::{OptimizerConfig, OptimizerKind};
+use crate::dataset::{Example, Train};
 use crate::lm::LmError;
-use crate::metric;
-use crate::optimize::evaluate::{EvalContext, evaluate};
+use crate::lm::budget::LmRole;
 use crate::program::Program;
-use crate::program::artifact::CandidateScore;
-use crate::program::predictor::{Demo, DemoSource, PredictSettings};
+use crate::program::predictor::{Demo, DemoSource};
 
 #[derive(Debug, Clone, Copy)]
 pub struct BootstrapSettings {
@@ -27,14 +27,21 @@ pub struct BootstrapSettings {
     pub metric_threshold: f64,
 }
 
-/// The models and metric an optimizer works with.
-#[derive(Clone)]
-pub struct OptimizeContext {
-    /// How the student is evaluated (on dev, for selection).
-    pub student: EvalContext,
-    /// How the teacher predicts while bootstrapping: the student's LM unless
-    /// a teacher LM is configured.
-    pub teacher: PredictSettings,
+impl BootstrapSettings {
+    pub fn from_config(config: &OptimizerConfig) -> Self {
+        BootstrapSettings {
+            max_bootstrapped_demos: config.max_bootstrapped_demos,
+            max_labeled_demos: config.max_labeled_demos,
+            max_rounds: config.max_rounds,
+            metric_threshold: config.metric_threshold,
+        }
+    }
+
+    /// About how many teacher runs one bootstrap takes: enough attempts for
+    /// its demos if about half the traces pass, all rounds each.
+    pub fn teacher_calls(&self, train: usize) -> u64 {
+        (2 * self.max_bootstrapped_demos * self.max_rounds.max(1)).min(train * self.max_rounds.max(1)) as u64
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -45,45 +52,12 @@ pub struct BootstrapStats {
     pub bootstrapped: usize,
 }
 
-/// The outcome of an optimizer: the program and the record of how it was chosen.
-#[derive(Debug, Clone)]
-pub struct Optimized {
-    pub program: Program,
-    pub candidates: Vec<CandidateScore>,
-    pub dev_score: Option<f64>,
-}
-
-/// A labeled demo for `predictor` from an example: the predictor's inputs and
-/// outputs as far as the example has them.
-fn labeled_demo(program: &Program, predictor: usize, example: &Example) -> Demo {
-    let p = &program.predictors[predictor];
-    let pick = |fields: &[crate::program::signature::Field]| -> Map<String, Value> {
-        fields
-            .iter()
-            .filter_map(|f| {
-                example
-                    .inputs
-                    .get(&f.name)
-                    .or_else(|| example.outputs.get(&f.name))
-                    .map(|v| (f.name.clone(), v.clone()))
-            })
-            .collect()
-    };
-    Demo {
-        example_id: example.id.clone(),
-        source: DemoSource::Labeled,
-        inputs: pick(&p.signature.inputs),
-        outputs: pick(&p.signature.outputs),
-    }
-}
-
-/// The student with `k` labeled demos per predictor, drawn at random.
+/// The program with `k` labeled demos per predictor, drawn at random.
 pub fn labeled_few_shot(student: &Program, train: &[Example], k: usize, rng: &mut ChaCha8Rng) -> Program {
     let mut program = student.clone();
     let chosen: Vec<&Example> = train.choose_multiple(rng, k.min(train.len())).collect();
-    for i in 0..program.predictors.len() {
-        let demos = chosen.iter().map(|e| labeled_demo(student, i, e)).collect();
-        program.predictors[i].demos = demos;
+    for predictor in &mut program.predictors {
+        predictor.demos = chosen.iter().filter_map(|e| labeled_demo(predictor, e)).collect();
     }
     program
 }
@@ -96,10 +70,14 @@ pub async fn bootstrap_few_shot(
     settings: &BootstrapSettings,
     rng: &mut ChaCha8Rng,
 ) -> Result<(Program, BootstrapStats), LmError> {
-    let teacher = labeled_few_shot(student, train, settings.max_labeled_demos, rng);
+    // The teacher shows every label it can: a lopsided teacher bootstraps lopsided traces.
+    let mut teacher = student.clone();
+    for predictor in &mut teacher.predictors {
+        predictor.demos = stratified(predictor, train, 1, settings.max_labeled_demos, rng);
+    }
     let mut stats = BootstrapStats::default();
     let mut bootstrapped: Vec<Vec<Demo>> = vec![Vec::new(); student.predictors.len()];
-    let mut used = std::collections::HashSet::new();
+    let mut used = HashSet::new();
 
     for example in train {
         if stats.bootstrapped >= settings.max_bootstrapped_demos {
@@ -120,12 +98,20 @@ pub async fn bootstrap_few_shot(
             let Some(prediction) = &run.prediction else {
                 continue;
             };
-            if metric::score(&ctx.student.metric, example, prediction).value < settings.metric_threshold {
+            let score = match ctx.student.metric.score(example, prediction).await {
+                Ok(s) => s.value,
+                Err(e) => {
+                    tracing::warn!(example = %example.id, error = %e, "the metric failed on a teacher trace; not a demo");
+                    continue;
+                }
+            };
+            if score < settings.metric_threshold {
                 continue;
             }
             for step in &run.trace {
-                let index =
-                    student.predictors.iter().position(|p| p.name == step.predictor).expect("trace names a predictor");
+                let Some(index) = student.predictors.iter().position(|p| p.name == step.predictor) else {
+                    continue;
+                };
                 bootstrapped[index].push(Demo {
                     example_id: example.id.clone(),
                     source: DemoSource::Bootstrapped,
@@ -139,73 +125,76 @@ pub async fn bootstrap_few_shot(
         }
     }
 
-    // Fill the remaining slots with labeled demos from examples not bootstrapped.
-    let rest: Vec<&Example> = train.iter().filter(|e| !used.contains(&e.id)).collect();
+    // Fill the remaining slots with labeled demos from examples not bootstrapped:
+    // first the labels the bootstrapped demos lack, then at random.
+    let rest: Vec<Example> = train.iter().filter(|e| !used.contains(&e.id)).cloned().collect();
     let mut program = student.clone();
     for (i, demos) in bootstrapped.into_iter().enumerate() {
-        let room = settings.max_labeled_demos.saturating_sub(demos.len());
-        let extra: Vec<Demo> =
-            rest.choose_multiple(rng, room.min(rest.len())).map(|e| labeled_demo(student, i, e)).collect();
-        program.predictors[i].demos = demos.into_iter().chain(extra).collect();
+        let predictor = &student.predictors[i];
+        let max = settings.max_labeled_demos.max(demos.len());
+        let mut demos = cover_labels(predictor, &demos, &rest, max, rng).unwrap_or(demos);
+        let room = max.saturating_sub(demos.len());
+        let taken: HashSet<String> = demos.iter().map(|d| d.example_id.clone()).collect();
+        let left: Vec<&Example> = rest.iter().filter(|e| !taken.contains(&e.id)).collect();
+        demos.extend(left.choose_multiple(rng, room.min(left.len())).filter_map(|e| labeled_demo(predictor, e)));
+        program.predictors[i].demos = order_labels(predictor, demos, rng);
     }
     Ok((program, stats))
 }
 
-/// BootstrapFewShot once, with the training set in a seeded random order.
-pub async fn bootstrap_once(
-    student: &Program,
-    train: &[Example],
-    ctx: &OptimizeContext,
-    settings: &BootstrapSettings,
-    seed: u64,
-) -> Result<Optimized, LmError> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut order = train.to_vec();
-    order.shuffle(&mut rng);
-    let (program, _) = bootstrap_few_shot(student, &order, ctx, settings, &mut rng).await?;
-    Ok(Optimized { program, candidates: Vec::new(), dev_score: None })
+/// Demos interleaved by label in a random label order.
+fn order_labels(predictor: &crate::program::predictor::Predictor, demos: Vec<Demo>, rng: &mut ChaCha8Rng) -> Vec<Demo> {
+    let Some((_, values)) = super::demos::label_field(predictor) else {
+        return demos;
+    };
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.shuffle(rng);
+    interleave(demos, predictor, &order)
 }
 
-/// Random search over bootstrapped demo sets: the zero-shot program, labeled
-/// demos only, bootstrapping in order, then `num_candidates` bootstraps of
-/// shuffled training sets with a random number of demos; the best on dev wins
-/// (the earliest on a tie).
-pub async fn bootstrap_random_search(
-    student: &Program,
-    train: &[Example],
-    dev: &[Example],
-    ctx: &OptimizeContext,
-    settings: &BootstrapSettings,
-    num_candidates: usize,
-    seed: u64,
-) -> Result<Optimized, LmError> {
-    let mut candidates: Vec<(String, Program)> = Vec::new();
-    candidates.push(("zero-shot".into(), student.clone()));
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    candidates.push(("labeled".into(), labeled_few_shot(student, train, settings.max_labeled_demos, &mut rng)));
-    let (in_order, _) = bootstrap_few_shot(student, train, ctx, settings, &mut rng).await?;
-    candidates.push(("bootstrapped".into(), in_order));
-    for i in 0..num_candidates {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1 + i as u64));
-        let mut order = train.to_vec();
-        order.shuffle(&mut rng);
-        let size = rng.random_range(1..=settings.max_bootstrapped_demos.max(1));
-        let local = BootstrapSettings { max_bootstrapped_demos: size, ..*settings };
-        let (program, _) = bootstrap_few_shot(student, &order, ctx, &local, &mut rng).await?;
-        candidates.push((format!("random-{}", i + 1), program));
+/// `kind = "bootstrap_few_shot"`: one bootstrap over the shuffled training set,
+/// from production's instructions.
+pub struct BootstrapFewShot {
+    settings: BootstrapSettings,
+}
+
+impl BootstrapFewShot {
+    pub fn new(config: &OptimizerConfig) -> Self {
+        Self { settings: BootstrapSettings::from_config(config) }
+    }
+}
+
+#[async_trait]
+impl Optimizer for BootstrapFewShot {
+    fn kind(&self) -> OptimizerKind {
+        OptimizerKind::BootstrapFewShot
     }
 
-    let mut scored = Vec::new();
-    let mut best: Option<(f64, usize)> = None;
-    for (index, (name, program)) in candidates.iter().enumerate() {
-        let eval = evaluate(program, dev, &ctx.student, &format!("dev: {name}")).await?;
-        let score = eval.summary.mean;
-        tracing::info!(candidate = %name, demos = program.demo_count(), dev = score, "scored candidate on dev");
-        scored.push(CandidateScore { name: name.clone(), demos: program.demo_count(), dev_score: score });
-        if best.is_none_or(|(s, _)| score > s) {
-            best = Some((score, index));
-        }
+    fn describe(&self) -> String {
+        format!(
+            "`bootstrap_few_shot` (up to {} bootstrapped and {} labeled demos)",
+            self.settings.max_bootstrapped_demos, self.settings.max_labeled_demos
+        )
     }
-    let (dev_score, index) = best.expect("at least the zero-shot candidate");
-    Ok(Optimized { program: candidates.swap_remove(index).1, candidates: scored, dev_score: Some(dev_score) })
+
+    fn project(&self, program: &Program, train: usize, dev: usize) -> Vec<(LmRole, u64)> {
+        let p = program.predictors.len() as u64;
+        vec![(LmRole::Task, 2 * dev as u64 * p), (LmRole::Teacher, self.settings.teacher_calls(train) * p)]
+    }
+
+    async fn search(
+        &self,
+        start: &Start,
+        train: &Train,
+        scorer: &Scorer,
+        ctx: &OptimizeContext,
+        _notes: &mut SearchNotes,
+    ) -> Result<(), LmError> {
+        let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
+        let mut order = train.examples().to_vec();
+        order.shuffle(&mut rng);
+        let (program, _) = bootstrap_few_shot(&start.production, &order, ctx, &self.settings, &mut rng).await?;
+        scorer.full("bootstrapped", &program).await?;
+        Ok(())
+    }
 }

@@ -3,6 +3,7 @@
 //! `compile` and `eval` are here; the weekly run's evaluation is in `run`,
 //! its publishing in `publish`.
 
+pub mod optimize;
 pub mod publish;
 pub mod run;
 
@@ -66,13 +67,12 @@ use anyhow::{Context, Result, bail};
 
 use crate::config::{LmConfig, PipelineConfig, Provider, ResponseFormatStyle};
 use crate::dataset::{Dataset, Split};
+use crate::eval::{EvalContext, Evaluation, evaluate};
 use crate::lm::cache::ResponseCache;
 use crate::lm::local::{LocalEngine, LocalOptions};
 use crate::lm::openai::{OpenAiClient, OpenAiConfig, SchemaStyle};
 use crate::lm::{LanguageModel, Lm, UsageSummary};
 use crate::metric;
-use crate::optimize::bootstrap::OptimizeContext;
-use crate::optimize::evaluate::{EvalContext, Evaluation, evaluate};
 use crate::program::Program;
 use crate::program::artifact::{Artifact, DatasetProvenance, LmSettings, Provenance, Scores, SplitScore};
 use crate::program::predictor::PredictSettings;
@@ -145,6 +145,8 @@ pub struct CompileOutcome {
     pub compile_secs: f64,
     /// LM use of the whole command.
     pub total_usage: UsageSummary,
+    /// How the optimizer searched.
+    pub search: crate::report::SearchSummary,
 }
 
 /// Optimizes the pipeline's program on train (selecting on dev), scores it and
@@ -160,41 +162,39 @@ pub async fn compile(request: &CompileRequest) -> Result<CompileOutcome> {
             dataset.test().len()
         );
     }
-    let lm = build_lm(&config.lm, &config.state_dir(), request.use_cache)?;
-    let eval_ctx = eval_context(&config, lm.clone(), request.progress);
-    let ctx = optimize_context(&config, &eval_ctx, request.use_cache)?;
+    let models = optimize::models(&config, request.use_cache, request.progress)?;
+    let lm = models.task.clone();
+    let eval_ctx = models.eval.clone();
     let baseline = Program::baseline(&config);
+    // compile starts from the program as declared: it is what the scores compare with.
+    let start = crate::optimize::Start { production: baseline.clone(), declared: baseline.clone() };
+    let optimizer = crate::optimize::build(&config.optimizer);
 
     let started = Instant::now();
     let before = lm.usage();
     tracing::info!(pipeline = %config.name, train = dataset.train().len(), dev = dataset.dev().len(), "optimizing");
-    let optimized =
-        crate::optimize::optimize(&baseline, dataset.train(), dataset.dev(), &ctx, &config.optimizer, config.seed)
-            .await
-            .context("optimizing stopped: the LM failed")?;
+    let (optimized, search) = optimize::run_optimizer(&config, &dataset, &start, &*optimizer, &models).await?;
     let compile_secs = started.elapsed().as_secs_f64();
     let compile_usage = lm.usage().since(&before);
 
-    // Scores for the artifact: dev (mostly cached from selection), then test,
-    // which is read here for the first time.
-    let baseline_dev =
-        evaluate(&baseline, dataset.dev(), &eval_ctx, "dev: baseline").await.context("the LM failed while scoring")?;
-    let compiled_dev = evaluate(&optimized.program, dataset.dev(), &eval_ctx, "dev: compiled")
-        .await
-        .context("the LM failed while scoring")?;
+    // Test is read here for the first time, after the optimizer has returned.
     let baseline_test = evaluate(&baseline, dataset.test(), &eval_ctx, "test: baseline")
         .await
         .context("the LM failed while scoring")?;
-    let compiled_test = evaluate(&optimized.program, dataset.test(), &eval_ctx, "test: compiled")
-        .await
-        .context("the LM failed while scoring")?;
+    let compiled_test = if optimized.improved() {
+        evaluate(&optimized.program, dataset.test(), &eval_ctx, "test: compiled")
+            .await
+            .context("the LM failed while scoring")?
+    } else {
+        baseline_test.clone()
+    };
 
     let scores = Scores {
         metric: metric::name(&config.metric),
         dev: (!dataset.dev().is_empty()).then(|| SplitScore {
             n: dataset.dev().len(),
-            baseline: baseline_dev.summary.mean,
-            compiled: compiled_dev.summary.mean,
+            baseline: optimized.production_dev.unwrap_or(0.0),
+            compiled: optimized.dev_score.unwrap_or(0.0),
         }),
         test: Some(SplitScore {
             n: dataset.test().len(),
@@ -213,20 +213,8 @@ pub async fn compile(request: &CompileRequest) -> Result<CompileOutcome> {
         compile_usage,
         compile_secs,
         total_usage: lm.usage(),
+        search,
     })
-}
-
-/// The optimizer's student (the pipeline's LM) and teacher (`[optimizer.teacher]`, or the same).
-pub(crate) fn optimize_context(
-    config: &PipelineConfig,
-    eval_ctx: &EvalContext,
-    use_cache: bool,
-) -> Result<OptimizeContext> {
-    let teacher = match &config.optimizer.teacher {
-        Some(teacher) => predict_settings(teacher, build_lm(teacher, &config.state_dir(), use_cache)?, config.adapter),
-        None => eval_ctx.settings.clone(),
-    };
-    Ok(OptimizeContext { student: eval_ctx.clone(), teacher })
 }
 
 /// The artifact for an optimized program: its LM settings (no secrets), provenance and scores.
@@ -234,7 +222,7 @@ pub(crate) fn build_artifact(
     config: &PipelineConfig,
     lm: &Lm,
     dataset: &Dataset,
-    optimized: &crate::optimize::bootstrap::Optimized,
+    optimized: &crate::optimize::Optimized,
     scores: Scores,
 ) -> Artifact {
     let lm_settings = LmSettings {
@@ -311,7 +299,7 @@ pub async fn eval(request: &EvalRequest) -> Result<EvalOutcome> {
 pub(crate) fn eval_context(config: &PipelineConfig, lm: Lm, progress: bool) -> EvalContext {
     EvalContext {
         settings: predict_settings(&config.lm, lm, config.adapter),
-        metric: config.metric.clone(),
+        metric: metric::build(&config.metric),
         concurrency: config.lm.concurrency,
         progress,
     }

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use super::run::{SavedRun, load_run, run_dir};
 use crate::config::PipelineConfig;
-use crate::gate::Decision;
+use crate::eval::gate::Decision;
 use crate::program::artifact::write_atomically;
 use crate::publish::Secret;
 use crate::publish::actions::{Actions, Level};

@@ -7,19 +7,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 
-use super::{build_artifact, build_lm, eval_context, optimize_context, relative_to};
+use super::{build_artifact, relative_to};
 use crate::config::{LmConfig, OptimizerKind, PipelineConfig};
 use crate::dataset::store::DatasetStore;
 use crate::dataset::{Dataset, Example};
-use crate::gate::Decision;
-use crate::lm::UsageSummary;
+use crate::eval::compare::{Comparison, Pair};
+use crate::eval::gate::Decision;
+use crate::eval::{Evaluation, ExampleResult, evaluate};
 use crate::logs::pull::{PullRequest, Since};
 use crate::metric;
-use crate::optimize::evaluate::{Evaluation, ExampleResult, evaluate};
 use crate::program::Program;
 use crate::program::artifact::{Artifact, Scores as ArtifactScores, SplitScore, write_atomically};
 use crate::report::{Cost, DatasetSize, Flip, Headline, Outcome, RunReport, Scores, Slice, history};
-use crate::stats::{Comparison, Pair};
 
 /// `.promptloop/runs/<name>/`: what a run leaves for the stages after it
 /// (`report`, `publish`) and for people when nothing was published.
@@ -86,39 +85,42 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
     }
     let (production, production_label) = production_program(&config, request)?;
 
-    let lm = build_lm(&config.lm, &config.state_dir(), request.use_cache)?;
-    let eval_ctx = eval_context(&config, lm.clone(), request.progress);
-    let ctx = optimize_context(&config, &eval_ctx, request.use_cache)?;
-    // The optimizer starts from the program as declared, every week; production
-    // is only what the candidate must beat.
-    let declared = Program::baseline(&config);
+    let models = super::optimize::models(&config, request.use_cache, request.progress)?;
+    let lm = models.task.clone();
+    let eval_ctx = models.eval.clone();
+    // The search starts from production (warm start) and proposes only what beats it on dev.
+    let start = crate::optimize::Start { production: production.clone(), declared: Program::baseline(&config) };
+    let optimizer = crate::optimize::build(&config.optimizer);
     tracing::info!(pipeline = %config.name, train = dataset.train().len(), dev = dataset.dev().len(), "optimizing");
-    let optimized =
-        crate::optimize::optimize(&declared, dataset.train(), dataset.dev(), &ctx, &config.optimizer, config.seed)
-            .await
-            .context("optimizing stopped: the LM failed")?;
+    let (optimized, search) = super::optimize::run_optimizer(&config, &dataset, &start, &*optimizer, &models).await?;
     let candidate = &optimized.program;
     let scoring = "the LM failed while scoring";
-    let production_dev = evaluate(&production, dataset.dev(), &eval_ctx, "dev: production").await.context(scoring)?;
-    let candidate_dev = evaluate(candidate, dataset.dev(), &eval_ctx, "dev: candidate").await.context(scoring)?;
     // Test is read here for the first time, by both programs alike.
     let production_test =
         evaluate(&production, dataset.test(), &eval_ctx, "test: production").await.context(scoring)?;
-    let candidate_test = evaluate(candidate, dataset.test(), &eval_ctx, "test: candidate").await.context(scoring)?;
+    let candidate_test = if optimized.improved() {
+        evaluate(candidate, dataset.test(), &eval_ctx, "test: candidate").await.context(scoring)?
+    } else {
+        production_test.clone()
+    };
 
-    let pairs = crate::stats::pair_by_id(
+    let pairs = crate::eval::compare::pair_by_id(
         production_test.results.iter().map(|r| (r.example_id.as_str(), r.score)),
         candidate_test.results.iter().map(|r| (r.example_id.as_str(), r.score)),
     );
     let comparison = Comparison::of(&pairs, config.gate.confidence, config.seed);
-    let verdict = crate::gate::decide(&comparison, &config.gate);
+    let verdict = if optimized.improved() {
+        crate::eval::gate::decide(&comparison, &config.gate)
+    } else {
+        crate::eval::gate::Verdict { decision: Decision::Hold, reasons: vec![no_better_reason(&search)] }
+    };
     let usage = lm.usage();
     let cost = Cost {
         lm_calls: usage.calls,
         cache_hits: usage.cache_hits,
         prompt_tokens: usage.prompt_tokens,
         completion_tokens: usage.completion_tokens,
-        dollars: dollars(&config.lm, &usage),
+        dollars: dollars(&config, &models.meter.usage()),
     };
     let headline = Headline {
         pipeline: config.name.clone(),
@@ -160,11 +162,11 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
         headline,
         date,
         production: production_label,
-        optimizer: optimizer_label(&config),
+        optimizer: optimizer.describe(),
         dev: (!dataset.dev().is_empty()).then(|| Scores {
             n: dataset.dev().len(),
-            baseline: production_dev.summary.mean,
-            candidate: candidate_dev.summary.mean,
+            baseline: search.production_dev,
+            candidate: search.candidate_dev,
         }),
         slices: slices(&dataset, &pairs),
         flipped: flips(&dataset, &production_test, &candidate_test),
@@ -181,6 +183,7 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
         },
         cost,
         history: past,
+        search: Some(search),
     };
 
     // The artifact: the candidate on promote; production stays otherwise.
@@ -261,33 +264,38 @@ fn production_program(config: &PipelineConfig, request: &EvaluateRequest) -> Res
     }
 }
 
-fn optimizer_label(config: &PipelineConfig) -> String {
-    let o = &config.optimizer;
-    let kind = serde_json::to_value(o.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-    match o.kind {
-        OptimizerKind::None => format!("`{kind}` (the declared program unchanged)"),
-        OptimizerKind::BootstrapFewShot => {
-            format!(
-                "`{kind}` (up to {} bootstrapped and {} labeled demos)",
-                o.max_bootstrapped_demos, o.max_labeled_demos
-            )
-        }
-        OptimizerKind::BootstrapRandomSearch => format!(
-            "`{kind}` ({} random candidates, up to {} bootstrapped and {} labeled demos, chosen on dev)",
-            o.num_candidates, o.max_bootstrapped_demos, o.max_labeled_demos
+/// The hold's reason when the search found nothing better than production on dev.
+fn no_better_reason(search: &crate::report::SearchSummary) -> String {
+    let tried = search.candidates.len().saturating_sub(1);
+    let best = search
+        .candidates
+        .iter()
+        .skip(1)
+        .filter(|c| c.scored_on.is_none())
+        .max_by(|a, b| a.dev_score.total_cmp(&b.dev_score));
+    let mut reason = match best {
+        Some(best) => format!(
+            "no better program found: of {tried} candidates tried, the best on dev (`{}`, {:.3}) does not beat production's {:.3}",
+            best.name, best.dev_score, search.production_dev
         ),
+        None => format!(
+            "no better program found: {tried} candidates tried, none scored on all of dev above production's {:.3}",
+            search.production_dev
+        ),
+    };
+    if let Some(stop) = &search.stopped_early {
+        reason.push_str(&format!(" (the search stopped early: {stop})"));
     }
+    reason
 }
 
-fn dollars(config: &LmConfig, usage: &UsageSummary) -> Option<f64> {
-    if config.input_price.is_none() && config.output_price.is_none() {
-        return None;
-    }
-    // Cached replies cost nothing: only what the provider computed is billed.
-    let share = if usage.calls == 0 { 0.0 } else { usage.provider_calls as f64 / usage.calls as f64 };
-    let input = config.input_price.unwrap_or(0.0) * usage.prompt_tokens as f64 / 1e6;
-    let output = config.output_price.unwrap_or(0.0) * usage.completion_tokens as f64 / 1e6;
-    Some((input + output) * share)
+/// Dollars the providers billed (cached replies cost nothing), when any role's `[lm]` table has prices.
+fn dollars(config: &PipelineConfig, usage: &crate::lm::budget::UsageByRole) -> Option<f64> {
+    let priced = |lm: &LmConfig| lm.input_price.is_some() || lm.output_price.is_some();
+    let any = priced(&config.lm)
+        || config.optimizer.teacher.as_ref().is_some_and(priced)
+        || config.optimizer.proposer.as_ref().is_some_and(priced);
+    any.then(|| usage.total().dollars)
 }
 
 fn signal_of(example: &Example) -> String {

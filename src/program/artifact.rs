@@ -84,7 +84,12 @@ pub struct DatasetProvenance {
 pub struct CandidateScore {
     pub name: String,
     pub demos: usize,
+    /// The mean on the dev examples it was scored on.
     pub dev_score: f64,
+    /// How many dev examples that was, when not all of them (a candidate
+    /// dropped early in the search).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scored_on: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

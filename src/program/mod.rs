@@ -9,7 +9,7 @@ pub mod signature;
 use serde_json::{Map, Value};
 
 use crate::config::PipelineConfig;
-use crate::lm::{LmError, TokenUsage};
+use crate::lm::{ChatMessage, LmError, TokenUsage};
 use predictor::{PredictSettings, Predictor};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -17,12 +17,23 @@ pub struct Program {
     pub predictors: Vec<Predictor>,
 }
 
-/// What one predictor saw and said during a run: the raw material of a demo.
-#[derive(Debug, Clone)]
+/// What one predictor saw and said during a run: the raw material of demos
+/// and of reflection.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct TraceStep {
     pub predictor: String,
     pub inputs: Map<String, Value>,
+    /// The messages as rendered and sent (of the last attempt).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<ChatMessage>,
+    /// The model's reply as written (of the last attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+    /// The parsed outputs; empty when the step failed.
     pub outputs: Map<String, Value>,
+    /// Why the step failed: the reply did not parse, or the prompt did not fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One run of the program on one example.
@@ -101,15 +112,30 @@ impl Program {
             stats.cache_hits += call.cache_hits;
             stats.format_retries += u32::from(call.format_retried);
             let Some(outputs) = call.outputs else {
-                stats.error = call.error.map(|e| format!("{}: {e}", predictor.name));
+                stats.error = call.error.as_ref().map(|e| format!("{}: {e}", predictor.name));
                 stats.format_error = call.format_error;
+                run.trace.push(TraceStep {
+                    predictor: predictor.name.clone(),
+                    inputs: step_inputs,
+                    messages: call.messages,
+                    reply: call.reply,
+                    outputs: Map::new(),
+                    error: call.error,
+                });
                 return Ok(run);
             };
             for (k, v) in &outputs {
                 known.insert(k.clone(), v.clone());
                 prediction.insert(k.clone(), v.clone());
             }
-            run.trace.push(TraceStep { predictor: predictor.name.clone(), inputs: step_inputs, outputs });
+            run.trace.push(TraceStep {
+                predictor: predictor.name.clone(),
+                inputs: step_inputs,
+                messages: call.messages,
+                reply: call.reply,
+                outputs,
+                error: None,
+            });
         }
         run.prediction = Some(prediction);
         Ok(run)

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::{AdapterFormat, Module};
-use crate::lm::{Lm, LmError, LmRequest, TokenUsage};
+use crate::lm::{ChatMessage, Lm, LmError, LmRequest, TokenUsage};
 use crate::program::adapter::{self, Prompt};
 use crate::program::signature::{Field, FieldType, Signature};
 
@@ -60,6 +60,10 @@ pub struct PredictorCall {
     pub usage: TokenUsage,
     pub lm_calls: u32,
     pub cache_hits: u32,
+    /// The messages of the last request sent (empty when none was).
+    pub messages: Vec<ChatMessage>,
+    /// The last reply, as the model wrote it.
+    pub reply: Option<String>,
 }
 
 pub const REASONING: &str = "reasoning";
@@ -102,6 +106,7 @@ impl Predictor {
                 values: inputs,
             };
             let rendered = adapter::render(format, &prompt);
+            result.messages = rendered.messages.clone();
             let request = LmRequest {
                 messages: rendered.messages,
                 temperature: settings.temperature,
@@ -123,7 +128,9 @@ impl Predictor {
             result.cache_hits += u32::from(completion.cache_hit);
             result.usage.prompt_tokens += completion.response.usage.prompt_tokens;
             result.usage.completion_tokens += completion.response.usage.completion_tokens;
-            match adapter::parse(format, &reply_fields, &completion.response.text) {
+            let parsed = adapter::parse(format, &reply_fields, &completion.response.text);
+            result.reply = Some(completion.response.text);
+            match parsed {
                 Ok(outputs) => {
                     result.outputs = Some(outputs);
                     return Ok(result);

@@ -17,7 +17,7 @@ use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 
 use super::Secret;
-use crate::gate::Decision;
+use crate::eval::gate::Decision;
 use crate::report::{Cost, Headline};
 
 /// Slack's Web API; GovSlack and tests point [`SlackTarget::Bot`] elsewhere.

@@ -36,7 +36,7 @@ fn mermaid_text(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gate::Decision;
+    use crate::eval::gate::Decision;
 
     fn entry(day: u32, baseline: f64, candidate: f64) -> Entry {
         Entry {

@@ -7,7 +7,7 @@
 use serde_json::{Map, Value};
 
 use super::{Flip, Outcome, RunReport, Scores, chart, thousands};
-use crate::gate::Decision;
+use crate::eval::gate::Decision;
 
 /// GitHub refuses a pull request body longer than this many characters.
 pub const GITHUB_BODY_LIMIT: usize = 65_536;
@@ -65,7 +65,7 @@ pub fn pr_body(run: &RunReport, marker: &str, report_path: &str, limit: usize) -
 
 /// The sections after the headline and score table, in the order they appear
 /// (and are dropped from the end).
-const SECTIONS: usize = 6;
+const SECTIONS: usize = 7;
 
 /// A section renderer: the run, how much to show, where the full report is, the text so far.
 type Section = fn(&RunReport, Detail, Option<&str>, &mut String);
@@ -78,7 +78,7 @@ fn render(run: &RunReport, marker: Option<&str>, detail: Detail, report_path: Op
     }
     headline(run, &mut out);
     score_table(run, &mut out);
-    let sections: [Section; SECTIONS] = [slices, history, program_diff, flipped, dataset, cost];
+    let sections: [Section; SECTIONS] = [slices, history, program_diff, search, flipped, dataset, cost];
     for section in sections.iter().take(detail.sections) {
         section(run, detail, report_path, &mut out);
     }
@@ -306,6 +306,94 @@ fn dataset(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
     ));
 }
 
+/// How the optimizer searched: the verdict on dev, the candidates, the
+/// instruction proposals, notes, and LM use against budget per role.
+fn search(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
+    let Some(search) = &run.search else {
+        return;
+    };
+    out.push_str("\n### How the optimizer searched\n\n");
+    let tried = search.candidates.len().saturating_sub(1);
+    if search.improved {
+        out.push_str(&format!(
+            "Chosen on dev: `{}`, {:.3} against production's {:.3}, of {tried} candidates tried.",
+            cell(&search.chosen),
+            search.candidate_dev,
+            search.production_dev
+        ));
+    } else {
+        out.push_str(&format!(
+            "**No better program found**: none of the {tried} candidates tried beat production's {:.3} on dev, so production stays.",
+            search.production_dev
+        ));
+    }
+    out.push_str(&format!(" {} example evaluations on dev.", thousands(search.evaluations)));
+    if let Some(stop) = &search.stopped_early {
+        out.push_str(&format!(
+            " The search stopped early: {}; this is the best program scored before then.",
+            cell(stop)
+        ));
+    }
+    out.push('\n');
+    if !search.candidates.is_empty() {
+        out.push_str("\n<details><summary>Candidates scored on dev</summary>\n\n| candidate | demos | dev | scored on |\n|---|---:|---:|---:|\n");
+        for c in &search.candidates {
+            let on = c.scored_on.map_or_else(|| "all".to_string(), |n| n.to_string());
+            out.push_str(&format!("| {} | {} | {:.3} | {on} |\n", cell(&c.name), c.demos, c.dev_score));
+        }
+        out.push_str("\n</details>\n");
+    }
+    if !search.proposals.is_empty() {
+        out.push_str("\n<details><summary>Instruction candidates</summary>\n\n");
+        for p in &search.proposals {
+            let score =
+                p.dev_score.map_or_else(|| "not scored on all of dev".to_string(), |s| format!("best dev {s:.3}"));
+            out.push_str(&format!("**`{}`** · {} · {score}\n\n", cell(&p.predictor), cell(&p.origin)));
+            out.push_str(&fenced(&p.instruction));
+        }
+        out.push_str("</details>\n");
+    }
+    if !search.notes.is_empty() {
+        out.push_str("\n<details><summary>Notes</summary>\n\n");
+        for note in &search.notes {
+            out.push_str(&format!("- {}\n", cell(note)));
+        }
+        out.push_str("\n</details>\n");
+    }
+    if !search.usage.is_empty() {
+        out.push_str("\n| LM role | calls (cached) | tokens | projected calls | optimizer's budget |\n|---|---:|---:|---:|---|\n");
+        for u in &search.usage {
+            let b = &u.budget;
+            let mut budget = Vec::new();
+            if let Some(c) = b.max_calls {
+                budget.push(format!("{} calls", thousands(c)));
+            }
+            if let Some(t) = b.max_tokens {
+                budget.push(format!("{} tokens", thousands(t)));
+            }
+            if let Some(d) = b.max_dollars {
+                budget.push(format!("${d:.2}"));
+            }
+            out.push_str(&format!(
+                "| {} | {} ({}) | {} | {} | {} |\n",
+                u.role,
+                thousands(u.used.calls),
+                thousands(u.used.cache_hits),
+                thousands(u.used.tokens()),
+                thousands(u.projected_calls),
+                if budget.is_empty() { "none".to_string() } else { budget.join(", ") }
+            ));
+        }
+    }
+}
+
+/// `text` in a fenced block whose fence no run of backticks inside can close.
+fn fenced(text: &str) -> String {
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest.max(2) + 1);
+    format!("{fence}text\n{}\n{fence}\n\n", text.trim_end())
+}
+
 fn cost(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
     out.push_str(&format!("\n### Cost\n\n{}.\n", run.cost.text()));
 }
@@ -369,6 +457,12 @@ mod tests {
         assert_eq!(cell("a | b\nc <script>"), "a \\| b c &lt;script&gt;");
         let long = "é".repeat(500);
         assert_eq!(cell(&long).chars().count(), CELL_CHARS + 1);
+    }
+
+    #[test]
+    fn a_fence_is_longer_than_any_backtick_run_inside() {
+        assert_eq!(fenced("plain"), "```text\nplain\n```\n\n");
+        assert_eq!(fenced("a ``` b"), "````text\na ``` b\n````\n\n");
     }
 
     #[test]

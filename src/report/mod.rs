@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::gate::Decision;
+use crate::eval::gate::Decision;
 use crate::logs::pull::PullReport;
 
 /// The run's result in one glance. Every channel formats the delta through
@@ -94,6 +94,43 @@ pub struct RunReport {
     pub cost: Cost,
     /// Earlier runs from history.jsonl, oldest first, and this one last.
     pub history: Vec<history::Entry>,
+    /// How the optimizer searched (absent from runs saved before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchSummary>,
+}
+
+/// How the optimizer searched: what it tried, what it concluded, what it used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchSummary {
+    /// Whether it found a program that beats production on dev.
+    pub improved: bool,
+    pub production_dev: f64,
+    /// The proposed program's dev score (production's when nothing beat it).
+    pub candidate_dev: f64,
+    /// The proposed candidate's name (`production` when nothing beat it).
+    pub chosen: String,
+    /// Every candidate scored on dev, production first.
+    pub candidates: Vec<crate::program::artifact::CandidateScore>,
+    /// Why the search ended early (its budget), if it did.
+    pub stopped_early: Option<String>,
+    /// Dev example evaluations the search ran.
+    pub evaluations: u64,
+    pub notes: Vec<String>,
+    pub proposals: Vec<crate::optimize::ProposalRecord>,
+    /// LM use per role: budget, projection, use.
+    pub usage: Vec<RoleUse>,
+}
+
+/// One LM role's use in a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoleUse {
+    pub role: String,
+    /// The optimizer's budget for the role, if any.
+    pub budget: crate::lm::budget::Budget,
+    /// Calls the optimizer was projected to make in this role.
+    pub projected_calls: u64,
+    /// What the whole run used in this role.
+    pub used: crate::lm::budget::RoleUsage,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

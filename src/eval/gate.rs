@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::Comparison;
+use crate::eval::compare::Comparison;
 
 /// `[gate]` in a pipeline file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,7 +82,7 @@ pub fn decide(comparison: &Comparison, config: &GateConfig) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::Interval;
+    use crate::eval::compare::Interval;
 
     fn comparison(estimate: f64, low: f64, high: f64) -> Comparison {
         Comparison {

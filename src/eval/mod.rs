@@ -1,23 +1,28 @@
-//! Evaluation: run a program over examples concurrently and score each one.
+//! Evaluation: run a program over examples concurrently, score each one with
+//! the metric and keep its trace; [`compare`] pairs two evaluations, [`gate`]
+//! decides on the comparison.
 
+pub mod compare;
+pub mod gate;
+
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::config::MetricConfig;
 use crate::dataset::Example;
 use crate::lm::LmError;
-use crate::metric;
+use crate::metric::Metric;
 use crate::program::predictor::PredictSettings;
-use crate::program::{Program, RunStats};
+use crate::program::{Program, RunStats, TraceStep};
 
 /// Everything evaluation needs besides the program and the examples.
 #[derive(Clone)]
 pub struct EvalContext {
     pub settings: PredictSettings,
-    pub metric: MetricConfig,
+    pub metric: Arc<dyn Metric>,
     /// Examples in flight at once (the LM handle limits calls separately).
     pub concurrency: usize,
     /// Draw a progress bar (only ever on a terminal).
@@ -30,8 +35,14 @@ pub struct ExampleResult {
     pub prediction: Option<Map<String, Value>>,
     pub score: f64,
     pub feedback: String,
+    /// The metric failed on this example (scored 0, `feedback` says why).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metric_error: bool,
     #[serde(flatten)]
     pub stats: RunStats,
+    /// What each predictor was sent and replied: the material of reflection.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trace: Vec<TraceStep>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -43,6 +54,9 @@ pub struct EvalSummary {
     pub failed: usize,
     /// Of those, replies that could not be parsed.
     pub format_errors: usize,
+    /// Predictions the metric could not score (counted as 0).
+    #[serde(default)]
+    pub metric_errors: usize,
     /// Replies that did not parse at first and were asked again in the other format.
     pub format_retries: u64,
     pub lm_calls: u64,
@@ -74,7 +88,10 @@ pub async fn evaluate(
 ) -> Result<Evaluation, LmError> {
     let started = Instant::now();
     let bar = progress_bar(ctx.progress, examples.len(), label);
-    let results: Vec<ExampleResult> = futures::stream::iter(examples)
+    // The futures are built first: a stream mapping borrowed examples through a
+    // closure would not be `Send` for every lifetime, which optimizers (async traits) need.
+    let runs: Vec<_> = examples
+        .iter()
         .map(|example| {
             let bar = bar.clone();
             async move {
@@ -83,6 +100,8 @@ pub async fn evaluate(
                 result
             }
         })
+        .collect();
+    let results: Vec<ExampleResult> = futures::stream::iter(runs)
         .buffered(ctx.concurrency.max(1))
         .try_collect()
         .await
@@ -94,6 +113,7 @@ pub async fn evaluate(
         summary.mean += r.score;
         summary.failed += usize::from(stats.error.is_some());
         summary.format_errors += usize::from(stats.format_error);
+        summary.metric_errors += usize::from(r.metric_error);
         summary.format_retries += u64::from(stats.format_retries);
         summary.lm_calls += u64::from(stats.lm_calls);
         summary.cache_hits += u64::from(stats.cache_hits);
@@ -109,14 +129,22 @@ pub async fn evaluate(
 
 async fn evaluate_one(program: &Program, example: &Example, ctx: &EvalContext) -> Result<ExampleResult, LmError> {
     let run = program.run(&ctx.settings, &example.inputs, None).await?;
-    let (score, feedback) = match &run.prediction {
-        Some(prediction) => {
-            let s = metric::score(&ctx.metric, example, prediction);
-            (s.value, s.feedback)
-        }
-        None => (0.0, run.stats.error.clone().unwrap_or_default()),
+    let (score, feedback, metric_error) = match &run.prediction {
+        Some(prediction) => match ctx.metric.score(example, prediction).await {
+            Ok(s) => (s.value.clamp(0.0, 1.0), s.feedback, false),
+            Err(e) => (0.0, format!("the metric failed: {e}"), true),
+        },
+        None => (0.0, run.stats.error.clone().unwrap_or_default(), false),
     };
-    Ok(ExampleResult { example_id: example.id.clone(), prediction: run.prediction, score, feedback, stats: run.stats })
+    Ok(ExampleResult {
+        example_id: example.id.clone(),
+        prediction: run.prediction,
+        score,
+        feedback,
+        metric_error,
+        stats: run.stats,
+        trace: run.trace,
+    })
 }
 
 fn progress_bar(enabled: bool, len: usize, label: &str) -> indicatif::ProgressBar {

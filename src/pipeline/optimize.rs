@@ -1,0 +1,233 @@
+//! The optimizing stage shared by `compile` and `run`: the LMs in their roles
+//! behind one meter, the budget checked and projected before any call, the
+//! search from production's program, and the record of what it used.
+
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+
+use super::{build_lm, predict_settings};
+use crate::config::{LmConfig, PipelineConfig};
+use crate::dataset::Dataset;
+use crate::eval::EvalContext;
+use crate::lm::budget::{Budget, Limits, LmRole, Meter, Prices, UsageByRole};
+use crate::lm::{Lm, LmError};
+use crate::optimize::{OptimizeContext, Optimized, Optimizer, Start};
+use crate::program::Program;
+use crate::report::{RoleUse, SearchSummary};
+
+/// The run's LMs, each in its role, all recording into one meter.
+pub struct Models {
+    pub task: Lm,
+    pub meter: Arc<Meter>,
+    pub eval: EvalContext,
+    pub optimize: OptimizeContext,
+}
+
+fn prices(config: &LmConfig) -> Prices {
+    Prices { input: config.input_price, output: config.output_price }
+}
+
+/// Builds the task LM and the teacher and proposer (their own tables, or the
+/// task LM in their role), sharing one meter.
+pub fn models(config: &PipelineConfig, use_cache: bool, progress: bool) -> Result<Models> {
+    let meter = Arc::new(Meter::new());
+    let state = config.state_dir();
+    let task = build_lm(&config.lm, &state, use_cache)?.metered(meter.clone(), LmRole::Task, prices(&config.lm));
+    let eval = super::eval_context(config, task.clone(), progress);
+    let role = |table: &'_ Option<LmConfig>, role: LmRole| -> Result<(Lm, LmConfig)> {
+        Ok(match table {
+            Some(lm_config) => (
+                build_lm(lm_config, &state, use_cache)?.metered(meter.clone(), role, prices(lm_config)),
+                lm_config.clone(),
+            ),
+            None => (task.in_role(role), config.lm.clone()),
+        })
+    };
+    let (teacher_lm, teacher_config) = role(&config.optimizer.teacher, LmRole::Teacher)?;
+    let teacher = predict_settings(&teacher_config, teacher_lm, config.adapter);
+    let (proposer_lm, proposer_config) = role(&config.optimizer.proposer, LmRole::Proposer)?;
+    let mut proposer = predict_settings(&proposer_config, proposer_lm, config.adapter);
+    // An instruction is longer than a typical answer.
+    proposer.max_tokens = proposer.max_tokens.max(384);
+    let optimize = OptimizeContext { student: eval.clone(), teacher, proposer, seed: config.seed };
+    Ok(Models { task, meter, eval, optimize })
+}
+
+/// Calls the run needs besides the optimizer's search: production on all of
+/// dev (the score to beat) and both programs on test.
+pub struct Reserve {
+    /// Production on dev: the least any search needs.
+    pub dev_calls: u64,
+    /// Both programs on test, after the search.
+    pub test_calls: u64,
+}
+
+pub fn reserve(program: &Program, dataset: &Dataset) -> Reserve {
+    let per_example = program.predictors.len().max(1) as u64;
+    Reserve {
+        dev_calls: dataset.dev().len() as u64 * per_example,
+        test_calls: 2 * dataset.test().len() as u64 * per_example,
+    }
+}
+
+/// The optimizer's limits: the run's `[budget]` less the test scoring set
+/// aside. Errors, before any call, when the budget cannot cover production's
+/// dev score and the test scoring.
+pub fn optimizer_limits(config: &PipelineConfig, reserve: &Reserve) -> Result<Option<Limits>> {
+    let budget = &config.budget;
+    if budget.is_unlimited() {
+        return Ok(None);
+    }
+    let minimum = reserve.dev_calls + reserve.test_calls;
+    let file = config.file.display();
+    let check = |b: &Budget, key: &str| -> Result<()> {
+        if let Some(max) = b.max_calls
+            && max < minimum + 1
+        {
+            bail!(
+                "{file}: [{key}] max_calls = {max} is too small for even one full evaluation: production on dev takes {} calls and scoring both programs on test {} more; set max_calls to at least {} (more leaves the optimizer room to search)",
+                reserve.dev_calls,
+                reserve.test_calls,
+                minimum + 1
+            );
+        }
+        Ok(())
+    };
+    check(&budget.total(), "budget")?;
+    if let Some(task) = &budget.task {
+        check(task, "budget.task")?;
+    }
+    // Tokens and dollars of the test scoring are not known before it runs; the
+    // calls are set aside here, tokens and dollars are checked as they are used.
+    let less = |b: Budget| Budget { max_calls: b.max_calls.map(|m| m - reserve.test_calls), ..b };
+    let mut roles = std::collections::BTreeMap::new();
+    for (role, b) in budget.roles() {
+        roles.insert(role, if role == LmRole::Task { less(b) } else { b });
+    }
+    Ok(Some(Limits { total: less(budget.total()), roles }))
+}
+
+/// Runs the optimizer from `start`, within the budget, and records the search.
+pub async fn run_optimizer(
+    config: &PipelineConfig,
+    dataset: &Dataset,
+    start: &Start,
+    optimizer: &dyn Optimizer,
+    models: &Models,
+) -> Result<(Optimized, SearchSummary)> {
+    if dataset.dev().is_empty() && optimizer.kind() != crate::config::OptimizerKind::None {
+        bail!(
+            "{}: the dev split is empty, and the optimizer selects on dev; give dev a share in [dataset] split (e.g. dev = 0.15)",
+            config.dataset.path.display()
+        );
+    }
+    let reserve = reserve(&start.production, dataset);
+    let limits = optimizer_limits(config, &reserve)?;
+    let projected = optimizer.project(&start.production, dataset.train().len(), dataset.dev().len());
+    let projected_total: u64 = projected.iter().map(|(_, c)| c).sum();
+    tracing::info!(
+        optimizer = optimizer.kind().name(),
+        projected_calls = projected_total,
+        scoring_calls = reserve.test_calls,
+        "optimizing"
+    );
+    eprintln!("{}", projection_line(optimizer, &projected, &reserve, config, limits.as_ref()));
+    let before = models.meter.usage();
+    if let Some(limits) = &limits {
+        models.meter.set_limits(limits.clone());
+    }
+    let result = crate::optimize::optimize(optimizer, start, dataset.train(), dataset.dev(), &models.optimize).await;
+    models.meter.clear_limits();
+    let optimized = match result {
+        Ok(o) => o,
+        Err(e @ LmError::BudgetExhausted { .. }) => {
+            bail!("{e} before production was scored on dev; raise [budget] so one full evaluation fits")
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("optimizing stopped: the LM failed")),
+    };
+    let used = models.meter.usage().since(&before);
+    let summary = SearchSummary {
+        improved: optimized.improved(),
+        production_dev: optimized.production_dev.unwrap_or(0.0),
+        candidate_dev: optimized.dev_score.unwrap_or(0.0),
+        chosen: match &optimized.proposal {
+            crate::optimize::Proposal::Better { name } => name.clone(),
+            crate::optimize::Proposal::NoBetter { .. } => "production".into(),
+        },
+        candidates: optimized.candidates.clone(),
+        stopped_early: optimized.stopped_early.clone(),
+        evaluations: optimized.evaluations,
+        notes: optimized.notes.notes.clone(),
+        proposals: optimized.notes.proposals.clone(),
+        usage: role_uses(&used, limits.as_ref(), &projected),
+    };
+    Ok((optimized, summary))
+}
+
+/// Per role: the optimizer's budget, its projection and what it used.
+fn role_uses(used: &UsageByRole, limits: Option<&Limits>, projected: &[(LmRole, u64)]) -> Vec<RoleUse> {
+    LmRole::ALL
+        .iter()
+        .filter_map(|&role| {
+            let projected_calls = projected.iter().find(|(r, _)| *r == role).map_or(0, |(_, c)| *c);
+            let budget = limits.and_then(|l| l.roles.get(&role).copied()).unwrap_or_default();
+            let used = used.role(role);
+            (used.calls > 0 || projected_calls > 0 || !budget.is_unlimited()).then(|| RoleUse {
+                role: role.name().to_string(),
+                budget,
+                projected_calls,
+                used,
+            })
+        })
+        .chain(limits.map(|l| RoleUse {
+            role: "all roles".to_string(),
+            budget: l.total,
+            projected_calls: projected.iter().map(|(_, c)| c).sum(),
+            used: used.total(),
+        }))
+        .collect()
+}
+
+/// `projected: about 1,210 LM calls (task 1,040, teacher 170) + 278 to score on test; budget 2,000 calls`.
+fn projection_line(
+    optimizer: &dyn Optimizer,
+    projected: &[(LmRole, u64)],
+    reserve: &Reserve,
+    config: &PipelineConfig,
+    limits: Option<&Limits>,
+) -> String {
+    use crate::report::thousands;
+    let total: u64 = projected.iter().map(|(_, c)| c).sum();
+    let roles: Vec<String> = projected.iter().map(|(r, c)| format!("{} {}", r.name(), thousands(*c))).collect();
+    let mut line = format!(
+        "{}: at most about {} LM calls ({}) to optimize, {} to score both programs on test",
+        optimizer.kind().name(),
+        thousands(total),
+        roles.join(", "),
+        thousands(reserve.test_calls)
+    );
+    let tokens_per_call = 400.0;
+    if config.lm.input_price.is_some() || config.lm.output_price.is_some() {
+        let calls = (total + reserve.test_calls) as f64;
+        let dollars = prices(&config.lm).dollars((calls * tokens_per_call) as u64, (calls * 16.0) as u64);
+        line.push_str(&format!(", about ${dollars:.2} at {tokens_per_call:.0} prompt tokens a call"));
+    }
+    if let Some(limits) = limits {
+        let b = limits.total;
+        let mut parts = Vec::new();
+        if let Some(c) = b.max_calls {
+            parts.push(format!("{} calls", thousands(c)));
+        }
+        if let Some(t) = b.max_tokens {
+            parts.push(format!("{} tokens", thousands(t)));
+        }
+        if let Some(d) = b.max_dollars {
+            parts.push(format!("${d:.2}"));
+        }
+        if !parts.is_empty() {
+            line.push_str(&format!("; the optimizer's budget: {}", parts.join(", ")));
+        }
+    }
+    line
+}

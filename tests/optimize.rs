@@ -1,0 +1,402 @@
+//! The optimizers on a scripted LM: bootstrapping, label-covering demo sets,
+//! warm start from production with no regression on dev, MIPROv2's
+//! instruction candidates, the budget, and the invariant that no optimizer
+//! ever sees the test split.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use promptloop::config::{OptimizerKind, PipelineConfig, SplitFractions};
+use promptloop::dataset::Dataset;
+use promptloop::eval::EvalContext;
+use promptloop::lm::budget::{Budget, Limits, LmRole, Meter, Prices};
+use promptloop::lm::{Lm, LmError, LmRequest, Role};
+use promptloop::optimize::bootstrap::{BootstrapSettings, bootstrap_few_shot};
+use promptloop::optimize::demos::{cover_labels, label_of, stratified};
+use promptloop::optimize::{OptimizeContext, Proposal, Start, build, optimize};
+use promptloop::program::Program;
+use promptloop::program::predictor::{DemoSource, PredictSettings};
+use rand::SeedableRng;
+
+mod common;
+use common::{ScriptedLm, last_input, reply};
+
+fn dataset() -> Dataset {
+    Dataset::load(Path::new("tests/data/mini-triage.jsonl"), &SplitFractions::default()).unwrap()
+}
+
+fn config(optimizer: &str) -> PipelineConfig {
+    let text = common::triage_toml("mini-triage.jsonl", "provider = \"embedded\"\nmodel = \"m.gguf\"", optimizer);
+    PipelineConfig::parse(&text, Path::new("tests/data/mini.toml")).unwrap()
+}
+
+fn labels(d: &Dataset) -> Arc<HashMap<String, String>> {
+    let all = d.train().iter().chain(d.dev().iter()).chain(d.test().iter());
+    Arc::new(
+        all.map(|e| {
+            (e.inputs["message"].as_str().unwrap().to_string(), e.outputs["queue"].as_str().unwrap().to_string())
+        })
+        .collect(),
+    )
+}
+
+fn context(lm: Arc<ScriptedLm>, meter: Arc<Meter>) -> OptimizeContext {
+    let lm = Lm::new(lm, None, 2).metered(meter, LmRole::Task, Prices::default());
+    let settings = |lm: Lm| PredictSettings {
+        lm,
+        format: promptloop::config::AdapterFormat::Chat,
+        temperature: 0.0,
+        max_tokens: 32,
+    };
+    let student = EvalContext {
+        settings: settings(lm.clone()),
+        metric: promptloop::metric::build(&config("kind = \"none\"").metric),
+        concurrency: 2,
+        progress: false,
+    };
+    OptimizeContext {
+        student,
+        teacher: settings(lm.in_role(LmRole::Teacher)),
+        proposer: settings(lm.in_role(LmRole::Proposer)),
+        seed: 5,
+    }
+}
+
+fn is_proposer(req: &LmRequest) -> bool {
+    req.messages[0].content.contains("You write the instruction")
+}
+
+/// The labels shown in the request's demos (assistant turns).
+fn demo_labels(req: &LmRequest) -> HashSet<String> {
+    let mut shown = HashSet::new();
+    for m in req.messages.iter().filter(|m| m.role == Role::Assistant) {
+        for label in ["cards", "transfers", "top_ups"] {
+            if m.content.contains(label) {
+                shown.insert(label.to_string());
+            }
+        }
+    }
+    shown
+}
+
+/// Right on messages of even length, wrong on the others.
+fn half_right(labels: Arc<HashMap<String, String>>) -> Arc<ScriptedLm> {
+    ScriptedLm::new(move |req| {
+        if is_proposer(req) {
+            return reply(req, "proposed_instruction", "Route each message to the queue that handles it.");
+        }
+        let message = last_input(req, "message");
+        let truth = labels[&message].clone();
+        let answer = if message.len() % 2 == 0 {
+            truth
+        } else if truth == "cards" {
+            "transfers".into()
+        } else {
+            "cards".into()
+        };
+        reply(req, "queue", &answer)
+    })
+}
+
+#[tokio::test]
+async fn bootstrapped_demos_are_the_traces_the_metric_accepted() {
+    let d = dataset();
+    let lm = half_right(labels(&d));
+    let settings =
+        BootstrapSettings { max_bootstrapped_demos: 3, max_labeled_demos: 5, max_rounds: 1, metric_threshold: 1.0 };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let ctx = context(lm.clone(), Arc::new(Meter::new()));
+    let (program, stats) =
+        bootstrap_few_shot(&Program::baseline(&config("kind = \"none\"")), d.train(), &ctx, &settings, &mut rng)
+            .await
+            .unwrap();
+
+    let demos = &program.predictors[0].demos;
+    assert_eq!(demos.len(), 5, "3 bootstrapped + 2 labeled");
+    assert_eq!(stats.bootstrapped, 3);
+    let (boot, labeled): (Vec<_>, Vec<_>) = demos.iter().partition(|d| d.source == DemoSource::Bootstrapped);
+    assert_eq!((boot.len(), labeled.len()), (3, 2));
+    for demo in &boot {
+        // Only correct traces become demos: the scripted model is right on even lengths.
+        assert_eq!(demo.inputs["message"].as_str().unwrap().len() % 2, 0, "{demo:?}");
+    }
+    assert_eq!(lm.calls(), stats.attempts);
+    let train_ids: HashSet<_> = d.train().iter().map(|e| e.id.as_str()).collect();
+    assert!(demos.iter().all(|d| train_ids.contains(d.example_id.as_str())));
+    let unique: HashSet<_> = demos.iter().map(|d| &d.example_id).collect();
+    assert_eq!(unique.len(), demos.len(), "no example is used twice");
+    // The teacher never sees the example it answers among its own demos.
+    for request in lm.requests.lock().unwrap().iter() {
+        let asked = last_input(request, "message");
+        let shown: Vec<_> = request.messages[1..request.messages.len() - 1].iter().map(|m| m.content.clone()).collect();
+        assert!(!shown.iter().any(|m| m.contains(&format!("\n{asked}"))), "{asked} leaked into its own demos");
+    }
+}
+
+#[test]
+fn demo_sets_cover_every_label_in_turn() {
+    let d = dataset();
+    let program = Program::baseline(&config("kind = \"none\""));
+    let predictor = &program.predictors[0];
+    let values = ["cards".to_string(), "transfers".to_string(), "top_ups".to_string()];
+    for seed in 0..20 {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let demos = stratified(predictor, d.train(), 2, 16, &mut rng);
+        let labels: Vec<String> = demos.iter().map(|d| label_of(&d.outputs, "queue", &values).unwrap()).collect();
+        assert_eq!(labels.len(), 6, "two of each of three labels");
+        for label in &values {
+            assert_eq!(labels.iter().filter(|l| *l == label).count(), 2, "{labels:?}");
+        }
+        assert!(labels.windows(2).all(|w| w[0] != w[1]), "no label twice in a row: {labels:?}");
+        let ids: HashSet<_> = demos.iter().map(|d| &d.example_id).collect();
+        assert_eq!(ids.len(), 6);
+
+        // Fewer slots than labels: one of each as far as they go.
+        let two = stratified(predictor, d.train(), 1, 2, &mut rng);
+        assert_eq!(two.len(), 2);
+        assert_ne!(label_of(&two[0].outputs, "queue", &values), label_of(&two[1].outputs, "queue", &values));
+
+        // A lopsided set gets the labels it lacks.
+        let cards: Vec<_> = demos.iter().filter(|d| d.outputs["queue"] == "cards").cloned().collect();
+        let covered = cover_labels(predictor, &cards, d.train(), 8, &mut rng).unwrap();
+        let shown: HashSet<_> = covered.iter().map(|d| label_of(&d.outputs, "queue", &values).unwrap()).collect();
+        assert_eq!(shown.len(), 3);
+        assert!(cover_labels(predictor, &covered, d.train(), 8, &mut rng).is_none(), "nothing left to add");
+    }
+}
+
+/// Production's program: the declared one with a marker only it has.
+fn production(config: &PipelineConfig) -> Program {
+    let mut p = Program::baseline(config);
+    p.predictors[0].instructions.push_str(" PRODUCTION-MARK");
+    p
+}
+
+#[tokio::test]
+async fn warm_start_never_proposes_a_program_below_production_on_dev() {
+    let d = dataset();
+    let labels = labels(&d);
+    // Production (its marker, no demos) is right on everything; any change makes it worse.
+    let lm = ScriptedLm::new(move |req| {
+        if is_proposer(req) {
+            return reply(req, "proposed_instruction", "Route each message to the queue that handles it.");
+        }
+        let message = last_input(req, "message");
+        let production = req.messages[0].content.contains("PRODUCTION-MARK") && req.messages.len() == 2;
+        let answer = if production { labels[&message].clone() } else { "cards".to_string() };
+        reply(req, "queue", &answer)
+    });
+    for kind in ["bootstrap_few_shot", "bootstrap_random_search", "mipro_v2"] {
+        let config = config(&format!("kind = \"{kind}\"\nnum_candidates = 6\n[optimizer.mipro_v2]\nnum_trials = 8"));
+        let start = Start { production: production(&config), declared: Program::baseline(&config) };
+        let optimizer = build(&config.optimizer);
+        let ctx = context(lm.clone(), Arc::new(Meter::new()));
+        let optimized = optimize(&*optimizer, &start, d.train(), d.dev(), &ctx).await.unwrap();
+        assert!(matches!(optimized.proposal, Proposal::NoBetter { .. }), "{kind}: {:?}", optimized.proposal);
+        assert_eq!(optimized.program, start.production, "{kind}: production stays");
+        assert_eq!(optimized.dev_score, Some(1.0));
+        assert!(optimized.candidates.len() > 1, "{kind}: something was tried");
+        assert_eq!(optimized.candidates[0].name, "production");
+        assert!(optimized.candidates[1..].iter().all(|c| c.dev_score < 1.0), "{kind}");
+    }
+}
+
+#[tokio::test]
+async fn a_candidate_that_beats_production_on_dev_is_proposed() {
+    let d = dataset();
+    let labels = labels(&d);
+    // Right on everything once the demos show all three labels; half right otherwise.
+    let lm = ScriptedLm::new(move |req| {
+        let message = last_input(req, "message");
+        let truth = labels[&message].clone();
+        let right = demo_labels(req).len() == 3 || message.len() % 2 == 0;
+        reply(
+            req,
+            "queue",
+            if right {
+                &truth
+            } else if truth == "cards" {
+                "top_ups"
+            } else {
+                "cards"
+            },
+        )
+    });
+    let config = config("kind = \"bootstrap_random_search\"\nmax_labeled_demos = 6\nnum_candidates = 4");
+    let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+    // A dev split large enough to race on.
+    let d =
+        Dataset::load(Path::new("tests/data/mini-triage.jsonl"), &SplitFractions { train: 0.3, dev: 0.5, test: 0.2 })
+            .unwrap();
+    assert!(d.dev().len() > 16);
+    let optimized =
+        optimize(&*build(&config.optimizer), &start, d.train(), d.dev(), &context(lm, Arc::new(Meter::new())))
+            .await
+            .unwrap();
+    assert!(optimized.improved(), "{:?}", optimized.candidates);
+    assert_eq!(optimized.dev_score, Some(1.0));
+    assert!(optimized.production_dev.unwrap() < 1.0);
+    let values = ["cards".to_string(), "transfers".to_string(), "top_ups".to_string()];
+    let shown: HashSet<_> = optimized.program.predictors[0]
+        .demos
+        .iter()
+        .map(|demo| label_of(&demo.outputs, "queue", &values).unwrap())
+        .collect();
+    assert_eq!(shown.len(), 3, "the winner shows every label");
+    // The race dropped some candidates before scoring them on all of dev.
+    assert!(optimized.candidates.iter().any(|c| c.scored_on.is_some()), "{:?}", optimized.candidates);
+}
+
+#[tokio::test]
+async fn no_optimizer_ever_sees_a_test_example() {
+    let d = dataset();
+    let test_messages: Vec<String> =
+        d.test().iter().map(|e| e.inputs["message"].as_str().unwrap().to_string()).collect();
+    assert!(!test_messages.is_empty());
+    let test_ids: HashSet<_> = d.test().iter().map(|e| e.id.clone()).collect();
+    for kind in ["bootstrap_few_shot", "bootstrap_random_search", "mipro_v2"] {
+        let lm = half_right(labels(&d));
+        let config = config(&format!(
+            "kind = \"{kind}\"\nmax_rounds = 2\nnum_candidates = 4\n[optimizer.mipro_v2]\nnum_trials = 6"
+        ));
+        let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+        let optimized = optimize(
+            &*build(&config.optimizer),
+            &start,
+            d.train(),
+            d.dev(),
+            &context(lm.clone(), Arc::new(Meter::new())),
+        )
+        .await
+        .unwrap();
+        let requests = lm.requests.lock().unwrap();
+        assert!(requests.len() > 20, "{kind}");
+        for request in requests.iter() {
+            for message in &request.messages {
+                for t in &test_messages {
+                    assert!(!message.content.contains(t.as_str()), "{kind}: a test example reached the optimizer: {t}");
+                }
+            }
+        }
+        assert!(optimized.program.predictors[0].demos.iter().all(|demo| !test_ids.contains(&demo.example_id)));
+    }
+}
+
+#[tokio::test]
+async fn mipro_finds_the_instruction_written_from_the_data() {
+    let d = dataset();
+    let labels = labels(&d);
+    // Right only when the instruction names what each label's messages mention,
+    // which only the drafts written from train do. The proposer LM answers
+    // in a shape that never parses: its proposals are dropped, the search goes on.
+    let lm = ScriptedLm::new(move |req| {
+        if is_proposer(req) {
+            return String::new();
+        }
+        let message = last_input(req, "message");
+        let truth = labels[&message].clone();
+        let right = req.messages[0].content.contains("often mentions");
+        reply(req, "queue", if right { &truth } else { "transfers" })
+    });
+    let config =
+        config("kind = \"mipro_v2\"\nnum_candidates = 3\n[optimizer.mipro_v2]\nnum_trials = 12\nminibatch_size = 5");
+    let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+    let meter = Arc::new(Meter::new());
+    let optimized =
+        optimize(&*build(&config.optimizer), &start, d.train(), d.dev(), &context(lm.clone(), meter.clone()))
+            .await
+            .unwrap();
+    assert!(optimized.improved(), "{:?} {:?}", optimized.candidates, optimized.notes);
+    assert_eq!(optimized.dev_score, Some(1.0));
+    let instruction = &optimized.program.predictors[0].instructions;
+    assert!(instruction.contains("often mentions"), "{instruction}");
+    // Every label gets its clue line, in the train data's own words.
+    for label in ["cards:", "transfers:", "top_ups:"] {
+        assert!(instruction.contains(label), "{instruction}");
+    }
+    let dropped = optimized.notes.notes.iter().filter(|n| n.contains("was dropped")).count();
+    assert!(dropped >= 1, "{:?}", optimized.notes.notes);
+    assert!(optimized.notes.proposals.iter().any(|p| p.origin.starts_with("data:") && p.dev_score == Some(1.0)));
+    assert!(meter.usage().role(LmRole::Proposer).calls >= 2, "the proposer was asked, in its own role");
+}
+
+#[tokio::test]
+async fn a_spent_budget_stops_the_search_with_the_best_program_so_far() {
+    let d = dataset();
+    let lm = half_right(labels(&d));
+    let config = config("kind = \"bootstrap_random_search\"\nnum_candidates = 12");
+    let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+    let meter = Arc::new(Meter::new());
+    let limit = d.dev().len() as u64 + 25;
+    meter.set_limits(Limits { total: Budget { max_calls: Some(limit), ..Default::default() }, ..Default::default() });
+    let optimized =
+        optimize(&*build(&config.optimizer), &start, d.train(), d.dev(), &context(lm.clone(), meter.clone()))
+            .await
+            .unwrap();
+    let stop = optimized.stopped_early.as_deref().expect("the search stopped early");
+    assert!(stop.contains(&format!("{limit} calls")), "{stop}");
+    assert_eq!(meter.usage().total().calls, limit, "calls stop exactly at the budget");
+    assert_eq!(lm.calls() as u64, limit);
+    // What it returns is production or a program scored on all of dev.
+    let chosen = optimized.candidates.iter().find(|c| c.dev_score == optimized.dev_score.unwrap()).unwrap();
+    assert_eq!(chosen.scored_on, None);
+}
+
+#[tokio::test]
+async fn the_meter_counts_every_role_and_refuses_past_a_role_budget() {
+    let d = dataset();
+    let lm = half_right(labels(&d));
+    let meter = Arc::new(Meter::new());
+    let ctx = context(lm, meter.clone());
+    meter.set_limits(Limits {
+        roles: [(LmRole::Teacher, Budget { max_calls: Some(3), ..Default::default() })].into(),
+        ..Default::default()
+    });
+    let message = d.train()[0].inputs["message"].as_str().unwrap();
+    let request =
+        LmRequest::new(vec![promptloop::lm::ChatMessage::new(Role::User, format!("[[ ## message ## ]]\n{message}"))]);
+    for _ in 0..3 {
+        ctx.teacher.lm.complete(&request).await.unwrap();
+    }
+    let refused = ctx.teacher.lm.complete(&request).await.unwrap_err();
+    assert!(matches!(refused, LmError::BudgetExhausted { .. }), "{refused}");
+    assert!(refused.to_string().contains("teacher"), "{refused}");
+    // Other roles go on, and every call is on the one meter.
+    ctx.student.settings.lm.complete(&request).await.unwrap();
+    let usage = meter.usage();
+    assert_eq!(usage.role(LmRole::Teacher).calls, 3);
+    assert_eq!(usage.role(LmRole::Task).calls, 1);
+    assert_eq!(usage.total().calls, 4);
+    assert_eq!(ctx.student.settings.lm.usage().calls, 4, "any handle reports the run's total");
+}
+
+#[test]
+fn a_budget_too_small_for_one_full_evaluation_is_refused_before_any_call() {
+    let mut config = config("kind = \"bootstrap_random_search\"");
+    config.budget.max_calls = Some(20);
+    let d = dataset();
+    let program = Program::baseline(&config);
+    let reserve = promptloop::pipeline::optimize::reserve(&program, &d);
+    let error = promptloop::pipeline::optimize::optimizer_limits(&config, &reserve).unwrap_err().to_string();
+    let minimum = d.dev().len() + 2 * d.test().len() + 1;
+    assert!(error.contains(&format!("at least {minimum}")), "{error}");
+    assert!(error.contains("max_calls = 20"), "{error}");
+    config.budget.max_calls = Some(minimum as u64);
+    let limits = promptloop::pipeline::optimize::optimizer_limits(&config, &reserve).unwrap().unwrap();
+    assert_eq!(limits.total.max_calls, Some((minimum - 2 * d.test().len()) as u64), "test scoring is set aside");
+}
+
+#[test]
+fn optimizer_kinds_are_named_in_the_config() {
+    let config = config("kind = \"mipro_v2\"\n[optimizer.mipro_v2]\nauto = \"medium\"\nminibatch_size = 10");
+    assert_eq!(config.optimizer.kind, OptimizerKind::MiproV2);
+    assert_eq!(config.optimizer.mipro_v2.minibatch_size, 10);
+    let text = common::triage_toml(
+        "mini-triage.jsonl",
+        "provider = \"embedded\"\nmodel = \"m.gguf\"",
+        "kind = \"mipro_v2\"\n[optimizer.mipro_v2]\nauto = \"huge\"",
+    );
+    let error = PipelineConfig::parse(&text, Path::new("tests/data/mini.toml")).unwrap_err().to_string();
+    assert!(error.contains("huge") && error.contains("light"), "{error}");
+}
