@@ -19,7 +19,10 @@ queues through scripts/build-worked-example.py.
 Usage:
   scripts/demo-logs.py                       # logs/support-triage/2026-W44..W47.jsonl.gz
   scripts/demo-logs.py --records 1000000 --out /tmp/big.jsonl   # one uncompressed file
-Output is deterministic for a given --seed.
+  scripts/demo-logs.py --first-week 2026-W48 --weeks 1 --out-dir DIR   # later weeks, one file each
+Output is deterministic for a given --seed. Weeks after the worked example's four
+(--first-week) are each generated on their own, from the seed and the week, from
+Banking77 messages the earlier weeks did not use (as far as the corpus allows).
 """
 import argparse
 import csv
@@ -293,6 +296,10 @@ class Traffic:
         self.weights = hour_weights()
         self.flat_weights = [w for day in self.weights for w in day]
 
+    def fresh(self):
+        """A new message from the corpus."""
+        return self.pick(self.messages)
+
     def remember(self, ring, item, size):
         """Keeps a bounded, uniformly refreshed sample of what came before."""
         if len(ring) < size:
@@ -312,7 +319,7 @@ class Traffic:
             text, queue = pick(self.recent)
             text = near_repeat(rng, text)
         else:
-            text, queue = pick(self.messages)
+            text, queue = self.fresh()
             self.remember(self.recent, (text, queue), 4000)
 
         history = []
@@ -421,7 +428,7 @@ def to_line(record: dict) -> str:
 WEEKLY_BROKEN = ["truncated", "truncated", "stray-text", "no-inputs", "no-inputs", "latin-1", "huge"]
 
 
-def write_week(traffic: Traffic, monday: dt.date, count: int, path: Path) -> dict:
+def week_lines(traffic: Traffic, monday: dt.date, count: int) -> list:
     rng = traffic.rng
     per_day = [traffic.weights[d] for d in range(7)]
     day_counts = [0] * 7
@@ -436,6 +443,11 @@ def write_week(traffic: Traffic, monday: dt.date, count: int, path: Path) -> dic
     for kind in WEEKLY_BROKEN:
         at = rng.randrange(len(stamps))
         lines.insert(at, traffic.broken(kind, stamps[at]))
+    return lines
+
+
+def write_week(traffic: Traffic, monday: dt.date, count: int, path: Path) -> dict:
+    lines = week_lines(traffic, monday, count)
     # mtime=0 and no file name in the header: the same seed gives the same bytes.
     with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as f:
         for line in lines:
@@ -472,12 +484,92 @@ def write_stream(traffic: Traffic, end: dt.date, weeks: int, total: int, path: P
     return {"lines": written, "broken": broken, "bytes": path.stat().st_size}
 
 
-def iso_monday(week: str) -> dt.date:
+def iso_monday(week: str, option: str = "--last-week") -> dt.date:
     try:
         year, number = week.split("-W")
         return dt.date.fromisocalendar(int(year), int(number), 1)
     except ValueError:
-        sys.exit(f"error: --last-week {week!r} is not an ISO week like 2026-W47")
+        sys.exit(f"error: {option} {week!r} is not an ISO week like 2026-W47")
+
+
+# ---------------------------------------------------------------- weeks after the worked example's four
+
+# The committed logs: weeks 2026-W44 .. 2026-W47, written by the default invocation.
+HISTORY_LAST_WEEK = "2026-W47"
+HISTORY_WEEKS = 4
+
+
+class RecordingTraffic(Traffic):
+    """Traffic that remembers which corpus messages it drew as new ones (same draws as Traffic)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.drawn = set()
+
+    def fresh(self):
+        message = super().fresh()
+        self.drawn.add(message)
+        return message
+
+
+class WeekTraffic(Traffic):
+    """One later week's traffic: its new messages come first from its own share of the
+    messages no earlier week used (each once), then from the whole corpus as before."""
+
+    def __init__(self, rng, messages, by_queue, dataset, share):
+        super().__init__(rng, messages, by_queue, dataset)
+        self.share = share
+        self.next_new = 0
+
+    def fresh(self):
+        if self.next_new < len(self.share):
+            self.next_new += 1
+            return self.share[self.next_new - 1]
+        return self.pick(self.messages)
+
+
+def unused_shares(seed: int, per_week: int, messages: list, by_queue: dict, dataset: list, shares: int) -> list:
+    """The corpus messages neither in the dataset nor drawn by the worked example's four
+    weeks (replayed in memory with this seed and --per-week), shuffled and dealt into
+    `shares` equal parts, one per later week."""
+    history = RecordingTraffic(random.Random(seed), messages, by_queue, dataset)
+    last_monday = iso_monday(HISTORY_LAST_WEEK)
+    for n in range(HISTORY_WEEKS):
+        week_lines(history, last_monday - dt.timedelta(weeks=HISTORY_WEEKS - 1 - n), int(per_week * (1 + 0.03 * n)))
+    in_dataset = {text for text, _ in dataset}
+    unused = sorted({m for m in messages if m[0] not in in_dataset} - history.drawn)
+    random.Random(f"{seed}:unused").shuffle(unused)
+    size = -(-len(unused) // shares)
+    return [unused[i * size:(i + 1) * size] for i in range(shares)]
+
+
+def write_later_weeks(args, messages: list, by_queue: dict, dataset: list) -> None:
+    first_monday = iso_monday(args.first_week, "--first-week")
+    history_end = iso_monday(HISTORY_LAST_WEEK)
+    if first_monday <= history_end:
+        sys.exit(f"error: --first-week {args.first_week} must come after {HISTORY_LAST_WEEK}, the last of the "
+                 f"worked example's weeks (write those with --last-week)")
+    if args.fresh_weeks < 1:
+        sys.exit("error: --fresh-weeks must be at least 1")
+    shares = unused_shares(args.seed, args.per_week, messages, by_queue, dataset, args.fresh_weeks)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for n in range(args.weeks):
+        monday = first_monday + dt.timedelta(weeks=n)
+        year, week, _ = monday.isocalendar()
+        name = f"{year}-W{week:02d}"
+        after = (monday - history_end).days // 7  # 1 for the first week after the worked example's
+        since_first = after + HISTORY_WEEKS - 1  # weeks since 2026-W44: traffic keeps growing
+        # Each week on its own: the same seed and week give the same bytes, whatever else is written.
+        traffic = WeekTraffic(random.Random(f"{args.seed}:{name}"), messages, by_queue, dataset,
+                              shares[(after - 1) % len(shares)])
+        path = args.out_dir / f"{name}.jsonl.gz"
+        count = int(args.per_week * (1 + 0.03 * since_first))
+        stats = write_week(traffic, monday, count, path)
+        reused = " (the unused messages are spent: this week's share comes round again)" \
+            if after > len(shares) else ""
+        print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: {stats['records']} records, "
+              f"{stats['broken']} broken lines, {stats['bytes']} bytes, {traffic.next_new} messages no earlier "
+              f"week used{reused}")
 
 
 def main() -> None:
@@ -486,6 +578,11 @@ def main() -> None:
                         help="directory holding Banking77's train.csv and test.csv [default: ../shared/data/banking77]")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--last-week", default="2026-W47", help="ISO week of the last weekly file [default: 2026-W47]")
+    parser.add_argument("--first-week", help="write --weeks weeks from this ISO week on, after 2026-W47 (e.g. 2026-W48), "
+                        "each from the seed and its week alone, instead of the worked example's weeks up to --last-week")
+    parser.add_argument("--fresh-weeks", type=int, default=8,
+                        help="with --first-week: how many weeks after 2026-W47 share out the Banking77 messages "
+                             "the worked example's weeks did not use (then the shares come round again) [default: 8]")
     parser.add_argument("--weeks", type=int, default=4)
     parser.add_argument("--per-week", type=int, default=1500, help="good records in the first week [default: 1500]")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "logs" / "support-triage")
@@ -498,6 +595,11 @@ def main() -> None:
     by_queue = {}
     for text, queue in messages:
         by_queue.setdefault(queue, []).append(text)
+    if args.first_week is not None:
+        if args.records is not None:
+            sys.exit("error: --first-week writes weekly files; it does not go with --records")
+        write_later_weeks(args, messages, by_queue, load_dataset_messages())
+        return
     traffic = Traffic(random.Random(args.seed), messages, by_queue, load_dataset_messages())
     last_monday = iso_monday(args.last_week)
 

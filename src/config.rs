@@ -466,6 +466,8 @@ pub enum OptimizerKind {
     BootstrapRandomSearch,
     /// Instructions and demo sets searched jointly with a Parzen estimator.
     MiproV2,
+    /// Reflective evolution of instructions and demo sets on a per-example Pareto front.
+    Gepa,
 }
 
 impl OptimizerKind {
@@ -475,6 +477,7 @@ impl OptimizerKind {
             OptimizerKind::BootstrapFewShot => "bootstrap_few_shot",
             OptimizerKind::BootstrapRandomSearch => "bootstrap_random_search",
             OptimizerKind::MiproV2 => "mipro_v2",
+            OptimizerKind::Gepa => "gepa",
         }
     }
 }
@@ -610,6 +613,62 @@ pub struct OptimizerConfig {
     pub proposer: Option<LmConfig>,
     #[serde(default, skip_serializing_if = "MiproConfig::is_default")]
     pub mipro_v2: MiproConfig,
+    #[serde(default, skip_serializing_if = "GepaConfig::is_default")]
+    pub gepa: GepaConfig,
+}
+
+/// `[optimizer.gepa]`: GEPA's settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GepaConfig {
+    /// Mutation rounds: light 12, medium 30, heavy 60 (unless `iterations` is set).
+    #[serde(default = "default_auto")]
+    pub auto: MiproAuto,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iterations: Option<usize>,
+    /// The most example evaluations (metric calls) the search may run, dev and train together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_metric_calls: Option<u64>,
+    /// Training examples a mutation reflects on, and is accepted on.
+    #[serde(default = "default_reflection_minibatch")]
+    pub minibatch_size: usize,
+    /// Ask the proposer LM to reflect (besides the reflection written from the failures' data).
+    #[serde(default = "yes")]
+    pub lm_reflection: bool,
+    /// Merge candidates that improved different predictors.
+    #[serde(default = "yes")]
+    pub merge: bool,
+}
+
+fn default_reflection_minibatch() -> usize {
+    4
+}
+
+impl GepaConfig {
+    fn is_default(&self) -> bool {
+        *self == GepaConfig::default()
+    }
+
+    pub fn iterations(&self) -> usize {
+        self.iterations.unwrap_or(match self.auto {
+            MiproAuto::Light => 12,
+            MiproAuto::Medium => 30,
+            MiproAuto::Heavy => 60,
+        })
+    }
+}
+
+impl Default for GepaConfig {
+    fn default() -> Self {
+        GepaConfig {
+            auto: default_auto(),
+            iterations: None,
+            max_metric_calls: None,
+            minibatch_size: default_reflection_minibatch(),
+            lm_reflection: true,
+            merge: true,
+        }
+    }
 }
 
 fn default_bootstrapped() -> usize {
@@ -1007,6 +1066,14 @@ impl PipelineConfig {
         }
         if mipro.num_trials == Some(0) || mipro.num_instructions == Some(0) {
             return Err(err("optimizer.mipro_v2", "num_trials and num_instructions must be at least 1".into()));
+        }
+        let gepa = &optimizer.gepa;
+        if gepa.minibatch_size == 0 || gepa.iterations == Some(0) || gepa.max_metric_calls == Some(0) {
+            return Err(err(
+                "optimizer.gepa",
+                "minibatch_size, iterations and max_metric_calls must be at least 1 (leave one out for its default)"
+                    .into(),
+            ));
         }
         let budget = raw.budget;
         let limits = std::iter::once(("budget", budget.total()))

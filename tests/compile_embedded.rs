@@ -57,7 +57,8 @@ fn compile_on_the_embedded_model_writes_the_artifact_and_reruns_from_cache() {
     assert_eq!(artifact.format, "promptloop.artifact/v1");
     assert_eq!(artifact.lm.model.provider, "embedded");
     assert!(artifact.lm.model.constrained_decoding);
-    assert_eq!(artifact.provenance.candidates.len(), 4, "zero-shot, labeled, bootstrapped, one random");
+    let names: Vec<&str> = artifact.provenance.candidates.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["production", "production + missing labels", "bootstrapped-1"], "the declared program first");
     assert_eq!(artifact.provenance.dataset.examples, 60);
     let test = artifact.scores.test.as_ref().unwrap();
     assert_eq!(test.n, artifact.provenance.dataset.test);

@@ -86,6 +86,9 @@ fn half_right(labels: Arc<HashMap<String, String>>) -> Arc<ScriptedLm> {
         if is_proposer(req) {
             return reply(req, "proposed_instruction", "Route each message to the queue that handles it.");
         }
+        if req.messages[0].content.contains("You improve the instruction") {
+            return reflection("Some queues are confused.", "Route each message to the queue that handles it, carefully.");
+        }
         let message = last_input(req, "message");
         let truth = labels[&message].clone();
         let answer = if message.len() % 2 == 0 {
@@ -182,13 +185,18 @@ async fn warm_start_never_proposes_a_program_below_production_on_dev() {
         if is_proposer(req) {
             return reply(req, "proposed_instruction", "Route each message to the queue that handles it.");
         }
+        if req.messages[0].content.contains("You improve the instruction") {
+            return reflection("Some queues are confused.", "Route each message to the queue that handles it, carefully.");
+        }
         let message = last_input(req, "message");
         let production = req.messages[0].content.contains("PRODUCTION-MARK") && req.messages.len() == 2;
         let answer = if production { labels[&message].clone() } else { "cards".to_string() };
         reply(req, "queue", &answer)
     });
-    for kind in ["bootstrap_few_shot", "bootstrap_random_search", "mipro_v2"] {
-        let config = config(&format!("kind = \"{kind}\"\nnum_candidates = 6\n[optimizer.mipro_v2]\nnum_trials = 8"));
+    for kind in ["bootstrap_few_shot", "bootstrap_random_search", "mipro_v2", "gepa"] {
+        let config = config(&format!(
+            "kind = \"{kind}\"\nnum_candidates = 6\n[optimizer.mipro_v2]\nnum_trials = 8\n[optimizer.gepa]\niterations = 8"
+        ));
         let start = Start { production: production(&config), declared: Program::baseline(&config) };
         let optimizer = build(&config.optimizer);
         let ctx = context(lm.clone(), Arc::new(Meter::new()));
@@ -255,10 +263,10 @@ async fn no_optimizer_ever_sees_a_test_example() {
         d.test().iter().map(|e| e.inputs["message"].as_str().unwrap().to_string()).collect();
     assert!(!test_messages.is_empty());
     let test_ids: HashSet<_> = d.test().iter().map(|e| e.id.clone()).collect();
-    for kind in ["bootstrap_few_shot", "bootstrap_random_search", "mipro_v2"] {
+    for kind in ["bootstrap_few_shot", "bootstrap_random_search", "mipro_v2", "gepa"] {
         let lm = half_right(labels(&d));
         let config = config(&format!(
-            "kind = \"{kind}\"\nmax_rounds = 2\nnum_candidates = 4\n[optimizer.mipro_v2]\nnum_trials = 6"
+            "kind = \"{kind}\"\nmax_rounds = 2\nnum_candidates = 4\n[optimizer.mipro_v2]\nnum_trials = 6\n[optimizer.gepa]\niterations = 9"
         ));
         let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
         let optimized = optimize(
@@ -319,6 +327,90 @@ async fn mipro_finds_the_instruction_written_from_the_data() {
     assert!(dropped >= 1, "{:?}", optimized.notes.notes);
     assert!(optimized.notes.proposals.iter().any(|p| p.origin.starts_with("data:") && p.dev_score == Some(1.0)));
     assert!(meter.usage().role(LmRole::Proposer).calls >= 2, "the proposer was asked, in its own role");
+}
+
+/// A reflection reply in the chat adapter's format.
+fn reflection(diagnosis: &str, instruction: &str) -> String {
+    format!("[[ ## diagnosis ## ]]\n{diagnosis}\n\n[[ ## new_instruction ## ]]\n{instruction}\n\n[[ ## completed ## ]]")
+}
+
+#[tokio::test]
+async fn gepa_keeps_the_reflection_that_fixes_the_failures_and_records_it() {
+    let d = dataset();
+    let labels = labels(&d);
+    let asked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = asked.clone();
+    // The task model is right only under an instruction that says MAGIC, which
+    // only the reflection LM writes; its first reply does not parse.
+    let lm = ScriptedLm::new(move |req| {
+        if req.messages[0].content.contains("You improve the instruction") {
+            let user = req.messages.last().unwrap().content.clone();
+            let mut asked = seen.lock().unwrap();
+            asked.push(user);
+            if asked.len() == 1 {
+                return String::new();
+            }
+            return reflection(
+                "The step confuses the queues of card and transfer messages.",
+                "Route the message to its queue. MAGIC: read the whole message first.",
+            );
+        }
+        let message = last_input(req, "message");
+        let right = req.messages[0].content.contains("MAGIC");
+        reply(req, "queue", if right { &labels[&message] } else { "top_ups" })
+    });
+    let config = config("kind = \"gepa\"\n[optimizer.gepa]\niterations = 12\nmerge = false");
+    let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+    let optimized =
+        optimize(&*build(&config.optimizer), &start, d.train(), d.dev(), &context(lm, Arc::new(Meter::new())))
+            .await
+            .unwrap();
+    assert!(optimized.improved(), "{:?}", optimized.notes);
+    assert_eq!(optimized.dev_score, Some(1.0));
+    assert!(optimized.program.predictors[0].instructions.contains("MAGIC"));
+    let reflections = &optimized.notes.reflections;
+    let kept = reflections.iter().find(|r| r.accepted && r.conclusion.is_some()).expect("an LM reflection was kept");
+    assert!(kept.conclusion.as_deref().unwrap().contains("confuses"));
+    assert!(kept.instruction.as_deref().unwrap().contains("MAGIC"));
+    assert_eq!(kept.dev_score, Some(1.0));
+    let (before, after) = kept.minibatch.unwrap();
+    assert!(after > before);
+    assert!(!kept.failures.is_empty() && kept.failures.iter().all(|f| f.contains("expected")), "{:?}", kept.failures);
+    // The reflection LM read the failures with the metric's feedback, from train only.
+    let asked = asked.lock().unwrap();
+    assert!(asked[0].contains("feedback:") && asked[0].contains("expected"), "{}", asked[0]);
+    let train: HashSet<&str> = d.train().iter().map(|e| e.inputs["message"].as_str().unwrap()).collect();
+    assert!(train.iter().any(|m| asked[0].contains(m)));
+    // The reply that did not parse was dropped with its reason, and the search went on.
+    assert!(optimized.notes.notes.iter().any(|n| n.contains("reflection") && n.contains("dropped")), "{:?}", optimized.notes.notes);
+}
+
+#[tokio::test]
+async fn gepa_offline_reflection_writes_hints_from_the_failures() {
+    let d = dataset();
+    let labels = labels(&d);
+    // No LM reflection; the task model is right when the instruction carries hints.
+    let lm = ScriptedLm::new(move |req| {
+        let message = last_input(req, "message");
+        let right = req.messages[0].content.contains("Hints from past mistakes:") || message.len() % 3 == 0;
+        reply(req, "queue", if right { &labels[&message] } else { "top_ups" })
+    });
+    let config = config("kind = \"gepa\"\n[optimizer.gepa]\niterations = 6\nlm_reflection = false");
+    let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+    let optimized =
+        optimize(&*build(&config.optimizer), &start, d.train(), d.dev(), &context(lm.clone(), Arc::new(Meter::new())))
+            .await
+            .unwrap();
+    assert!(optimized.improved());
+    let instruction = &optimized.program.predictors[0].instructions;
+    assert!(instruction.starts_with("Route the customer's message"), "{instruction}");
+    let hints = instruction.split("Hints from past mistakes:\n").nth(1).expect("a hint block");
+    for line in hints.lines() {
+        let (label, words) = line.strip_prefix("- ").unwrap().split_once(": messages about ").unwrap();
+        assert!(["cards", "transfers", "top_ups"].contains(&label), "{line}");
+        assert!((1..=6).contains(&words.split(", ").count()), "{line}");
+    }
+    assert!(lm.requests.lock().unwrap().iter().all(|r| !r.messages[0].content.contains("You improve")));
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@
 
 pub mod bootstrap;
 pub mod demos;
+pub mod gepa;
 pub mod mipro;
 pub mod pareto;
 pub mod propose;
@@ -65,6 +66,35 @@ pub struct SearchNotes {
     pub notes: Vec<String>,
     /// Instruction proposals, with where they came from and what they scored.
     pub proposals: Vec<ProposalRecord>,
+    /// Reflective mutations (GEPA), in order.
+    pub reflections: Vec<ReflectionRecord>,
+}
+
+/// One reflective mutation: what failed, what was concluded, what was
+/// written, and how it scored. Users debug a search with these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReflectionRecord {
+    pub iteration: usize,
+    pub predictor: String,
+    /// The candidate mutated (or the two merged).
+    pub parent: String,
+    /// What kind of mutation: a reflection by the proposer LM, from the data, a demo swap, a merge.
+    pub kind: String,
+    /// The minibatch examples the parent got wrong, with the metric's feedback.
+    pub failures: Vec<String>,
+    /// What the proposer LM concluded, when it reflected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conclusion: Option<String>,
+    /// The instruction written, when it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instruction: Option<String>,
+    /// Parent's and child's mean on the minibatch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minibatch: Option<(f64, f64)>,
+    /// Kept: it did better on the minibatch and was scored on all of dev.
+    pub accepted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev_score: Option<f64>,
 }
 
 /// One instruction the search considered.
@@ -113,6 +143,7 @@ pub fn build(config: &OptimizerConfig) -> Box<dyn Optimizer> {
         OptimizerKind::BootstrapFewShot => Box::new(bootstrap::BootstrapFewShot::new(config)),
         OptimizerKind::BootstrapRandomSearch => Box::new(random_search::RandomSearch::new(config)),
         OptimizerKind::MiproV2 => Box::new(mipro::MiproV2::new(config)),
+        OptimizerKind::Gepa => Box::new(gepa::Gepa::new(config)),
     }
 }
 

@@ -55,6 +55,12 @@ fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The words of `text` worth a hint: no stopwords, no numbers, each once, in order.
+pub fn content_words(text: &str) -> Vec<String> {
+    let mut seen = HashSet::new();
+    words(text).into_iter().filter(|w| seen.insert(w.clone())).collect()
+}
+
 fn input_text(predictor: &Predictor, example: &Example) -> String {
     predictor
         .signature

@@ -160,6 +160,7 @@ pub async fn run_optimizer(
         evaluations: optimized.evaluations,
         notes: optimized.notes.notes.clone(),
         proposals: optimized.notes.proposals.clone(),
+        reflections: optimized.notes.reflections.clone(),
         usage: role_uses(&used, limits.as_ref(), &projected),
     };
     Ok((optimized, summary))

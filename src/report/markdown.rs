@@ -353,6 +353,44 @@ fn search(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
         }
         out.push_str("</details>\n");
     }
+    if !search.reflections.is_empty() {
+        let kept = search.reflections.iter().filter(|r| r.accepted).count();
+        out.push_str(&format!(
+            "\n<details><summary>Reflections: {} tried, {kept} kept</summary>\n\n",
+            search.reflections.len()
+        ));
+        for r in &search.reflections {
+            let outcome = match (r.minibatch, r.dev_score) {
+                (Some((before, after)), Some(dev)) => format!("minibatch {before:.2} → {after:.2}, kept, dev {dev:.3}"),
+                (Some((before, after)), None) => format!("minibatch {before:.2} → {after:.2}, not kept"),
+                (None, Some(dev)) => format!("dev {dev:.3}"),
+                (None, None) => String::new(),
+            };
+            out.push_str(&format!(
+                "**{}. `{}`** · {} of {} · {outcome}\n\n",
+                r.iteration,
+                cell(&r.predictor),
+                cell(&r.kind),
+                cell(&r.parent)
+            ));
+            if !r.failures.is_empty() {
+                out.push_str("Failed:\n\n");
+                for f in &r.failures {
+                    out.push_str(&format!("- {}\n", cell(f)));
+                }
+                out.push('\n');
+            }
+            if let Some(conclusion) = &r.conclusion {
+                out.push_str("Concluded:\n\n");
+                out.push_str(&fenced(conclusion));
+            }
+            if let Some(instruction) = &r.instruction {
+                out.push_str("Wrote:\n\n");
+                out.push_str(&fenced(instruction));
+            }
+        }
+        out.push_str("</details>\n");
+    }
     if !search.notes.is_empty() {
         out.push_str("\n<details><summary>Notes</summary>\n\n");
         for note in &search.notes {

@@ -117,6 +117,8 @@ pub struct SearchSummary {
     pub evaluations: u64,
     pub notes: Vec<String>,
     pub proposals: Vec<crate::optimize::ProposalRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reflections: Vec<crate::optimize::ReflectionRecord>,
     /// LM use per role: budget, projection, use.
     pub usage: Vec<RoleUse>,
 }
