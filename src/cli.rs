@@ -40,6 +40,10 @@ pub enum Command {
         /// Ask the model every time instead of reusing cached replies.
         #[arg(long)]
         no_cache: bool,
+        /// Start the optimization over instead of resuming from its checkpoint
+        /// (.promptloop/checkpoints/<name>.json).
+        #[arg(long)]
+        fresh: bool,
     },
     /// Score the hand-written baseline or an artifact on a split.
     Eval {
@@ -110,6 +114,10 @@ pub enum Command {
         dry_run: bool,
         #[arg(long)]
         no_cache: bool,
+        /// Start the optimization over instead of resuming from its checkpoint
+        /// (.promptloop/checkpoints/<name>.json).
+        #[arg(long)]
+        fresh: bool,
     },
     /// Render the last run's report again (artifacts/<name>/REPORT.md) and its
     /// PR body, from the run saved in .promptloop/runs/<name>/.
@@ -185,9 +193,9 @@ impl Cli {
 
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Compile { pipeline, out, no_cache } => {
+        Command::Compile { pipeline, out, no_cache, fresh } => {
             let file = PipelineConfig::locate(&pipeline, &cli.root)?;
-            let request = CompileRequest { pipeline: file, out, use_cache: !no_cache, progress: true };
+            let request = CompileRequest { pipeline: file, out, use_cache: !no_cache, progress: true, fresh };
             let outcome = pipeline::compile(&request).await?;
             let test = outcome.artifact.scores.test.as_ref().expect("compile scores test");
             println!("compiled {} in {:.1}s", outcome.artifact.pipeline, outcome.compile_secs);
@@ -283,11 +291,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!("{report}");
             }
         }
-        Command::Run { pipeline, optimizer, since, until, no_pull, dry_run, no_cache } => {
+        Command::Run { pipeline, optimizer, since, until, no_pull, dry_run, no_cache, fresh } => {
             let file = PipelineConfig::locate(&pipeline, &cli.root)?;
             let config = PipelineConfig::load(&file)?;
             let request = pipeline::RunRequest {
                 pipeline: file,
+                fresh,
                 optimizer,
                 pull: (!no_pull).then_some((since, until)),
                 dry_run,

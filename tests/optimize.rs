@@ -13,6 +13,7 @@ use promptloop::eval::EvalContext;
 use promptloop::lm::budget::{Budget, Limits, LmRole, Meter, Prices};
 use promptloop::lm::{Lm, LmError, LmRequest, Role};
 use promptloop::optimize::bootstrap::{BootstrapSettings, bootstrap_few_shot};
+use promptloop::optimize::checkpoint::{Checkpoint, Identity};
 use promptloop::optimize::demos::{cover_labels, label_of, stratified};
 use promptloop::optimize::{OptimizeContext, Proposal, Start, build, optimize};
 use promptloop::program::Program;
@@ -60,6 +61,7 @@ fn context(lm: Arc<ScriptedLm>, meter: Arc<Meter>) -> OptimizeContext {
         teacher: settings(lm.in_role(LmRole::Teacher)),
         proposer: settings(lm.in_role(LmRole::Proposer)),
         seed: 5,
+        checkpoint: None,
     }
 }
 
@@ -87,7 +89,10 @@ fn half_right(labels: Arc<HashMap<String, String>>) -> Arc<ScriptedLm> {
             return reply(req, "proposed_instruction", "Route each message to the queue that handles it.");
         }
         if req.messages[0].content.contains("You improve the instruction") {
-            return reflection("Some queues are confused.", "Route each message to the queue that handles it, carefully.");
+            return reflection(
+                "Some queues are confused.",
+                "Route each message to the queue that handles it, carefully.",
+            );
         }
         let message = last_input(req, "message");
         let truth = labels[&message].clone();
@@ -186,7 +191,10 @@ async fn warm_start_never_proposes_a_program_below_production_on_dev() {
             return reply(req, "proposed_instruction", "Route each message to the queue that handles it.");
         }
         if req.messages[0].content.contains("You improve the instruction") {
-            return reflection("Some queues are confused.", "Route each message to the queue that handles it, carefully.");
+            return reflection(
+                "Some queues are confused.",
+                "Route each message to the queue that handles it, carefully.",
+            );
         }
         let message = last_input(req, "message");
         let production = req.messages[0].content.contains("PRODUCTION-MARK") && req.messages.len() == 2;
@@ -382,7 +390,11 @@ async fn gepa_keeps_the_reflection_that_fixes_the_failures_and_records_it() {
     let train: HashSet<&str> = d.train().iter().map(|e| e.inputs["message"].as_str().unwrap()).collect();
     assert!(train.iter().any(|m| asked[0].contains(m)));
     // The reply that did not parse was dropped with its reason, and the search went on.
-    assert!(optimized.notes.notes.iter().any(|n| n.contains("reflection") && n.contains("dropped")), "{:?}", optimized.notes.notes);
+    assert!(
+        optimized.notes.notes.iter().any(|n| n.contains("reflection") && n.contains("dropped")),
+        "{:?}",
+        optimized.notes.notes
+    );
 }
 
 #[tokio::test]
@@ -491,4 +503,138 @@ fn optimizer_kinds_are_named_in_the_config() {
     );
     let error = PipelineConfig::parse(&text, Path::new("tests/data/mini.toml")).unwrap_err().to_string();
     assert!(error.contains("huge") && error.contains("light"), "{error}");
+}
+
+/// A model that fails for good (an outage after retries) after `calls` calls.
+struct Outage {
+    inner: Arc<ScriptedLm>,
+    left: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl promptloop::lm::LanguageModel for Outage {
+    fn describe(&self) -> promptloop::lm::LmDescription {
+        self.inner.describe()
+    }
+    async fn complete(&self, request: &LmRequest) -> Result<promptloop::lm::LmResponse, LmError> {
+        use std::sync::atomic::Ordering;
+        if self.left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+            return Err(LmError::Engine("the provider is down".into()));
+        }
+        self.inner.complete(request).await
+    }
+}
+
+fn identity(config: &PipelineConfig, d: &Dataset, start: &Start) -> Identity {
+    Identity {
+        pipeline: config.name.clone(),
+        dataset: d.content_hash.clone(),
+        seed: config.seed,
+        optimizer: serde_json::to_value(&config.optimizer).unwrap(),
+        production: promptloop::optimize::scorer::program_key(&start.production),
+        model: serde_json::json!({"provider": "scripted"}),
+    }
+}
+
+fn outage_context(lm: Arc<dyn promptloop::lm::LanguageModel>, checkpoint: Arc<Checkpoint>) -> OptimizeContext {
+    let meter = Arc::new(Meter::new());
+    let lm = Lm::new(lm, None, 2).metered(meter, LmRole::Task, Prices::default());
+    let settings = |lm: Lm| PredictSettings {
+        lm,
+        format: promptloop::config::AdapterFormat::Chat,
+        temperature: 0.0,
+        max_tokens: 32,
+    };
+    OptimizeContext {
+        student: EvalContext {
+            settings: settings(lm.clone()),
+            metric: promptloop::metric::build(&config("kind = \"none\"").metric),
+            concurrency: 2,
+            progress: false,
+        },
+        teacher: settings(lm.in_role(LmRole::Teacher)),
+        proposer: settings(lm.in_role(LmRole::Proposer)),
+        seed: 5,
+        checkpoint: Some(checkpoint),
+    }
+}
+
+#[tokio::test]
+async fn a_killed_search_resumes_from_its_checkpoint_and_reaches_the_same_program() {
+    let d = dataset();
+    let dir = tempfile::tempdir().unwrap();
+    for kind in ["bootstrap_random_search", "mipro_v2", "gepa"] {
+        let config = config(&format!(
+            "kind = \"{kind}\"\nnum_candidates = 6\n[optimizer.mipro_v2]\nnum_trials = 10\n[optimizer.gepa]\niterations = 9"
+        ));
+        let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+        let optimizer = build(&config.optimizer);
+
+        // Uninterrupted.
+        let whole = half_right(labels(&d));
+        let path = dir.path().join(format!("{kind}-whole.json"));
+        let checkpoint = Arc::new(Checkpoint::open(&path, identity(&config, &d, &start), false).unwrap());
+        let ctx = outage_context(whole.clone(), checkpoint);
+        let uninterrupted = optimize(&*optimizer, &start, d.train(), d.dev(), &ctx).await.unwrap();
+        let whole_calls = ctx.student.settings.lm.usage().calls;
+
+        // Killed part-way by an outage, then run again.
+        let path = dir.path().join(format!("{kind}.json"));
+        let first = Arc::new(Outage { inner: half_right(labels(&d)), left: (whole.calls() / 2).into() });
+        let checkpoint = Arc::new(Checkpoint::open(&path, identity(&config, &d, &start), false).unwrap());
+        let error = optimize(&*optimizer, &start, d.train(), d.dev(), &outage_context(first, checkpoint)).await;
+        assert!(matches!(error, Err(LmError::Engine(_))), "{kind}: the outage ends the first attempt");
+        assert!(path.exists(), "{kind}: the checkpoint was written as the search went");
+
+        let second = half_right(labels(&d));
+        let checkpoint = Arc::new(Checkpoint::open(&path, identity(&config, &d, &start), false).unwrap());
+        assert!(checkpoint.restored_len() > 0, "{kind}");
+        let ctx = outage_context(second.clone(), checkpoint.clone());
+        let resumed = optimize(&*optimizer, &start, d.train(), d.dev(), &ctx).await.unwrap();
+
+        assert_eq!(resumed.program, uninterrupted.program, "{kind}: the same program");
+        assert_eq!(resumed.candidates, uninterrupted.candidates, "{kind}: the same path");
+        assert!(second.calls() < whole.calls(), "{kind}: restored scores are not asked again");
+        assert_eq!(ctx.student.settings.lm.usage().calls, whole_calls, "{kind}: and are counted as before");
+        checkpoint.finish();
+        assert!(!path.exists());
+    }
+}
+
+#[test]
+fn a_foreign_or_corrupt_checkpoint_is_refused_with_its_name_and_fresh_starts_over() {
+    let d = dataset();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config("kind = \"bootstrap_random_search\"");
+    let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+    let path = dir.path().join("mini-triage.json");
+    let checkpoint = Checkpoint::open(&path, identity(&config, &d, &start), false).unwrap();
+    let mut program = start.production.clone();
+    program.predictors[0].instructions.push_str(" v2");
+    checkpoint.save(&program, Vec::new());
+    assert!(path.exists());
+
+    let mut other = identity(&config, &d, &start);
+    other.seed = 99;
+    let error = Checkpoint::open(&path, other.clone(), false).unwrap_err().to_string();
+    assert!(
+        error.contains(&path.display().to_string()) && error.contains("seed (3)") && error.contains("--fresh"),
+        "{error}"
+    );
+    let mut dataset_changed = identity(&config, &d, &start);
+    dataset_changed.dataset = "0".repeat(64);
+    let error = Checkpoint::open(&path, dataset_changed, false).unwrap_err().to_string();
+    assert!(error.contains("different dataset"), "{error}");
+
+    // --fresh discards it and starts empty.
+    let fresh = Checkpoint::open(&path, other, true).unwrap();
+    assert_eq!(fresh.restored_len(), 0);
+    assert!(!path.exists());
+
+    std::fs::write(&path, "{\"format\": \"promptloop.checkpoint/v1\", \"identity\": ").unwrap();
+    let error = Checkpoint::open(&path, identity(&config, &d, &start), false).unwrap_err().to_string();
+    assert!(error.contains(&path.display().to_string()) && error.contains("--fresh"), "{error}");
+    std::fs::write(&path, "{\"format\": \"something-else/v9\", \"identity\": {}, \"entries\": []}").unwrap();
+    let error = Checkpoint::open(&path, identity(&config, &d, &start), false).unwrap_err().to_string();
+    assert!(error.contains("--fresh"), "{error}");
 }

@@ -5,7 +5,7 @@
 use chrono::{TimeZone, Utc};
 use promptloop::eval::gate::Decision;
 use promptloop::lm::budget::{Budget, RoleUsage};
-use promptloop::optimize::ProposalRecord;
+use promptloop::optimize::{ProposalRecord, ReflectionRecord};
 use promptloop::program::artifact::CandidateScore;
 use promptloop::report::history::Entry;
 use promptloop::report::markdown::{self, GITHUB_BODY_LIMIT};
@@ -150,6 +150,32 @@ fn search() -> SearchSummary {
             instruction: "Answer with exactly one queue.\ncards: often mentions `card`, arrive @team".into(),
             dev_score: Some(0.52),
         }],
+        reflections: vec![
+            ReflectionRecord {
+                iteration: 3,
+                predictor: "route".into(),
+                parent: "production".into(),
+                kind: "reflection by the proposer LM".into(),
+                failures: vec!["log-0007: `queue`: expected \"cards\", got \"payments\"".into()],
+                conclusion: Some("Card delivery questions are sent to payments.".into()),
+                instruction: Some("Route the message. Card delivery goes to cards.".into()),
+                minibatch: Some((0.25, 0.75)),
+                accepted: true,
+                dev_score: Some(0.52),
+            },
+            ReflectionRecord {
+                iteration: 4,
+                predictor: "route".into(),
+                parent: "gepa-2 (LM reflection of production)".into(),
+                kind: "failing examples as demos".into(),
+                failures: vec!["log-0011: `queue`: expected \"top_ups\", got \"cards\"".into()],
+                conclusion: None,
+                instruction: None,
+                minibatch: Some((0.5, 0.5)),
+                accepted: false,
+                dev_score: None,
+            },
+        ],
         usage: vec![
             role("task", 1200, 312, 1100, Budget::default()),
             role("proposer", 4, 0, 4, Budget { max_calls: Some(20), ..Default::default() }),

@@ -12,7 +12,9 @@ Two LMs on the same OpenAI-compatible server (PEERS_BASE_URL) and model (PEERS_M
 Optimizers:
 - mipro: dspy.MIPROv2(metric, auto="light", prompt_model, task_model, seed=7, num_threads=1)
   .compile(program, trainset=train, valset=dev, seed=7). `--auto none --num-trials N
-  --num-candidates N` runs a smaller search (smoke tests).
+  --num-candidates N` runs a smaller search (smoke tests). One guard (guard_mipro_proposer):
+  a proposed instruction whose reply does not parse is retried, then replaced by the
+  original instructions, instead of ending the whole compile.
 - gepa: dspy.GEPA(metric, reflection_lm, max_metric_calls=N | auto="light", seed=7,
   num_threads=1, track_stats=True).compile(program, trainset=train, valset=dev); the metric
   returns dspy.Prediction(score, feedback="expected `x`, got `y`").
@@ -272,7 +274,61 @@ def feedback_metric(field: str):
     return metric
 
 
+PROPOSER_ATTEMPTS = 3
+
+
+def guard_mipro_proposer(task: Task) -> dict:
+    """Keeps MIPROv2 running when the proposer's reply does not parse.
+
+    dspy 3.4.1's GroundedProposer lets an AdapterParseError from the instruction generator
+    escape, which ends MIPROv2.compile (seen with the 135M model as proposer: a reply of
+    unrelated prose with no `proposed_instruction` field). This retries the proposal up to
+    PROPOSER_ATTEMPTS times (each a fresh sample: temperature 1.0, new rollout id), then uses
+    the predictor's current instructions for that candidate, as DSPy itself falls back when
+    its dataset summary fails. Every attempt is recorded.
+    """
+    from dspy.propose import grounded_proposer as gp
+    from dspy.teleprompt.utils import get_signature
+    from dspy.utils.exceptions import AdapterParseError
+
+    log: dict = {"dataset_summary": None, "dataset_summary_error": None, "proposals": [],
+                 "parse_failures": 0, "fell_back_to_original": 0}
+    orig_propose = gp.GroundedProposer.propose_instruction_for_predictor
+    orig_summary = gp.create_dataset_summary
+
+    def summary(*a, **kw):
+        try:
+            out = orig_summary(*a, **kw)
+            log["dataset_summary"] = out
+            return out
+        except Exception as e:  # DSPy catches it too ("Running without data aware proposer")
+            log["dataset_summary_error"] = f"{type(e).__name__}: {str(e)[:500]}"
+            raise
+
+    def propose(self, program, predictor, pred_i, demo_candidates, demo_set_i, trial_logs, tip=None):
+        errors = []
+        for _ in range(PROPOSER_ATTEMPTS):
+            try:
+                out = orig_propose(self, program, predictor, pred_i, demo_candidates, demo_set_i, trial_logs, tip)
+                log["proposals"].append({"demo_set": demo_set_i, "tip": tip, "instruction": out,
+                                         "failed_attempts": errors})
+                return out
+            except AdapterParseError as e:
+                log["parse_failures"] += 1
+                errors.append(str(e)[:300])
+        log["fell_back_to_original"] += 1
+        out = get_signature(predictor).instructions
+        log["proposals"].append({"demo_set": demo_set_i, "tip": tip, "instruction": None,
+                                 "fell_back_to_original": True, "failed_attempts": errors})
+        return out
+
+    gp.GroundedProposer.propose_instruction_for_predictor = propose
+    gp.create_dataset_summary = summary
+    return log
+
+
 def run_mipro(args, task, program, train, dev, task_lm, proposer_lm, state) -> tuple[dspy.Module, dict]:
+    state["proposer_log"] = guard_mipro_proposer(task)
     metric = MetricCounter(exact_metric(task.output_field))
     state["metric"] = metric
     if args.auto == "none":
@@ -295,6 +351,7 @@ def run_mipro(args, task, program, train, dev, task_lm, proposer_lm, state) -> t
     compiled = optimizer.compile(program, trainset=train, valset=dev, seed=SEED, **compile_extra)
 
     info: dict = {"dev_score_reported": getattr(compiled, "score", None)}
+    info["proposer"] = state["proposer_log"]
     cands = []
     for c in getattr(compiled, "candidate_programs", []) or []:
         cands.append({"dev_score": c["score"], "program": describe_program(task, c["program"])})
@@ -483,7 +540,17 @@ def main(argv: list[str]) -> None:
         state["status"] = "optimized"
     except (Stop, KeyboardInterrupt) as e:
         state["status"] = f"stopped during optimization ({type(e).__name__} {e})"
-        result["optimization"] = {"stopped": True}
+        result["optimization"] = {"stopped": True, "proposer": state.get("proposer_log")}
+    except Exception as e:
+        import traceback
+        state["status"] = f"failed during optimization ({type(e).__name__}: {str(e)[:300]})"
+        result["optimization"] = {"failed": True, "proposer": state.get("proposer_log"),
+                                  "traceback": traceback.format_exc()[-4000:]}
+        result["optimizer_args"] = state.get("optimizer_args")
+        result["optimize_wall_s"] = round(time.perf_counter() - t0, 2)
+        stop_flag.set()
+        print(f"-> {save()}", flush=True)
+        raise
     result["optimizer_args"] = state.get("optimizer_args")
     result["optimize_wall_s"] = round(time.perf_counter() - t0, 2)
     opt_usage = collect()["lm"]

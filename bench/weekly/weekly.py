@@ -323,6 +323,13 @@ class Bench:
             "added": sum((pulled.get("added") or {}).values()) if pulled else None,
             "inbox_added": pulled.get("inbox_added"),
             "records_in_window": pulled.get("records"),
+            "pull": {
+                "outside_window": pulled.get("outside_window"),
+                "malformed": sum((pulled.get("malformed") or {}).values()),
+                "duplicates": pulled.get("duplicates"),
+                "sampled": pulled.get("sampled"),
+                "added": pulled.get("added"),
+            } if pulled else None,
             "decision": decision,
             "metric": headline["metric"],
             "reasons": headline.get("reasons", []),
@@ -378,19 +385,20 @@ class Bench:
                f"dataset.",
                "",
                "| week | logs | examples | added | decision | production (run test) | candidate (run test) | n | "
-               "production (fixed set) | LM calls (cached) | run wall |",
-               "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+               "production (fixed set) | LM calls (cached) | run wall | run peak |",
+               "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             if r["week"] == 0:
                 out.append(f"| 0 | (start) | {r['examples']} | – | – | – | – | – | "
-                           f"{f3(r['fixed_set_production'])} | – | – |")
+                           f"{f3(r['fixed_set_production'])} | – | – | – |")
                 continue
             wall = r["run_wall_secs"]
             out.append(
                 f"| {r['week']} | {r['iso_week']} | {r['examples']} | {r['added']} | {r['decision']} | "
                 f"{f3(r['production_test'])} | {f3(r['candidate_test'])} | {r['test_n']} | "
                 f"{f3(r['fixed_set_production'])} | {r['lm_calls']:,} ({r['cache_hits']:,}) | "
-                f"{int(wall // 60)} min {int(wall % 60):02d} s |")
+                f"{int(wall // 60)} min {int(wall % 60):02d} s | "
+                f"{'–' if r['run_peak_mib'] is None else str(r['run_peak_mib']) + ' MiB'} |")
         scores = [r["fixed_set_production"] for r in rows if r["fixed_set_production"] is not None]
         if scores:
             floor = int(max(min(scores) - 0.05, 0.0) * 10) / 10

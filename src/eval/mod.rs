@@ -29,7 +29,7 @@ pub struct EvalContext {
     pub progress: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ExampleResult {
     pub example_id: String,
     pub prediction: Option<Map<String, Value>>,
@@ -41,7 +41,7 @@ pub struct ExampleResult {
     #[serde(flatten)]
     pub stats: RunStats,
     /// What each predictor was sent and replied: the material of reflection.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trace: Vec<TraceStep>,
 }
 

@@ -292,6 +292,18 @@ impl Lm {
         self.meter.usage().total().into()
     }
 
+    /// Counts `calls` that a checkpoint restored as if they were made again
+    /// from the cache (`usage` on the first), so a resumed search meets its
+    /// budget exactly where an uninterrupted one did.
+    pub fn replay(&self, calls: u32, usage: TokenUsage) -> Result<(), LmError> {
+        for i in 0..calls {
+            self.meter.admit(self.role)?;
+            let tokens = if i == 0 { usage } else { TokenUsage::default() };
+            self.meter.record(self.role, &self.prices, Some((tokens, true)));
+        }
+        Ok(())
+    }
+
     pub async fn complete(&self, request: &LmRequest) -> Result<Completion, LmError> {
         self.meter.admit(self.role)?;
         let result = self.complete_unmetered(request).await;

@@ -107,7 +107,8 @@ impl Optimizer for Gepa {
         let iterations = self.config.iterations() as u64;
         // Production and one covering seed in full, then each mutation on its minibatch
         // twice and, when kept (about a third), on all of dev.
-        let task = 2 * dev as u64 + iterations * 2 * self.config.minibatch_size as u64 + (iterations / 3 + 1) * dev as u64;
+        let task =
+            2 * dev as u64 + iterations * 2 * self.config.minibatch_size as u64 + (iterations / 3 + 1) * dev as u64;
         let proposer = if self.config.lm_reflection { iterations.div_ceil(3) } else { 0 };
         vec![(LmRole::Task, task * p), (LmRole::Proposer, proposer * p)]
     }
@@ -456,7 +457,11 @@ async fn reflect_with_lm(
             Some(p) => p.iter().map(|(k, v)| format!("{k}: {}", plain(v))).collect::<Vec<_>>().join(", "),
             None => "no answer".to_string(),
         };
-        examples.push(format!("{}\nstep output: {output}\nfeedback: {}", inputs.join("\n"), one_line(&result.feedback)));
+        examples.push(format!(
+            "{}\nstep output: {output}\nfeedback: {}",
+            inputs.join("\n"),
+            one_line(&result.feedback)
+        ));
     }
     let mut inputs = Map::new();
     inputs.insert("current_instruction".into(), predictor.instructions.clone().into());

@@ -16,6 +16,7 @@
 //! [`crate::dataset::Test`], is not.
 
 pub mod bootstrap;
+pub mod checkpoint;
 pub mod demos;
 pub mod gepa;
 pub mod mipro;
@@ -48,6 +49,8 @@ pub struct OptimizeContext {
     /// Who writes instructions: `[optimizer.proposer]`, else the task LM.
     pub proposer: PredictSettings,
     pub seed: u64,
+    /// Where the search saves its progress and resumes from, if anywhere.
+    pub checkpoint: Option<std::sync::Arc<checkpoint::Checkpoint>>,
 }
 
 /// Where a search starts.
@@ -222,7 +225,7 @@ pub async fn optimize(
     dev: &Dev,
     ctx: &OptimizeContext,
 ) -> Result<Optimized, LmError> {
-    let scorer = Scorer::new(ctx.student.clone(), dev, ctx.seed);
+    let scorer = Scorer::new(ctx.student.clone(), dev, ctx.seed).with_checkpoint(ctx.checkpoint.clone());
     let production = scorer.full("production", &start.production).await?;
     let mut notes = SearchNotes::default();
     let stopped_early = match optimizer.search(start, train, &scorer, ctx, &mut notes).await {

@@ -5,7 +5,7 @@
 //! and learns from train; the best fully scored candidate is always at hand,
 //! which is what a search stopped by its budget returns.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -70,13 +70,27 @@ pub struct Scorer {
     entries: Mutex<Vec<Entry>>,
     /// Example evaluations run (memoized repeats not counted): the "metric calls" budgets compare on.
     evaluations: Mutex<u64>,
+    checkpoint: Option<Arc<super::checkpoint::Checkpoint>>,
 }
 
 impl Scorer {
     pub fn new(ctx: EvalContext, dev: &Dev, seed: u64) -> Self {
         let mut order: Vec<usize> = (0..dev.len()).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5c0_4e5));
-        Self { ctx, dev: dev.examples().to_vec(), order, entries: Mutex::new(Vec::new()), evaluations: Mutex::new(0) }
+        Self {
+            ctx,
+            dev: dev.examples().to_vec(),
+            order,
+            entries: Mutex::new(Vec::new()),
+            evaluations: Mutex::new(0),
+            checkpoint: None,
+        }
+    }
+
+    /// Takes results from `checkpoint` where it has them, and saves new ones to it.
+    pub fn with_checkpoint(mut self, checkpoint: Option<Arc<super::checkpoint::Checkpoint>>) -> Self {
+        self.checkpoint = checkpoint;
+        self
     }
 
     pub fn dev_len(&self) -> usize {
@@ -133,6 +147,25 @@ impl Scorer {
             m.dedup();
             m
         };
+        // Results the checkpoint holds are taken from it, and counted as when first made.
+        let mut missing = missing;
+        if let Some(checkpoint) = &self.checkpoint
+            && let Some(saved) = checkpoint.restored(&program_key(program))
+        {
+            let mut still = Vec::new();
+            for i in missing {
+                let id = &self.dev[i].id;
+                match saved.iter().find(|r| r.example_id == *id) {
+                    Some(result) => {
+                        self.ctx.settings.lm.replay(result.stats.lm_calls, result.stats.usage)?;
+                        *self.evaluations.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                        self.entries()[entry].results[i] = Some(result.clone());
+                    }
+                    None => still.push(i),
+                }
+            }
+            missing = still;
+        }
         if !missing.is_empty() {
             let examples: Vec<Example> = missing.iter().map(|&i| self.dev[i].clone()).collect();
             let label = format!("dev: {name}");
@@ -141,6 +174,12 @@ impl Scorer {
             let mut entries = self.entries();
             for (i, result) in missing.iter().zip(evaluation.results) {
                 entries[entry].results[*i] = Some(result);
+            }
+            if let Some(checkpoint) = &self.checkpoint {
+                let done: Vec<ExampleResult> = entries[entry].scored().cloned().collect();
+                let program = entries[entry].program.clone();
+                drop(entries);
+                checkpoint.save(&program, done);
             }
         }
         let entries = self.entries();

@@ -13,6 +13,8 @@ pub use run::{EvaluateRequest, SavedRun};
 /// `promptloop run`: the whole weekly loop for one pipeline.
 pub struct RunRequest {
     pub pipeline: PathBuf,
+    /// Discard the search's checkpoint instead of resuming from it.
+    pub fresh: bool,
     pub optimizer: Option<crate::config::OptimizerKind>,
     /// Where the pull's window starts and ends; `None` skips the pull.
     pub pull: Option<(crate::logs::pull::Since, Option<chrono::DateTime<chrono::Utc>>)>,
@@ -48,6 +50,7 @@ pub async fn run(request: RunRequest) -> Result<RunOutcome> {
         remote: Some(config.publish.remote.clone()),
         use_cache: request.use_cache,
         progress: request.progress,
+        fresh: request.fresh,
     })
     .await?;
     let published = publish::publish(&PublishRequest {
@@ -133,6 +136,8 @@ pub struct CompileRequest {
     pub out: Option<PathBuf>,
     pub use_cache: bool,
     pub progress: bool,
+    /// Discard the search's checkpoint instead of resuming from it.
+    pub fresh: bool,
 }
 
 pub struct CompileOutcome {
@@ -173,7 +178,8 @@ pub async fn compile(request: &CompileRequest) -> Result<CompileOutcome> {
     let started = Instant::now();
     let before = lm.usage();
     tracing::info!(pipeline = %config.name, train = dataset.train().len(), dev = dataset.dev().len(), "optimizing");
-    let (optimized, search) = optimize::run_optimizer(&config, &dataset, &start, &*optimizer, &models).await?;
+    let optimize::OptimizerRun { optimized, search, checkpoint } =
+        optimize::run_optimizer(&config, &dataset, &start, &*optimizer, &models, request.fresh).await?;
     let compile_secs = started.elapsed().as_secs_f64();
     let compile_usage = lm.usage().since(&before);
 
@@ -205,6 +211,7 @@ pub async fn compile(request: &CompileRequest) -> Result<CompileOutcome> {
     let artifact = build_artifact(&config, &lm, &dataset, &optimized, scores);
     let artifact_path = request.out.clone().unwrap_or_else(|| config.artifact_path());
     artifact.save(&artifact_path)?;
+    checkpoint.finish();
     Ok(CompileOutcome {
         artifact,
         artifact_path,

@@ -12,6 +12,7 @@ use crate::dataset::Dataset;
 use crate::eval::EvalContext;
 use crate::lm::budget::{Budget, Limits, LmRole, Meter, Prices, UsageByRole};
 use crate::lm::{Lm, LmError};
+use crate::optimize::checkpoint::{Checkpoint, Identity};
 use crate::optimize::{OptimizeContext, Optimized, Optimizer, Start};
 use crate::program::Program;
 use crate::report::{RoleUse, SearchSummary};
@@ -50,7 +51,7 @@ pub fn models(config: &PipelineConfig, use_cache: bool, progress: bool) -> Resul
     let mut proposer = predict_settings(&proposer_config, proposer_lm, config.adapter);
     // An instruction is longer than a typical answer.
     proposer.max_tokens = proposer.max_tokens.max(384);
-    let optimize = OptimizeContext { student: eval.clone(), teacher, proposer, seed: config.seed };
+    let optimize = OptimizeContext { student: eval.clone(), teacher, proposer, seed: config.seed, checkpoint: None };
     Ok(Models { task, meter, eval, optimize })
 }
 
@@ -108,14 +109,29 @@ pub fn optimizer_limits(config: &PipelineConfig, reserve: &Reserve) -> Result<Op
     Ok(Some(Limits { total: less(budget.total()), roles }))
 }
 
-/// Runs the optimizer from `start`, within the budget, and records the search.
+/// `.promptloop/checkpoints/<name>.json`: where a pipeline's search saves its progress.
+pub fn checkpoint_path(config: &PipelineConfig) -> std::path::PathBuf {
+    config.state_dir().join("checkpoints").join(format!("{}.json", config.name))
+}
+
+/// What the search ran: the optimized program, its record, and the
+/// checkpoint to remove once the stage's files are written.
+pub struct OptimizerRun {
+    pub optimized: Optimized,
+    pub search: SearchSummary,
+    pub checkpoint: Arc<Checkpoint>,
+}
+
+/// Runs the optimizer from `start`, within the budget, resuming from the
+/// pipeline's checkpoint unless `fresh`, and records the search.
 pub async fn run_optimizer(
     config: &PipelineConfig,
     dataset: &Dataset,
     start: &Start,
     optimizer: &dyn Optimizer,
     models: &Models,
-) -> Result<(Optimized, SearchSummary)> {
+    fresh: bool,
+) -> Result<OptimizerRun> {
     if dataset.dev().is_empty() && optimizer.kind() != crate::config::OptimizerKind::None {
         bail!(
             "{}: the dev split is empty, and the optimizer selects on dev; give dev a share in [dataset] split (e.g. dev = 0.15)",
@@ -124,6 +140,24 @@ pub async fn run_optimizer(
     }
     let reserve = reserve(&start.production, dataset);
     let limits = optimizer_limits(config, &reserve)?;
+    let identity = Identity {
+        pipeline: config.name.clone(),
+        dataset: dataset.content_hash.clone(),
+        seed: config.seed,
+        optimizer: serde_json::to_value(&config.optimizer).expect("optimizer settings serialize"),
+        production: crate::optimize::scorer::program_key(&start.production),
+        model: serde_json::to_value(models.task.description()).expect("an LM description serializes"),
+    };
+    let checkpoint = Arc::new(Checkpoint::open(&checkpoint_path(config), identity, fresh)?);
+    if checkpoint.restored_len() > 0 {
+        eprintln!(
+            "resuming from {}: {} programs' dev scores restored (--fresh starts over)",
+            checkpoint.path().display(),
+            checkpoint.restored_len()
+        );
+    }
+    let mut ctx = models.optimize.clone();
+    ctx.checkpoint = Some(checkpoint.clone());
     let projected = optimizer.project(&start.production, dataset.train().len(), dataset.dev().len());
     let projected_total: u64 = projected.iter().map(|(_, c)| c).sum();
     tracing::info!(
@@ -137,7 +171,7 @@ pub async fn run_optimizer(
     if let Some(limits) = &limits {
         models.meter.set_limits(limits.clone());
     }
-    let result = crate::optimize::optimize(optimizer, start, dataset.train(), dataset.dev(), &models.optimize).await;
+    let result = crate::optimize::optimize(optimizer, start, dataset.train(), dataset.dev(), &ctx).await;
     models.meter.clear_limits();
     let optimized = match result {
         Ok(o) => o,
@@ -163,7 +197,7 @@ pub async fn run_optimizer(
         reflections: optimized.notes.reflections.clone(),
         usage: role_uses(&used, limits.as_ref(), &projected),
     };
-    Ok((optimized, summary))
+    Ok(OptimizerRun { optimized, search: summary, checkpoint })
 }
 
 /// Per role: the optimizer's budget, its projection and what it used.

@@ -48,6 +48,8 @@ pub struct EvaluateRequest {
     pub remote: Option<String>,
     pub use_cache: bool,
     pub progress: bool,
+    /// Discard the search's checkpoint instead of resuming from it.
+    pub fresh: bool,
 }
 
 /// Pull → production's program → optimize → score both on test → compare →
@@ -92,7 +94,8 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
     let start = crate::optimize::Start { production: production.clone(), declared: Program::baseline(&config) };
     let optimizer = crate::optimize::build(&config.optimizer);
     tracing::info!(pipeline = %config.name, train = dataset.train().len(), dev = dataset.dev().len(), "optimizing");
-    let (optimized, search) = super::optimize::run_optimizer(&config, &dataset, &start, &*optimizer, &models).await?;
+    let super::optimize::OptimizerRun { optimized, search, checkpoint } =
+        super::optimize::run_optimizer(&config, &dataset, &start, &*optimizer, &models, request.fresh).await?;
     let candidate = &optimized.program;
     let scoring = "the LM failed while scoring";
     // Test is read here for the first time, by both programs alike.
@@ -209,6 +212,7 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
 
     let saved = SavedRun { report, files, base: request.base.clone() };
     save_run(&config, &saved)?;
+    checkpoint.finish();
     Ok(saved)
 }
 

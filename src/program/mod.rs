@@ -46,7 +46,7 @@ pub struct Run {
 }
 
 /// How a run went: why it failed, if it did, and what it cost.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct RunStats {
     pub error: Option<String>,
     pub format_error: bool,
