@@ -90,8 +90,9 @@ pub async fn demo_candidates(
 }
 
 /// Successive halving on dev: every candidate on the first rung's examples,
-/// the better half on twice as many, ... until the survivors are scored on
-/// all of dev. Returns the survivors' names.
+/// the better half (and any within a standard error of the leader) on twice
+/// as many, ... until the survivors are scored on all of dev. Returns the
+/// survivors' names.
 pub async fn race(
     scorer: &Scorer,
     candidates: &[(String, Program)],
@@ -112,8 +113,17 @@ pub async fn race(
         }
         // Stable: on a tie the earlier candidate stays.
         means.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        // The better half goes on, and so does any candidate the rung cannot
+        // tell from the leader: within one standard error of its mean.
+        let leader = means[0].0;
+        let se = (leader * (1.0 - leader) / size as f64).sqrt().max(1.0 / size as f64);
         let keep = alive.len().div_ceil(2).max(1);
-        alive = means.into_iter().take(keep).map(|(_, i)| i).collect();
+        alive = means
+            .into_iter()
+            .enumerate()
+            .filter(|(rank, (mean, _))| *rank < keep || *mean >= leader - se)
+            .map(|(_, (_, i))| i)
+            .collect();
         alive.sort_unstable();
         size = (size * 2).min(n);
     }
