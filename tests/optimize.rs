@@ -43,6 +43,15 @@ fn labels(d: &Dataset) -> Arc<HashMap<String, String>> {
 }
 
 fn context(lm: Arc<ScriptedLm>, meter: Arc<Meter>) -> OptimizeContext {
+    context_with(lm, meter, None)
+}
+
+/// The optimizer's context on one model in every role, recording into `meter`.
+fn context_with(
+    lm: Arc<dyn promptloop::lm::LanguageModel>,
+    meter: Arc<Meter>,
+    checkpoint: Option<Arc<Checkpoint>>,
+) -> OptimizeContext {
     let lm = Lm::new(lm, None, 2).metered(meter, LmRole::Task, Prices::default());
     let settings = |lm: Lm| PredictSettings {
         lm,
@@ -61,7 +70,7 @@ fn context(lm: Arc<ScriptedLm>, meter: Arc<Meter>) -> OptimizeContext {
         teacher: settings(lm.in_role(LmRole::Teacher)),
         proposer: settings(lm.in_role(LmRole::Proposer)),
         seed: 5,
-        checkpoint: None,
+        checkpoint,
     }
 }
 
@@ -538,26 +547,7 @@ fn identity(config: &PipelineConfig, d: &Dataset, start: &Start) -> Identity {
 }
 
 fn outage_context(lm: Arc<dyn promptloop::lm::LanguageModel>, checkpoint: Arc<Checkpoint>) -> OptimizeContext {
-    let meter = Arc::new(Meter::new());
-    let lm = Lm::new(lm, None, 2).metered(meter, LmRole::Task, Prices::default());
-    let settings = |lm: Lm| PredictSettings {
-        lm,
-        format: promptloop::config::AdapterFormat::Chat,
-        temperature: 0.0,
-        max_tokens: 32,
-    };
-    OptimizeContext {
-        student: EvalContext {
-            settings: settings(lm.clone()),
-            metric: promptloop::metric::build(&config("kind = \"none\"").metric),
-            concurrency: 2,
-            progress: false,
-        },
-        teacher: settings(lm.in_role(LmRole::Teacher)),
-        proposer: settings(lm.in_role(LmRole::Proposer)),
-        seed: 5,
-        checkpoint: Some(checkpoint),
-    }
+    context_with(lm, Arc::new(Meter::new()), Some(checkpoint))
 }
 
 #[tokio::test]

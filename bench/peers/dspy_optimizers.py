@@ -13,8 +13,8 @@ Optimizers:
 - mipro: dspy.MIPROv2(metric, auto="light", prompt_model, task_model, seed=7, num_threads=1)
   .compile(program, trainset=train, valset=dev, seed=7). `--auto none --num-trials N
   --num-candidates N` runs a smaller search (smoke tests). One guard (guard_mipro_proposer):
-  a proposed instruction whose reply does not parse is retried, then replaced by the
-  original instructions, instead of ending the whole compile.
+  a proposed instruction whose reply does not parse is replaced by the original instructions
+  (after --proposer-attempts tries, default 1) instead of ending the whole compile.
 - gepa: dspy.GEPA(metric, reflection_lm, max_metric_calls=N | auto="light", seed=7,
   num_threads=1, track_stats=True).compile(program, trainset=train, valset=dev); the metric
   returns dspy.Prediction(score, feedback="expected `x`, got `y`").
@@ -274,18 +274,16 @@ def feedback_metric(field: str):
     return metric
 
 
-PROPOSER_ATTEMPTS = 3
-
-
-def guard_mipro_proposer(task: Task) -> dict:
+def guard_mipro_proposer(task: Task, attempts: int) -> dict:
     """Keeps MIPROv2 running when the proposer's reply does not parse.
 
     dspy 3.4.1's GroundedProposer lets an AdapterParseError from the instruction generator
     escape, which ends MIPROv2.compile (seen with the 135M model as proposer: a reply of
-    unrelated prose with no `proposed_instruction` field). This retries the proposal up to
-    PROPOSER_ATTEMPTS times (each a fresh sample: temperature 1.0, new rollout id), then uses
-    the predictor's current instructions for that candidate, as DSPy itself falls back when
-    its dataset summary fails. Every attempt is recorded.
+    unrelated prose with no `proposed_instruction` field). This makes up to `attempts` tries
+    (--proposer-attempts, default 1: no retry; each retry is a fresh sample at temperature 1.0
+    with a new rollout id), then uses the predictor's current instructions for that candidate,
+    as DSPy itself carries on without its dataset summary when that fails. Every attempt is
+    recorded.
     """
     from dspy.propose import grounded_proposer as gp
     from dspy.teleprompt.utils import get_signature
@@ -307,7 +305,7 @@ def guard_mipro_proposer(task: Task) -> dict:
 
     def propose(self, program, predictor, pred_i, demo_candidates, demo_set_i, trial_logs, tip=None):
         errors = []
-        for _ in range(PROPOSER_ATTEMPTS):
+        for _ in range(attempts):
             try:
                 out = orig_propose(self, program, predictor, pred_i, demo_candidates, demo_set_i, trial_logs, tip)
                 log["proposals"].append({"demo_set": demo_set_i, "tip": tip, "instruction": out,
@@ -328,7 +326,7 @@ def guard_mipro_proposer(task: Task) -> dict:
 
 
 def run_mipro(args, task, program, train, dev, task_lm, proposer_lm, state) -> tuple[dspy.Module, dict]:
-    state["proposer_log"] = guard_mipro_proposer(task)
+    state["proposer_log"] = guard_mipro_proposer(task, args.proposer_attempts)
     metric = MetricCounter(exact_metric(task.output_field))
     state["metric"] = metric
     if args.auto == "none":
@@ -347,6 +345,7 @@ def run_mipro(args, task, program, train, dev, task_lm, proposer_lm, state) -> t
                         "max_bootstrapped_demos": 4, "max_labeled_demos": 4},
         "compile": {"trainset": "train", "valset": "dev", "seed": SEED, **compile_extra},
         "note": "requires_permission_to_run is deprecated in dspy 3.4.1 (False only logs a warning); not passed",
+        "proposer_attempts": args.proposer_attempts,
     }
     compiled = optimizer.compile(program, trainset=train, valset=dev, seed=SEED, **compile_extra)
 
@@ -374,10 +373,11 @@ def run_gepa(args, task, program, train, dev, task_lm, proposer_lm, state) -> tu
     metric = MetricCounter(feedback_metric(task.output_field))
     state["metric"] = metric
     budget = dict(max_metric_calls=args.max_metric_calls) if args.max_metric_calls else dict(auto=args.auto)
+    state["gepa_log_dir"] = str(PROGRESS_DIR / f"gepa-log-{os.getpid()}")
     optimizer = dspy.GEPA(
         metric=metric, reflection_lm=proposer_lm, seed=SEED, num_threads=1, track_stats=True,
         add_format_failure_as_feedback=args.format_failure_feedback,
-        log_dir=str(PROGRESS_DIR / f"gepa-log-{os.getpid()}"), **budget,
+        log_dir=state["gepa_log_dir"], **budget,
     )
     state["optimizer_args"] = {
         "constructor": {**budget, "seed": SEED, "num_threads": 1, "track_stats": True,
@@ -421,8 +421,34 @@ def versions() -> dict:
     return out
 
 
-class Stop(Exception):
-    pass
+class Stop(BaseException):
+    """SIGTERM: a BaseException, so that no `except Exception` inside DSPy or GEPA swallows it."""
+
+
+def gepa_best_so_far(task: Task, program: dspy.Module, log_dir: str) -> tuple[dspy.Module | None, dict]:
+    """After a stopped GEPA run: the best candidate on dev so far, from GEPA's saved state."""
+    from gepa.core.state import GEPAState
+
+    if not os.path.exists(os.path.join(log_dir, "gepa_state.bin")):
+        return None, {"best_so_far": None}
+    st = GEPAState.load(log_dir)
+    scores = st.program_full_scores_val_set
+    best = max(range(len(scores)), key=lambda i: scores[i])
+    compiled = program.deepcopy()
+    for name, pred in compiled.named_predictors():
+        pred.signature = pred.signature.with_instructions(st.program_candidates[best][name])
+    return compiled, {
+        "best_so_far_from_saved_state": True,
+        "dev_score_reported": scores[best],
+        "best_idx": best,
+        "total_metric_calls_reported": st.total_num_evals,
+        "iterations": st.i + 1,
+        "candidates": [
+            {"idx": i, "dev_score": scores[i], "dev_examples_scored": len(st.prog_candidate_val_subscores[i]),
+             "parents": st.parent_program_for_candidate[i], "instructions": c}
+            for i, c in enumerate(st.program_candidates)
+        ],
+    }
 
 
 def main(argv: list[str]) -> None:
@@ -435,6 +461,8 @@ def main(argv: list[str]) -> None:
                          "when --max-metric-calls is not given")
     ap.add_argument("--num-trials", type=int, default=3, help="MIPROv2 with --auto none")
     ap.add_argument("--num-candidates", type=int, default=3, help="MIPROv2 with --auto none")
+    ap.add_argument("--proposer-attempts", type=int, default=1,
+                    help="MIPROv2: tries per proposed instruction before falling back to the original")
     ap.add_argument("--max-metric-calls", type=int, default=None, help="GEPA's budget (else --auto)")
     ap.add_argument("--format-failure-feedback", action="store_true",
                     help="GEPA: add_format_failure_as_feedback=True")
@@ -541,6 +569,11 @@ def main(argv: list[str]) -> None:
     except (Stop, KeyboardInterrupt) as e:
         state["status"] = f"stopped during optimization ({type(e).__name__} {e})"
         result["optimization"] = {"stopped": True, "proposer": state.get("proposer_log")}
+        if args.optimizer == "gepa" and state.get("gepa_log_dir"):
+            compiled, info = gepa_best_so_far(task, program, state["gepa_log_dir"])
+            result["optimization"].update(info)
+            if compiled is not None:
+                state["status"] += "; scoring GEPA's best candidate so far"
     except Exception as e:
         import traceback
         state["status"] = f"failed during optimization ({type(e).__name__}: {str(e)[:300]})"
@@ -561,28 +594,42 @@ def main(argv: list[str]) -> None:
     save()
 
     try:
-        # 2. Score the compiled program: dev, then test.
-        if compiled is not None:
-            compiled.save(str(PROGRESS_DIR / f"{task.name}-{name}-program.json"))
-            result["compiled_program"] = describe_program(task, compiled)
-            set_phase("eval-compiled-dev")
-            result["compiled_dev"] = evaluate(task, compiled, dev, "dev", keep_predictions=True)
-            print(f"compiled dev: {result['compiled_dev']['accuracy']:.3f}", flush=True)
-            save()
-            set_phase("eval-compiled-test")
-            result["compiled_test"] = evaluate(task, compiled, test, "test", keep_predictions=True)
-            print(f"compiled test: {result['compiled_test']['accuracy']:.3f} "
-                  f"({result['compiled_test']['correct']}/{result['compiled_test']['n']})", flush=True)
-            state["status"] = "compiled scored"
-            save()
-
-        # 3. The uncompiled program: test, then dev.
+        # 2. The uncompiled program's scores from an earlier run, if asked (the same program,
+        #    server and greedy decoding: no need to score it again).
         if args.uncompiled_from:
             prev = json.loads(Path(args.uncompiled_from).read_text())
             for k in ("uncompiled_test", "uncompiled_dev"):
                 if k in prev:
                     result[k] = {**prev[k], "copied_from": str(args.uncompiled_from)}
-        elif not args.skip_uncompiled:
+
+        # 3. Score the compiled program: dev, then test. A compiled program identical to the
+        #    uncompiled one (same instructions, no demos) takes the uncompiled scores when known.
+        if compiled is not None:
+            compiled.save(str(PROGRESS_DIR / f"{task.name}-{name}-program.json"))
+            result["compiled_program"] = describe_program(task, compiled)
+            same = result["compiled_program"] == describe_program(task, program)
+            result["compiled_identical_to_uncompiled"] = same
+            known = ("uncompiled_test" in result and result["uncompiled_test"]["n"] == len(test)
+                     and "uncompiled_dev" in result)
+            if same and known:
+                for split in ("dev", "test"):
+                    result[f"compiled_{split}"] = {**result[f"uncompiled_{split}"],
+                                                   "note": "the compiled program is the uncompiled one; "
+                                                           "these are the uncompiled program's scores"}
+            else:
+                set_phase("eval-compiled-dev")
+                result["compiled_dev"] = evaluate(task, compiled, dev, "dev", keep_predictions=True)
+                print(f"compiled dev: {result['compiled_dev']['accuracy']:.3f}", flush=True)
+                save()
+                set_phase("eval-compiled-test")
+                result["compiled_test"] = evaluate(task, compiled, test, "test", keep_predictions=True)
+            print(f"compiled test: {result['compiled_test']['accuracy']:.3f} "
+                  f"({result['compiled_test']['correct']}/{result['compiled_test']['n']})", flush=True)
+            state["status"] = "compiled scored"
+            save()
+
+        # 4. The uncompiled program: test, then dev.
+        if not args.uncompiled_from and not args.skip_uncompiled:
             set_phase("eval-uncompiled-test")
             result["uncompiled_test"] = evaluate(task, program, test, "test", keep_predictions=True)
             print(f"uncompiled test: {result['uncompiled_test']['accuracy']:.3f}", flush=True)

@@ -27,8 +27,10 @@ import argparse
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -135,9 +137,12 @@ class Bench:
             fail(f"--scratch {self.scratch} is not empty")
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.weeks_dir.mkdir(exist_ok=True)
-        for stale in ("weekly.jsonl", "weekly.md"):
+        for stale in ("weekly.jsonl", "weekly.md"):  # an earlier bench's results in the same --out
             (self.out / stale).unlink(missing_ok=True)
+        if self.weeks_dir.is_dir():
+            for stale in self.weeks_dir.glob("week-*"):
+                stale.unlink()
+        self.weeks_dir.mkdir(exist_ok=True)
 
         # The same binary for every week, whatever a build does to target/ meanwhile.
         self.bin = self.scratch / "bin" / "promptloop"
@@ -154,6 +159,13 @@ class Bench:
         git(self.work, "config", "user.name", "weekly bench reviewer")
         git(self.work, "config", "user.email", "weekly-bench@example.invalid")
         git(self.work, "config", "commit.gpgsign", "false")
+        if args.start == "declared":
+            # Production starts as the hand-written program: what the loop lifts from week 1.
+            artifact = f"artifacts/{PIPELINE}/program.json"
+            if (self.work / artifact).exists():
+                git(self.work, "rm", "-q", artifact)
+                git(self.work, "commit", "-q", "-m", f"Start from the program as declared: remove {artifact}")
+                git(self.work, "push", "-q", "origin", BASE)
 
         pipeline_file = self.work / "pipelines" / f"{PIPELINE}.toml"
         self.pipeline_text = pipeline_file.read_text()
@@ -375,9 +387,8 @@ class Bench:
         f3 = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
         out = [f"# {PIPELINE}: week after week\n",
                f"{len(weeks)} simulated week{'s' if len(weeks) != 1 else ''} from {args.first_week} "
-               f"(`bench/weekly/run.sh --weeks {args.weeks}"
-               f"{' --optimizer ' + args.optimizer if args.optimizer else ''}`), optimizer `{self.optimizer}`, "
-               f"logs seed {args.seed}; promptloop `{self.bin_version}`, repository at {self.repo_head[:7]}.",
+               f"(`{shlex.join(['bench/weekly/run.sh', *sys.argv[1:]])}`), optimizer `{self.optimizer}`, "
+               f"logs seed {args.seed}{'; production starts as the declared program' if args.start == 'declared' else ''}; promptloop `{self.bin_version}`, repository at {self.repo_head[:7]}.",
                "",
                f"**{promoted} of {len(weeks)} weeks promoted.** Production is `artifacts/{PIPELINE}/program.json` on "
                f"main after each week's merge; the fixed set is week 0's test split ({self.fixed_n} examples, before "
@@ -401,8 +412,9 @@ class Bench:
                 f"{'–' if r['run_peak_mib'] is None else str(r['run_peak_mib']) + ' MiB'} |")
         scores = [r["fixed_set_production"] for r in rows if r["fixed_set_production"] is not None]
         if scores:
-            floor = int(max(min(scores) - 0.05, 0.0) * 10) / 10
-            ceiling = -int(-min(max(scores) + 0.05, 1.0) * 10) / 10
+            # As src/report/chart.rs: a tenth of a point of headroom either side, within 0..1.
+            floor = math.floor(max(min(scores) - 0.05, 0.0) * 10) / 10
+            ceiling = math.ceil(min(max(scores) + 0.05, 1.0) * 10) / 10
             labels = ", ".join('"start"' if r["week"] == 0 else f'"{r["iso_week"]}"' for r in rows)
             line = ", ".join(f"{s:.3f}" for s in scores)
             out += ["", "```mermaid", "xychart-beta",
@@ -417,7 +429,8 @@ class Bench:
         if weeks:
             total = sum(r["run_wall_secs"] for r in weeks)
             out += ["", f"Runs: {total / 60:.1f} min in all, {total / 60 / len(weeks):.1f} min a week on average; "
-                        f"the whole bench {(time.monotonic() - self.started) / 60:.1f} min so far."]
+                        f"the whole bench (setup, logs, merges, fixed-set scoring included) "
+                        f"{(time.monotonic() - self.started) / 60:.1f} min."]
         return "\n".join(out) + "\n"
 
     def finish(self) -> None:
@@ -440,6 +453,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="reuse this response cache (cache.sqlite); a missing one is "
                                                    "created and copied there at the end [default: the scratch's own]")
     parser.add_argument("--first-week", default="2026-W48", help="the first simulated week [default: 2026-W48]")
+    parser.add_argument("--start", choices=["main", "declared"], default="main",
+                        help="production at week 0: main's program.json as committed, or the program as declared "
+                             "in the pipeline file (program.json removed from the scratch main) [default: main]")
     parser.add_argument("--seed", type=int, default=2026, help="scripts/demo-logs.py --seed [default: 2026]")
     parser.add_argument("--banking77", type=Path, help="scripts/demo-logs.py --banking77 [default: its own]")
     parser.add_argument("--scratch", help="make the scratch repository here (an empty or new folder) "

@@ -24,6 +24,7 @@ use serde_json::{Map, Value};
 use super::bootstrap::BootstrapSettings;
 use super::demos::{interleave, label_field, label_of, labeled_demo, stratified};
 use super::pareto::{ParetoFront, merge_components};
+use super::propose::plain;
 use super::{OptimizeContext, Optimizer, ReflectionRecord, Scorer, SearchNotes, Start};
 use crate::config::{GepaConfig, Module, OptimizerConfig, OptimizerKind};
 use crate::dataset::{Example, Train};
@@ -482,11 +483,4 @@ async fn reflect_with_lm(
         return Ok(Err(format!("the new instruction is {} characters long; at most 4000 are kept", instruction.len())));
     }
     Ok(Ok((diagnosis.trim().to_string(), instruction.to_string())))
-}
-
-fn plain(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }

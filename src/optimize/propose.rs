@@ -265,7 +265,8 @@ pub async fn lm_proposal(
     Ok(Ok(Draft { origin: format!("lm: {tip}"), instruction: text.to_string() }))
 }
 
-fn plain(v: &Value) -> String {
+/// A value as plain text: strings without their quotes.
+pub fn plain(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),

@@ -236,7 +236,7 @@ fn projection_line(
     let total: u64 = projected.iter().map(|(_, c)| c).sum();
     let roles: Vec<String> = projected.iter().map(|(r, c)| format!("{} {}", r.name(), thousands(*c))).collect();
     let mut line = format!(
-        "{}: at most about {} LM calls ({}) to optimize, {} to score both programs on test",
+        "{}: at most about {} LM calls ({}) to optimize, up to {} to score production and a candidate on test",
         optimizer.kind().name(),
         thousands(total),
         roles.join(", "),
@@ -248,21 +248,10 @@ fn projection_line(
         let dollars = prices(&config.lm).dollars((calls * tokens_per_call) as u64, (calls * 16.0) as u64);
         line.push_str(&format!(", about ${dollars:.2} at {tokens_per_call:.0} prompt tokens a call"));
     }
-    if let Some(limits) = limits {
-        let b = limits.total;
-        let mut parts = Vec::new();
-        if let Some(c) = b.max_calls {
-            parts.push(format!("{} calls", thousands(c)));
-        }
-        if let Some(t) = b.max_tokens {
-            parts.push(format!("{} tokens", thousands(t)));
-        }
-        if let Some(d) = b.max_dollars {
-            parts.push(format!("${d:.2}"));
-        }
-        if !parts.is_empty() {
-            line.push_str(&format!("; the optimizer's budget: {}", parts.join(", ")));
-        }
+    if let Some(limits) = limits
+        && !limits.total.is_unlimited()
+    {
+        line.push_str(&format!("; the optimizer's budget: {}", limits.total.text()));
     }
     line
 }

@@ -278,6 +278,10 @@ fn no_better_reason(search: &crate::report::SearchSummary) -> String {
         .filter(|c| c.scored_on.is_none())
         .max_by(|a, b| a.dev_score.total_cmp(&b.dev_score));
     let mut reason = match best {
+        _ if tried == 0 => format!(
+            "no candidate tried (the optimizer is `none`): production stays, scored {:.3} on dev",
+            search.production_dev
+        ),
         Some(best) => format!(
             "no better program found: of {tried} candidates tried, the best on dev (`{}`, {:.3}) does not beat production's {:.3}",
             best.name, best.dev_score, search.production_dev

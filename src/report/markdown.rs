@@ -321,6 +321,11 @@ fn search(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
             search.candidate_dev,
             search.production_dev
         ));
+    } else if tried == 0 {
+        out.push_str(&format!(
+            "No candidate tried (the optimizer is `none`): production stays, scored {:.3} on dev.",
+            search.production_dev
+        ));
     } else {
         out.push_str(&format!(
             "**No better program found**: none of the {tried} candidates tried beat production's {:.3} on dev, so production stays.",
@@ -401,17 +406,6 @@ fn search(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
     if !search.usage.is_empty() {
         out.push_str("\n| LM role | calls (cached) | tokens | projected calls | optimizer's budget |\n|---|---:|---:|---:|---|\n");
         for u in &search.usage {
-            let b = &u.budget;
-            let mut budget = Vec::new();
-            if let Some(c) = b.max_calls {
-                budget.push(format!("{} calls", thousands(c)));
-            }
-            if let Some(t) = b.max_tokens {
-                budget.push(format!("{} tokens", thousands(t)));
-            }
-            if let Some(d) = b.max_dollars {
-                budget.push(format!("${d:.2}"));
-            }
             out.push_str(&format!(
                 "| {} | {} ({}) | {} | {} | {} |\n",
                 u.role,
@@ -419,7 +413,7 @@ fn search(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
                 thousands(u.used.cache_hits),
                 thousands(u.used.tokens()),
                 thousands(u.projected_calls),
-                if budget.is_empty() { "none".to_string() } else { budget.join(", ") }
+                u.budget.text()
             ));
         }
     }
