@@ -78,6 +78,21 @@ fn is_proposer(req: &LmRequest) -> bool {
     req.messages[0].content.contains("You write the instruction")
 }
 
+/// A proposer and a reflection LM with nothing to say but a plain instruction;
+/// `None` for a task request.
+fn plain_proposer(req: &LmRequest) -> Option<String> {
+    if is_proposer(req) {
+        return Some(reply(req, "proposed_instruction", "Route each message to the queue that handles it."));
+    }
+    if req.messages[0].content.contains("You improve the instruction") {
+        return Some(reflection(
+            "Some queues are confused.",
+            "Route each message to the queue that handles it, carefully.",
+        ));
+    }
+    None
+}
+
 /// The labels shown in the request's demos (assistant turns).
 fn demo_labels(req: &LmRequest) -> HashSet<String> {
     let mut shown = HashSet::new();
@@ -94,14 +109,8 @@ fn demo_labels(req: &LmRequest) -> HashSet<String> {
 /// Right on messages of even length, wrong on the others.
 fn half_right(labels: Arc<HashMap<String, String>>) -> Arc<ScriptedLm> {
     ScriptedLm::new(move |req| {
-        if is_proposer(req) {
-            return reply(req, "proposed_instruction", "Route each message to the queue that handles it.");
-        }
-        if req.messages[0].content.contains("You improve the instruction") {
-            return reflection(
-                "Some queues are confused.",
-                "Route each message to the queue that handles it, carefully.",
-            );
+        if let Some(answer) = plain_proposer(req) {
+            return answer;
         }
         let message = last_input(req, "message");
         let truth = labels[&message].clone();
@@ -196,14 +205,8 @@ async fn warm_start_never_proposes_a_program_below_production_on_dev() {
     let labels = labels(&d);
     // Production (its marker, no demos) is right on everything; any change makes it worse.
     let lm = ScriptedLm::new(move |req| {
-        if is_proposer(req) {
-            return reply(req, "proposed_instruction", "Route each message to the queue that handles it.");
-        }
-        if req.messages[0].content.contains("You improve the instruction") {
-            return reflection(
-                "Some queues are confused.",
-                "Route each message to the queue that handles it, carefully.",
-            );
+        if let Some(answer) = plain_proposer(req) {
+            return answer;
         }
         let message = last_input(req, "message");
         let production = req.messages[0].content.contains("PRODUCTION-MARK") && req.messages.len() == 2;

@@ -271,6 +271,7 @@ fn production_program(config: &PipelineConfig, request: &EvaluateRequest) -> Res
 /// The hold's reason when the search found nothing better than production on dev.
 fn no_better_reason(search: &crate::report::SearchSummary) -> String {
     let tried = search.candidates.len().saturating_sub(1);
+    let candidates = if tried == 1 { "1 candidate".to_string() } else { format!("{tried} candidates") };
     let best = search
         .candidates
         .iter()
@@ -283,11 +284,11 @@ fn no_better_reason(search: &crate::report::SearchSummary) -> String {
             search.production_dev
         ),
         Some(best) => format!(
-            "no better program found: of {tried} candidates tried, the best on dev (`{}`, {:.3}) does not beat production's {:.3}",
+            "no better program found: of {candidates} tried, the best on dev (`{}`, {:.3}) does not beat production's {:.3}",
             best.name, best.dev_score, search.production_dev
         ),
         None => format!(
-            "no better program found: {tried} candidates tried, none scored on all of dev above production's {:.3}",
+            "no better program found: {candidates} tried, none scored on all of dev above production's {:.3}",
             search.production_dev
         ),
     };
@@ -374,4 +375,54 @@ pub fn write_report(config: &PipelineConfig) -> Result<PathBuf> {
     let path = config.root.join("artifacts").join(&config.name).join("REPORT.md");
     write_atomically(&path, crate::report::markdown::report(&run.report).as_bytes())?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::no_better_reason;
+    use crate::program::artifact::CandidateScore;
+    use crate::report::SearchSummary;
+
+    fn candidate(name: &str, dev_score: f64, scored_on: Option<usize>) -> CandidateScore {
+        CandidateScore { name: name.into(), demos: 0, dev_score, scored_on }
+    }
+
+    fn summary(candidates: Vec<CandidateScore>, stopped_early: Option<&str>) -> SearchSummary {
+        SearchSummary {
+            improved: false,
+            production_dev: 0.5,
+            candidate_dev: 0.5,
+            chosen: "production".into(),
+            candidates,
+            stopped_early: stopped_early.map(String::from),
+            evaluations: 0,
+            notes: vec![],
+            proposals: vec![],
+            reflections: vec![],
+            usage: vec![],
+        }
+    }
+
+    #[test]
+    fn the_hold_says_what_was_tried() {
+        let production = || candidate("production", 0.5, None);
+        assert_eq!(
+            no_better_reason(&summary(vec![production()], None)),
+            "no candidate tried (the optimizer is `none`): production stays, scored 0.500 on dev"
+        );
+        assert_eq!(
+            no_better_reason(&summary(
+                vec![production(), candidate("a", 0.4, None), candidate("b", 0.9, Some(8)), candidate("c", 0.45, None)],
+                None
+            )),
+            "no better program found: of 3 candidates tried, the best on dev (`c`, 0.450) does not beat production's 0.500"
+        );
+        assert_eq!(
+            no_better_reason(&summary(
+                vec![production(), candidate("b", 0.9, Some(8))],
+                Some("the budget of 10 calls")
+            )),
+            "no better program found: 1 candidate tried, none scored on all of dev above production's 0.500 (the search stopped early: the budget of 10 calls)"
+        );
+    }
 }

@@ -316,10 +316,11 @@ fn search(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
     let tried = search.candidates.len().saturating_sub(1);
     if search.improved {
         out.push_str(&format!(
-            "Chosen on dev: `{}`, {:.3} against production's {:.3}, of {tried} candidates tried.",
+            "Chosen on dev: `{}`, {:.3} against production's {:.3}, of {} tried.",
             cell(&search.chosen),
             search.candidate_dev,
-            search.production_dev
+            search.production_dev,
+            if tried == 1 { "1 candidate".to_string() } else { format!("{tried} candidates") }
         ));
     } else if tried == 0 {
         out.push_str(&format!(
@@ -327,8 +328,13 @@ fn search(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
             search.production_dev
         ));
     } else {
+        let none = if tried == 1 {
+            "the one candidate tried does not".to_string()
+        } else {
+            format!("none of the {tried} candidates tried")
+        };
         out.push_str(&format!(
-            "**No better program found**: none of the {tried} candidates tried beat production's {:.3} on dev, so production stays.",
+            "**No better program found**: {none} beat production's {:.3} on dev, so production stays.",
             search.production_dev
         ));
     }
