@@ -621,7 +621,8 @@ pub struct OptimizerConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GepaConfig {
-    /// Mutation rounds: light 12, medium 30, heavy 60 (unless `iterations` is set).
+    /// Mutation rounds: light 12, medium 30, heavy 60, unless `iterations` or
+    /// `max_metric_calls` is set (then the rounds go on until that budget).
     #[serde(default = "default_auto")]
     pub auto: MiproAuto,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -649,12 +650,19 @@ impl GepaConfig {
         *self == GepaConfig::default()
     }
 
+    /// The most mutation rounds: `iterations`; else, with `max_metric_calls`,
+    /// as many as that budget allows (a round that runs costs at least one
+    /// evaluation); else `auto`'s.
     pub fn iterations(&self) -> usize {
-        self.iterations.unwrap_or(match self.auto {
-            MiproAuto::Light => 12,
-            MiproAuto::Medium => 30,
-            MiproAuto::Heavy => 60,
-        })
+        match (self.iterations, self.max_metric_calls) {
+            (Some(i), _) => i,
+            (None, Some(calls)) => usize::try_from(calls).unwrap_or(usize::MAX),
+            (None, None) => match self.auto {
+                MiproAuto::Light => 12,
+                MiproAuto::Medium => 30,
+                MiproAuto::Heavy => 60,
+            },
+        }
     }
 }
 

@@ -361,14 +361,22 @@ async fn gepa_keeps_the_reflection_that_fixes_the_failures_and_records_it() {
     let labels = labels(&d);
     let asked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let seen = asked.clone();
+    let retries = Arc::new(std::sync::Mutex::new(Vec::<f32>::new()));
+    let retried = retries.clone();
     // The task model is right only under an instruction that says MAGIC, which
-    // only the reflection LM writes; its first reply does not parse.
+    // only the reflection LM writes. Its first reply does not parse, and the
+    // retry (sampled) copies the prompt's markers: that reflection is dropped.
     let lm = ScriptedLm::new(move |req| {
         if req.messages[0].content.contains("You improve the instruction") {
             let user = req.messages.last().unwrap().content.clone();
-            let mut asked = seen.lock().unwrap();
-            asked.push(user);
-            if asked.len() == 1 {
+            seen.lock().unwrap().push(user);
+            let mut retried = retried.lock().unwrap();
+            if req.rollout.is_some() {
+                retried.push(req.temperature);
+                if retried.len() == 1 {
+                    return reflection("Unsure.", "[## tip ## ]\n[## tip ## ]\n[## tip ## ]\n[## tip ## ]");
+                }
+            } else if retried.is_empty() {
                 return String::new();
             }
             return reflection(
@@ -402,12 +410,13 @@ async fn gepa_keeps_the_reflection_that_fixes_the_failures_and_records_it() {
     assert!(asked[0].contains("feedback:") && asked[0].contains("expected"), "{}", asked[0]);
     let train: HashSet<&str> = d.train().iter().map(|e| e.inputs["message"].as_str().unwrap()).collect();
     assert!(train.iter().any(|m| asked[0].contains(m)));
-    // The reply that did not parse was dropped with its reason, and the search went on.
-    assert!(
-        optimized.notes.notes.iter().any(|n| n.contains("reflection") && n.contains("dropped")),
-        "{:?}",
-        optimized.notes.notes
-    );
+    // The reply that did not parse was asked again, sampled; the retry's garbled
+    // instruction was dropped with both reasons, and the search went on.
+    let retries = retries.lock().unwrap();
+    assert!(!retries.is_empty() && retries.iter().all(|t| *t >= 0.7), "{retries:?}");
+    let dropped = optimized.notes.notes.iter().find(|n| n.contains("reflection") && n.contains("dropped"));
+    let dropped = dropped.unwrap_or_else(|| panic!("{:?}", optimized.notes.notes));
+    assert!(dropped.contains("twice") && dropped.contains("field markers"), "{dropped}");
 }
 
 #[tokio::test]
@@ -631,4 +640,44 @@ fn a_foreign_or_corrupt_checkpoint_is_refused_with_its_name_and_fresh_starts_ove
     std::fs::write(&path, "{\"format\": \"something-else/v9\", \"identity\": {}, \"entries\": []}").unwrap();
     let error = Checkpoint::open(&path, identity(&config, &d, &start), false).unwrap_err().to_string();
     assert!(error.contains("--fresh"), "{error}");
+}
+
+#[test]
+fn instructions_a_small_model_garbles_are_refused_with_the_reason() {
+    use promptloop::optimize::propose::instruction_problem;
+    assert_eq!(instruction_problem("Route each message to the queue that handles it."), None);
+    let declared = "Route the message.\ncards: ordering a card.\npayments: card payments.\ntransfers: bank transfers.";
+    assert_eq!(instruction_problem(declared), None);
+    // What the embedded model wrote when asked for an instruction on the worked example.
+    let garbled = format!("[## current_instruction ##]\n{}", "[## tip ## ]\n".repeat(40));
+    assert!(instruction_problem(&garbled).unwrap().contains("field markers"), "{garbled}");
+    let looping = "Answer with the queue.\n".repeat(6);
+    assert_eq!(instruction_problem(&looping).unwrap(), "repeats itself (6 lines, 1 different)");
+    assert_eq!(instruction_problem("ok").unwrap(), "is too short to be an instruction (1 word)");
+    assert!(instruction_problem("a b c d e f").unwrap().contains("different words"));
+    assert!(instruction_problem(&"word ".repeat(1000)).unwrap().contains("at most 4000"));
+}
+
+#[tokio::test]
+async fn gepa_with_a_metric_call_budget_mutates_until_it_is_spent() {
+    let d = dataset();
+    // Nothing ever improves: GEPA goes on mutating until its example evaluations reach the budget.
+    let lm = ScriptedLm::new(move |req| {
+        if let Some(answer) = plain_proposer(req) {
+            return answer;
+        }
+        reply(req, "queue", "cards")
+    });
+    let config = config("kind = \"gepa\"\n[optimizer.gepa]\nmax_metric_calls = 150\nmerge = false");
+    assert_eq!(config.optimizer.gepa.iterations(), 150, "no auto preset caps the rounds");
+    let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+    let optimized =
+        optimize(&*build(&config.optimizer), &start, d.train(), d.dev(), &context(lm, Arc::new(Meter::new())))
+            .await
+            .unwrap();
+    let stop = optimized.notes.notes.iter().find(|n| n.contains("reached max_metric_calls"));
+    let stop = stop.unwrap_or_else(|| panic!("{:?}", optimized.notes.notes));
+    let spent: u64 = stop.split(": ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!((150..150 + 2 * 4 + d.dev().len() as u64).contains(&spent), "{stop}");
+    assert!(spent > 12 * 8, "more rounds than the light preset's twelve: {stop}");
 }

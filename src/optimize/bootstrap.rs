@@ -38,9 +38,10 @@ impl BootstrapSettings {
     }
 
     /// About how many teacher runs one bootstrap takes: enough attempts for
-    /// its demos if about half the traces pass, all rounds each.
+    /// its demos if about a third of the traces pass (a small model's rate on
+    /// the worked example), all rounds each.
     pub fn teacher_calls(&self, train: usize) -> u64 {
-        (2 * self.max_bootstrapped_demos * self.max_rounds.max(1)).min(train * self.max_rounds.max(1)) as u64
+        (3 * self.max_bootstrapped_demos * self.max_rounds.max(1)).min(train * self.max_rounds.max(1)) as u64
     }
 }
 

@@ -95,9 +95,12 @@ impl Optimizer for Gepa {
     }
 
     fn describe(&self) -> String {
+        let rounds = match (self.config.iterations, self.config.max_metric_calls) {
+            (None, Some(calls)) => format!("reflective mutations until {calls} example evaluations"),
+            _ => format!("{} reflective mutations", self.config.iterations()),
+        };
         format!(
-            "`gepa` ({} reflective mutations of instructions and demo sets on train minibatches of {}, a Pareto front per dev example{})",
-            self.config.iterations(),
+            "`gepa` ({rounds} of instructions and demo sets on train minibatches of {}, a Pareto front per dev example{})",
             self.config.minibatch_size,
             if self.config.merge { ", merges" } else { "" }
         )
@@ -105,11 +108,18 @@ impl Optimizer for Gepa {
 
     fn project(&self, program: &Program, _train: usize, dev: usize) -> Vec<(LmRole, u64)> {
         let p = program.predictors.len() as u64;
-        let iterations = self.config.iterations() as u64;
+        let (dev, minibatch) = (dev as u64, self.config.minibatch_size as u64);
         // Production and one covering seed in full, then each mutation on its minibatch
         // twice and, when kept (about a third), on all of dev.
-        let task =
-            2 * dev as u64 + iterations * 2 * self.config.minibatch_size as u64 + (iterations / 3 + 1) * dev as u64;
+        let per_round = 2 * minibatch + dev / 3;
+        let iterations = match self.config.max_metric_calls {
+            Some(calls) => (self.config.iterations() as u64).min(calls.saturating_sub(2 * dev) / per_round.max(1)),
+            None => self.config.iterations() as u64,
+        };
+        let mut task = 2 * dev + iterations * per_round + dev;
+        if let Some(calls) = self.config.max_metric_calls {
+            task = task.min(calls);
+        }
         let proposer = if self.config.lm_reflection { iterations.div_ceil(3) } else { 0 };
         vec![(LmRole::Task, task * p), (LmRole::Proposer, proposer * p)]
     }
@@ -468,19 +478,25 @@ async fn reflect_with_lm(
     inputs.insert("current_instruction".into(), predictor.instructions.clone().into());
     inputs.insert("step_description".into(), super::propose::describe_predictor(predictor).into());
     inputs.insert("examples_with_feedback".into(), examples.join("\n\n").into());
-    let call = reflection_predictor().call(&ctx.proposer, &inputs, None).await?;
-    let Some(outputs) = call.outputs else {
-        return Ok(Err(call.error.unwrap_or_else(|| "no reply".into())));
-    };
-    let diagnosis = outputs.get("diagnosis").map(plain).unwrap_or_default();
-    let instruction = outputs.get("new_instruction").map(plain).unwrap_or_default();
-    let instruction = instruction.trim();
-    let words = instruction.split_whitespace().count();
-    if words < 4 {
-        return Ok(Err(format!("the new instruction is too short ({words} words)")));
+    // An unusable reply is asked again once, sampled (a greedy retry would repeat it).
+    let mut reasons = Vec::new();
+    for attempt in 0..2u32 {
+        let mut settings = ctx.proposer.clone();
+        if attempt > 0 {
+            settings.temperature = settings.temperature.max(0.7);
+        }
+        let call = reflection_predictor().call(&settings, &inputs, (attempt > 0).then_some(attempt)).await?;
+        let Some(outputs) = call.outputs else {
+            reasons.push(call.error.unwrap_or_else(|| "no reply".into()));
+            continue;
+        };
+        let diagnosis = outputs.get("diagnosis").map(plain).unwrap_or_default();
+        let instruction = outputs.get("new_instruction").map(plain).unwrap_or_default();
+        let instruction = instruction.trim();
+        match super::propose::instruction_problem(instruction) {
+            Some(problem) => reasons.push(format!("the new instruction {problem}")),
+            None => return Ok(Ok((diagnosis.trim().to_string(), instruction.to_string()))),
+        }
     }
-    if instruction.len() > 4000 {
-        return Ok(Err(format!("the new instruction is {} characters long; at most 4000 are kept", instruction.len())));
-    }
-    Ok(Ok((diagnosis.trim().to_string(), instruction.to_string())))
+    Ok(Err(format!("twice: {}", reasons.join("; then "))))
 }

@@ -253,16 +253,37 @@ pub async fn lm_proposal(
     };
     let text = outputs.get("proposed_instruction").map(plain).unwrap_or_default();
     let text = text.trim();
-    if text.split_whitespace().count() < 4 {
-        return Ok(Err(format!(
-            "the proposal is too short to be an instruction ({} words)",
-            text.split_whitespace().count()
-        )));
-    }
-    if text.len() > 4000 {
-        return Ok(Err(format!("the proposal is {} characters long; at most 4000 are kept", text.len())));
+    if let Some(problem) = instruction_problem(text) {
+        return Ok(Err(format!("the proposal {problem}")));
     }
     Ok(Ok(Draft { origin: format!("lm: {tip}"), instruction: text.to_string() }))
+}
+
+/// Why an instruction an LM wrote cannot be used as one, if it cannot: too
+/// short or too long, the prompt's field markers copied back, or one line
+/// repeated over and over (what a small model writes when it loses the thread).
+pub fn instruction_problem(text: &str) -> Option<String> {
+    let words = text.split_whitespace().count();
+    if words < 4 {
+        return Some(format!("is too short to be an instruction ({words} word{})", if words == 1 { "" } else { "s" }));
+    }
+    if text.len() > 4000 {
+        return Some(format!("is {} characters long; at most 4000 are kept", text.len()));
+    }
+    if text.contains("##") {
+        return Some("copies the prompt's field markers (`##`) instead of writing an instruction".into());
+    }
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let distinct: HashSet<&str> = lines.iter().copied().collect();
+    if lines.len() >= 4 && distinct.len() * 2 < lines.len() {
+        return Some(format!("repeats itself ({} lines, {} different)", lines.len(), distinct.len()));
+    }
+    let vocabulary: HashSet<String> =
+        text.split(|c: char| !c.is_alphabetic()).filter(|w| w.chars().count() >= 3).map(str::to_lowercase).collect();
+    if vocabulary.len() < 3 {
+        return Some(format!("has {} different words; an instruction needs more", vocabulary.len()));
+    }
+    None
 }
 
 /// A value as plain text: strings without their quotes.

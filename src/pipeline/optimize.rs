@@ -236,7 +236,7 @@ fn projection_line(
     let total: u64 = projected.iter().map(|(_, c)| c).sum();
     let roles: Vec<String> = projected.iter().map(|(r, c)| format!("{} {}", r.name(), thousands(*c))).collect();
     let mut line = format!(
-        "{}: at most about {} LM calls ({}) to optimize, up to {} to score production and a candidate on test",
+        "{}: about {} LM calls ({}) to optimize, up to {} to score production and a candidate on test",
         optimizer.kind().name(),
         thousands(total),
         roles.join(", "),
