@@ -416,9 +416,13 @@ fn print_run(run: &pipeline::SavedRun) {
     let r = &run.report;
     let h = &r.headline;
     println!("{}: {}", h.pipeline, h.decision_text());
-    println!("  test {}: production {:.3} → candidate {:.3}", h.metric, h.baseline, h.candidate);
-    println!("  delta {}", h.delta_text());
-    if let Some(p) = h.mcnemar_p {
+    if h.no_candidate {
+        println!("  test {}: production {:.3} (n = {}); no candidate was scored on test", h.metric, h.baseline, h.n);
+    } else {
+        println!("  test {}: production {:.3} → candidate {:.3}", h.metric, h.baseline, h.candidate);
+        println!("  delta {}", h.delta_text());
+    }
+    if let Some(p) = h.mcnemar_p.filter(|_| !h.no_candidate) {
         let fixed = r.flipped.iter().filter(|f| f.fixed).count();
         println!("  McNemar p = {p:.4}; {fixed} fixed, {} broken", r.flipped.len() - fixed);
     }

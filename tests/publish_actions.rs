@@ -188,6 +188,7 @@ fn headline() -> Headline {
         mcnemar_p: Some(0.0005),
         decision: Decision::Promote,
         reasons: vec![],
+        no_candidate: false,
     }
 }
 

@@ -29,6 +29,7 @@ fn promote() -> Headline {
         mcnemar_p: Some(0.0001),
         decision: Decision::Promote,
         reasons: vec!["the delta +0.194 clears the minimum of +0.000 and its interval lies above zero".into()],
+        no_candidate: false,
     }
 }
 
@@ -49,6 +50,7 @@ fn hold() -> Headline {
             "the 95% interval [-0.036, +0.050] reaches zero: the difference may be noise".into(),
             "the delta +0.008 is not above the minimum of +0.020".into(),
         ],
+        no_candidate: false,
     }
 }
 
@@ -527,4 +529,27 @@ async fn the_stand_in_records_what_slack_would_refuse() {
         assert!(violations.contains(expected), "expected `{expected}` among:\n{violations}");
     }
     assert!(stub.messages().iter().all(|m| m["text"] == "hi"));
+}
+
+#[test]
+fn a_hold_with_no_candidate_shows_no_candidate_score() {
+    // Nothing beat production on dev: no candidate was scored on test, so no delta is shown.
+    let headline = Headline {
+        candidate: 0.460,
+        delta: 0.0,
+        low: 0.0,
+        high: 0.0,
+        mcnemar_p: Some(1.0),
+        reasons: vec![
+            "no better program found: of 7 candidates tried, the best on dev (`covering-2x1`, 0.383) does not beat production's 0.511".into(),
+        ],
+        no_candidate: true,
+        ..hold()
+    };
+    let message = slack::message(&headline, &cost(), &links(), None);
+    assert!(slack_stub::block_kit_violations(&to_json(&message)).is_empty());
+    let text = to_text(&message);
+    assert!(text.contains("0.460 → no candidate"), "{text}");
+    assert!(!text.contains("+0.000"), "{text}");
+    insta::assert_snapshot!(text);
 }

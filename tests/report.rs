@@ -72,6 +72,7 @@ fn run(flips: Vec<Flip>, program_diff: String) -> RunReport {
             mcnemar_p: Some(0.0213),
             decision: Decision::Promote,
             reasons: vec!["the delta +0.062 clears the minimum of +0.000 and its interval lies above zero".into()],
+            no_candidate: false,
         },
         date: Utc.with_ymd_and_hms(2026, 11, 27, 6, 0, 0).unwrap(),
         production: "`artifacts/support-triage/program.json` on main (1a2b3c4)".into(),
@@ -231,4 +232,32 @@ fn a_hold_says_why_in_the_headline_and_the_gate_line() {
     assert!(body.contains("**Gate: hold** — the 95% interval [-0.020, +0.111] reaches zero"), "{body}");
     assert!(body.contains("Nothing: the candidate's instructions and demos are production's."), "{body}");
     assert!(body.contains("None: both programs score the same on every test example."), "{body}");
+}
+
+#[test]
+fn a_hold_with_no_candidate_reports_production_alone() {
+    // The optimizer found nothing better on dev: the run scored production only on test.
+    let mut report = run(vec![], String::new());
+    let h = &mut report.headline;
+    h.decision = Decision::Hold;
+    h.candidate = h.baseline;
+    (h.delta, h.low, h.high) = (0.0, 0.0, 0.0);
+    h.mcnemar_p = Some(1.0);
+    h.reasons = vec![
+        "no better program found: of 7 candidates tried, the best on dev (`covering-2x1`, 0.383) does not beat production's 0.511".into(),
+    ];
+    h.no_candidate = true;
+    if let Some(dev) = &mut report.dev {
+        dev.candidate = dev.baseline;
+    }
+    let search = report.search.as_mut().unwrap();
+    search.improved = false;
+    search.chosen = "production".into();
+    search.candidate_dev = search.production_dev;
+    let body = markdown::report(&report);
+    assert!(body.contains("**No better program found**"), "{body}");
+    assert!(!body.contains("+0.000"), "no delta is shown for a candidate that was never scored:\n{body}");
+    assert!(!body.contains("Examples that flipped"), "{body}");
+    assert!(!body.contains("What changed in the prompts"), "{body}");
+    insta::assert_snapshot!(body);
 }

@@ -120,6 +120,12 @@ pub fn branch_name(pipeline: &str) -> String {
 /// The PR title: pipeline, decision and delta; it changes when the result does.
 pub fn title(run: &SavedRun) -> String {
     let h = &run.report.headline;
+    if h.no_candidate {
+        return format!(
+            "promptloop: {} — hold, no better program found, production stays at {:.3}",
+            h.pipeline, h.baseline
+        );
+    }
     let verb = match h.decision {
         Decision::Promote => "new prompts beat production",
         Decision::Hold => "hold, production stays",

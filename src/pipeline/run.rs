@@ -138,6 +138,7 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
         mcnemar_p: comparison.mcnemar_p,
         decision: verdict.decision,
         reasons: verdict.reasons.clone(),
+        no_candidate: !optimized.improved(),
     };
 
     let artifact_dir = config.root.join("artifacts").join(&config.name);

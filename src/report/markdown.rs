@@ -99,6 +99,16 @@ fn headline(run: &RunReport, out: &mut String) {
         Decision::Promote => ("✅", "promote"),
         Decision::Hold => ("⏸️", "hold"),
     };
+    if h.no_candidate {
+        out.push_str(&format!("## {mark} {}: {verdict} — {}\n\n", h.pipeline, h.delta_text()));
+        out.push_str(&format!(
+            "No candidate beat production on dev, so none was scored on the held-out test split, where production scores **{:.3}** ({}, n = {}).\n\n",
+            h.baseline, h.metric, h.n
+        ));
+        out.push_str(&format!("**Gate: {verdict}** — {}.\n\n", h.reasons.join("; ")));
+        out.push_str(&format!("Production: {}. Optimizer: {}.\n\n", run.production, run.optimizer));
+        return;
+    }
     out.push_str(&format!("## {mark} {}: {verdict} — test {}\n\n", h.pipeline, h.delta_text()));
     let mut facts = format!(
         "On the held-out test split, which the optimizer never saw, the candidate scores **{:.3}** against production's **{:.3}** ({}).",
@@ -121,6 +131,14 @@ fn headline(run: &RunReport, out: &mut String) {
 fn score_table(run: &RunReport, out: &mut String) {
     let h = &run.headline;
     out.push_str("| split | n | production | candidate | delta |\n|---|---:|---:|---:|---:|\n");
+    if h.no_candidate {
+        out.push_str(&format!("| **test** (held out) | {} | {:.3} | – | – |\n", h.n, h.baseline));
+        if let Some(dev) = &run.dev {
+            out.push_str(&format!("| dev (used to select) | {} | {:.3} | – | – |\n", dev.n, dev.baseline));
+        }
+        out.push_str("\n<sub>Dev scores guided the optimizer and are not evidence.</sub>\n");
+        return;
+    }
     out.push_str(&format!(
         "| **test** (held out) | {} | {:.3} | {:.3} | **{:+.3}** [{:+.3}, {:+.3}] |\n",
         h.n, h.baseline, h.candidate, h.delta, h.low, h.high
@@ -142,6 +160,13 @@ fn score_table(run: &RunReport, out: &mut String) {
 
 fn slices(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
     if run.slices.len() < 2 {
+        return;
+    }
+    if run.headline.no_candidate {
+        out.push_str("\n### By signal (test)\n\n| signal | n | production |\n|---|---:|---:|\n");
+        for slice in &run.slices {
+            out.push_str(&format!("| {} | {} | {:.3} |\n", cell(&slice.signal), slice.scores.n, slice.scores.baseline));
+        }
         return;
     }
     out.push_str("\n### By signal (test)\n\n| signal | n | production | candidate | delta | fixed | broken |\n|---|---:|---:|---:|---:|---:|---:|\n");
@@ -186,6 +211,9 @@ fn history(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
 }
 
 fn program_diff(run: &RunReport, detail: Detail, report_path: Option<&str>, out: &mut String) {
+    if run.headline.no_candidate {
+        return;
+    }
     out.push_str("\n### What changed in the prompts\n\n");
     if run.program_diff.is_empty() {
         out.push_str("Nothing: the candidate's instructions and demos are production's.\n");
@@ -215,6 +243,9 @@ fn program_diff(run: &RunReport, detail: Detail, report_path: Option<&str>, out:
 }
 
 fn flipped(run: &RunReport, detail: Detail, report_path: Option<&str>, out: &mut String) {
+    if run.headline.no_candidate {
+        return;
+    }
     if run.flipped.is_empty() {
         out.push_str("\n### Examples that flipped\n\nNone: both programs score the same on every test example.\n");
         return;

@@ -36,11 +36,19 @@ pub struct Headline {
     pub decision: Decision,
     /// Why the gate decided so, one sentence each.
     pub reasons: Vec<String>,
+    /// Nothing beat production on dev, so no candidate was scored on test:
+    /// `candidate` and the delta then only repeat production's score.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_candidate: bool,
 }
 
 impl Headline {
-    /// `+0.194 (95% CI +0.094 to +0.295, n = 139)`.
+    /// `+0.194 (95% CI +0.094 to +0.295, n = 139)`, or, when no candidate
+    /// was scored, `no candidate: none beat production on dev (n = 139)`.
     pub fn delta_text(&self) -> String {
+        if self.no_candidate {
+            return format!("no candidate: none beat production on dev (n = {})", self.n);
+        }
         format!(
             "{:+.3} ({:.0}% CI {:+.3} to {:+.3}, n = {})",
             self.delta,
@@ -51,8 +59,11 @@ impl Headline {
         )
     }
 
-    /// `0.266 → 0.460`.
+    /// `0.266 → 0.460`, or `0.444 → no candidate`.
     pub fn scores_text(&self) -> String {
+        if self.no_candidate {
+            return format!("{:.3} → no candidate", self.baseline);
+        }
         format!("{:.3} → {:.3}", self.baseline, self.candidate)
     }
 
