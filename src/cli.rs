@@ -200,6 +200,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             let test = outcome.artifact.scores.test.as_ref().expect("compile scores test");
             println!("compiled {} in {:.1}s", outcome.artifact.pipeline, outcome.compile_secs);
             println!("  optimizer LM use: {}", usage_line(&outcome.compile_usage));
+            for role in &outcome.search.usage {
+                println!(
+                    "    {:<8} {} calls ({} cached), {} tokens; projected {} calls; budget: {}",
+                    role.role,
+                    crate::report::thousands(role.used.calls),
+                    crate::report::thousands(role.used.cache_hits),
+                    crate::report::thousands(role.used.tokens()),
+                    crate::report::thousands(role.projected_calls),
+                    role.budget.text()
+                );
+            }
             for c in &outcome.artifact.provenance.candidates {
                 let on = c.scored_on.map_or_else(String::new, |n| format!("  (on {n} dev examples)"));
                 println!("  candidate {:<28} demos {:>2}  dev {:.3}{on}", c.name, c.demos, c.dev_score);

@@ -142,7 +142,7 @@ pub struct RoleUse {
     pub budget: crate::lm::budget::Budget,
     /// Calls the optimizer was projected to make in this role.
     pub projected_calls: u64,
-    /// What the whole run used in this role.
+    /// What the optimizer used in this role (production's scoring on dev included).
     pub used: crate::lm::budget::RoleUsage,
 }
 
