@@ -236,7 +236,7 @@ fn flipped(run: &RunReport, detail: Detail, report_path: Option<&str>, out: &mut
             for flip in flips.iter().take(detail.flips) {
                 out.push_str(&format!(
                     "| {} | {} | {} | {} | {} | {} |\n",
-                    code(&flip.id),
+                    code_cell(&flip.id),
                     cell(&flip.signal),
                     cell(&fields_text(&flip.inputs)),
                     cell(&fields_text(&flip.reference)),
@@ -483,10 +483,10 @@ fn cell(text: &str) -> String {
     neutralize(&one_line(text)).replace('|', "\\|")
 }
 
-/// Text as an inline code span for a table cell or list item (ids, candidate
-/// and predictor names): one line and cut like a cell, delimited by more
-/// backticks than any run inside so it cannot end early, pipes escaped. Inside
-/// a code span nothing is active and no escape but the pipe's is needed.
+/// Text as an inline code span (ids, candidate and predictor names): one line
+/// and cut like a cell, delimited by more backticks than any run inside so it
+/// cannot end early. Inside a code span nothing is active and nothing needs an
+/// escape, except a pipe in a table cell: [`code_cell`].
 fn code(text: &str) -> String {
     let text = one_line(text);
     if text.is_empty() {
@@ -496,7 +496,12 @@ fn code(text: &str) -> String {
     let ticks = "`".repeat(longest + 1);
     // A space keeps a backtick at either end from joining the delimiter; GitHub strips it.
     let pad = if text.starts_with('`') || text.ends_with('`') { " " } else { "" };
-    format!("{ticks}{pad}{}{pad}{ticks}", text.replace('|', "\\|"))
+    format!("{ticks}{pad}{text}{pad}{ticks}")
+}
+
+/// [`code`] for a table cell: a pipe would end the cell, even in a code span.
+fn code_cell(text: &str) -> String {
+    code(text).replace('|', "\\|")
 }
 
 /// `text` on one line, cut after [`CELL_CHARS`] characters with an ellipsis.
@@ -524,7 +529,8 @@ mod tests {
     #[test]
     fn code_spans_cannot_end_early() {
         assert_eq!(code("log-0001"), "`log-0001`");
-        assert_eq!(code("a`b | c"), "``a`b \\| c``");
+        assert_eq!(code("a`b | c"), "``a`b | c``");
+        assert_eq!(code_cell("a | c"), "`a \\| c`");
         assert_eq!(code("`x"), "`` `x ``");
         assert_eq!(code(""), "");
     }
