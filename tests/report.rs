@@ -261,3 +261,53 @@ fn a_hold_with_no_candidate_reports_production_alone() {
     assert!(!body.contains("What changed in the prompts"), "{body}");
     insta::assert_snapshot!(body);
 }
+
+/// What a hostile log line would do on GitHub: close an issue, ping a team,
+/// show an image, link out, name a commit.
+const HOSTILE: &str =
+    "Closes #1 @org/team ![x](https://e.vil/p.png) [click](https://e.vil) https://e.vil <https://e.vil> 1a2b3c4d5e6f";
+
+/// The body without its fenced code blocks, where nothing is active anyway.
+fn outside_fences(body: &str) -> String {
+    let mut out = String::new();
+    let mut fence: Option<String> = None;
+    for line in body.lines() {
+        let ticks: String = line.chars().take_while(|&c| c == '`').collect();
+        match &fence {
+            None if ticks.len() >= 3 => fence = Some(ticks),
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+            Some(open) if ticks.len() >= open.len() && line.trim_start_matches('`').trim().is_empty() => fence = None,
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn log_text_never_becomes_active_github_syntax() {
+    let diff =
+        format!("--- production\n+++ candidate\n@@ -3,1 +3,3 @@\n-demos: 0\n+demos: 1\n+     message: {HOSTILE}\n");
+    let mut report = run(vec![flip(1, true, HOSTILE), flip(2, false, "fine")], diff);
+    let search = report.search.as_mut().unwrap();
+    search.reflections[0].failures = vec![format!("log-0001: expected \"cards\" for {HOSTILE}")];
+    search.notes.push(format!("a proposal was dropped: {HOSTILE}"));
+    search.candidates[2].name = "gepa @org/team #1".into();
+    let body = markdown::pr_body(&report, MARKER, REPORT_PATH, GITHUB_BODY_LIMIT);
+
+    let prose = outside_fences(&body);
+    for active in ["@org", "#1 ", "https://", "<https", "1a2b3c4d5e6f", "![x]", "[click]"] {
+        assert!(!prose.contains(active), "`{active}` is active in the body:\n{prose}");
+    }
+    assert!(!prose.replace("\\](", "").contains("]("), "an unescaped `](` in the body:\n{prose}");
+    // Still readable: with the invisible joiners and the escapes taken away,
+    // each of those texts reads as it was written.
+    let read =
+        prose.replace('\u{2060}', "").replace("\\[", "[").replace("\\]", "]").replace("&lt;", "<").replace("&gt;", ">");
+    assert_eq!(read.matches(HOSTILE).count(), 3, "{read}");
+    assert!(read.contains("| gepa @org/team #1 |"), "{read}");
+    // Inside the diff's code block the demo stays as written: inert there.
+    assert!(body.contains(&format!("+     message: {HOSTILE}\n```")), "{body}");
+}

@@ -9,6 +9,10 @@
 //! Slack's limits (50 blocks, 3,000 characters a section, 150 a header, 10 fields of 2,000,
 //! 10 context elements) hold by construction: at most seven blocks, and every text is fitted
 //! to its limit, cutting user text at a character with an ellipsis, never the delta.
+//!
+//! No text from logs reaches Slack (the message is the headline, the cost, links and a
+//! publishing note). Whatever text is not our markup goes through `escape` all the same,
+//! so it cannot mention (`<!channel>`, `<!here>`, `<@U123>`) or link (`<url|text>`).
 
 use std::time::Duration;
 

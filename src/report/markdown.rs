@@ -6,6 +6,7 @@
 
 use serde_json::{Map, Value};
 
+use super::untrusted::neutralize;
 use super::{Flip, Outcome, RunReport, Scores, chart, thousands};
 use crate::eval::gate::Decision;
 
@@ -265,8 +266,8 @@ fn flipped(run: &RunReport, detail: Detail, report_path: Option<&str>, out: &mut
             );
             for flip in flips.iter().take(detail.flips) {
                 out.push_str(&format!(
-                    "| `{}` | {} | {} | {} | {} | {} |\n",
-                    flip.id.replace('`', "'"),
+                    "| {} | {} | {} | {} | {} | {} |\n",
+                    code_cell(&flip.id),
                     cell(&flip.signal),
                     cell(&fields_text(&flip.inputs)),
                     cell(&fields_text(&flip.reference)),
@@ -347,8 +348,8 @@ fn search(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
     let tried = search.candidates.len().saturating_sub(1);
     if search.improved {
         out.push_str(&format!(
-            "Chosen on dev: `{}`, {:.3} against production's {:.3}, of {} tried.",
-            cell(&search.chosen),
+            "Chosen on dev: {}, {:.3} against production's {:.3}, of {} tried.",
+            code(&search.chosen),
             search.candidate_dev,
             search.production_dev,
             if tried == 1 { "1 candidate".to_string() } else { format!("{tried} candidates") }
@@ -390,7 +391,7 @@ fn search(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
         for p in &search.proposals {
             let score =
                 p.dev_score.map_or_else(|| "not scored on all of dev".to_string(), |s| format!("best dev {s:.3}"));
-            out.push_str(&format!("**`{}`** · {} · {score}\n\n", cell(&p.predictor), cell(&p.origin)));
+            out.push_str(&format!("**{}** · {} · {score}\n\n", code(&p.predictor), cell(&p.origin)));
             out.push_str(&fenced(&p.instruction));
         }
         out.push_str("</details>\n");
@@ -409,9 +410,9 @@ fn search(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
                 (None, None) => String::new(),
             };
             out.push_str(&format!(
-                "**{}. `{}`** · {} of {} · {outcome}\n\n",
+                "**{}. {}** · {} of {} · {outcome}\n\n",
                 r.iteration,
-                cell(&r.predictor),
+                code(&r.predictor),
                 cell(&r.kind),
                 cell(&r.parent)
             ));
@@ -506,15 +507,42 @@ fn outcome_text(outcome: &Outcome) -> String {
     }
 }
 
-/// Text made safe for one Markdown table cell: one line, no pipes, no HTML,
-/// and cut at a character boundary.
+/// Log-derived text made safe for one Markdown table cell or list item: one
+/// line, cut at a character boundary, inert on GitHub ([`neutralize`]: no
+/// HTML, mention, reference, link or image) and with pipes escaped.
 fn cell(text: &str) -> String {
+    neutralize(&one_line(text)).replace('|', "\\|")
+}
+
+/// Text as an inline code span (ids, candidate and predictor names): one line
+/// and cut like a cell, delimited by more backticks than any run inside so it
+/// cannot end early. Inside a code span nothing is active and nothing needs an
+/// escape, except a pipe in a table cell: [`code_cell`].
+fn code(text: &str) -> String {
+    let text = one_line(text);
+    if text.is_empty() {
+        return String::new();
+    }
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let ticks = "`".repeat(longest + 1);
+    // A space keeps a backtick at either end from joining the delimiter; GitHub strips it.
+    let pad = if text.starts_with('`') || text.ends_with('`') { " " } else { "" };
+    format!("{ticks}{pad}{text}{pad}{ticks}")
+}
+
+/// [`code`] for a table cell: a pipe would end the cell, even in a code span.
+fn code_cell(text: &str) -> String {
+    code(text).replace('|', "\\|")
+}
+
+/// `text` on one line, cut after [`CELL_CHARS`] characters with an ellipsis.
+fn one_line(text: &str) -> String {
     let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut cut: String = one_line.chars().take(CELL_CHARS).collect();
     if one_line.chars().count() > CELL_CHARS {
         cut.push('…');
     }
-    cut.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('|', "\\|")
+    cut
 }
 
 #[cfg(test)]
@@ -526,6 +554,16 @@ mod tests {
         assert_eq!(cell("a | b\nc <script>"), "a \\| b c &lt;script&gt;");
         let long = "é".repeat(500);
         assert_eq!(cell(&long).chars().count(), CELL_CHARS + 1);
+        assert_eq!(cell("Closes #1 [x](y)"), "Closes #\u{2060}1 \\[x\\](y)");
+    }
+
+    #[test]
+    fn code_spans_cannot_end_early() {
+        assert_eq!(code("log-0001"), "`log-0001`");
+        assert_eq!(code("a`b | c"), "``a`b | c``");
+        assert_eq!(code_cell("a | c"), "`a \\| c`");
+        assert_eq!(code("`x"), "`` `x ``");
+        assert_eq!(code(""), "");
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod chart;
 pub mod diff;
 pub mod history;
 pub mod markdown;
+pub mod untrusted;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
