@@ -801,3 +801,26 @@ async fn what_a_person_deleted_is_not_pulled_back_when_the_message_comes_again()
     assert_eq!(manifest.removed.len(), 2);
     assert_eq!(manifest.pulled.len(), 1);
 }
+
+#[tokio::test]
+async fn a_future_until_is_refused_and_an_empty_window_says_how_to_read_an_earlier_one() {
+    let repo = Repo::new("");
+    repo.write("datasets/triage/examples.jsonl", SEED_EXAMPLES.as_bytes());
+    repo.write("logs/a.jsonl", lines(&[record("a1", 10, "Where is my new card?", Some("cards"))]).as_bytes());
+    // Saved as where the next pull starts, a future end would leave every later window empty.
+    let err = repo.pull_until(Since::LastPull, "9999-12-31T00:00:00Z").await.unwrap_err().to_string();
+    assert!(
+        err.contains("9999-12-31") && err.contains("is in the future") && err.contains("leave --until out"),
+        "{err}"
+    );
+    assert!(!repo.path("datasets/triage/manifest.json").exists(), "a refused pull wrote the manifest");
+
+    // A window that ends before the last merged pull did: the error says where it
+    // starts and how to read from an earlier point, and that way works.
+    repo.pull_until(Since::LastPull, "2026-11-20T00:00:00Z").await.unwrap();
+    let err = repo.pull_until(Since::LastPull, "2026-11-15T00:00:00Z").await.unwrap_err().to_string();
+    assert!(err.contains("the window is empty: it starts at 2026-11-20"), "{err}");
+    assert!(err.contains("manifest.json") && err.contains("--since DATE or --since all"), "{err}");
+    let earlier = repo.pull_until(Since::All, "2026-11-15T00:00:00Z").await.unwrap();
+    assert_eq!(earlier.since, None);
+}

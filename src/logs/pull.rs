@@ -201,7 +201,15 @@ fn pull_blocking(request: PullRequest, runtime: tokio::runtime::Handle) -> Resul
             config.name
         );
     };
-    let until = request.until.unwrap_or_else(Utc::now);
+    let now = Utc::now();
+    if let Some(until) = request.until
+        && until > now
+    {
+        bail!(
+            "--until {until} is in the future: a pull reads what has already happened, and the window's end is saved as where the next pull starts; leave --until out to read up to now"
+        );
+    }
+    let until = request.until.unwrap_or(now);
     let since = match &request.since {
         Since::All => None,
         Since::Time(t) => Some(*t),
@@ -212,8 +220,17 @@ fn pull_blocking(request: PullRequest, runtime: tokio::runtime::Handle) -> Resul
             None => read_state(config)?.map(|s| s.until),
         },
     };
-    if since.is_some_and(|s| s >= until) {
-        bail!("the window is empty: it starts at {} and ends at {until}", since.expect("checked"));
+    if let Some(start) = since
+        && start >= until
+    {
+        let hint = match request.since {
+            Since::LastPull => format!(
+                "; it starts where the last merged pull ended ({}'s `pulled_until`): to read from an earlier point, pass --since DATE or --since all (the next merge records the new end)",
+                config.dataset.path.with_file_name("manifest.json").display()
+            ),
+            _ => "; pass an earlier --since or a later --until".to_string(),
+        };
+        bail!("the window is empty: it starts at {start} and ends at {until}{hint}");
     }
     let window = Window { since, until };
     let mut report =
