@@ -1190,12 +1190,7 @@ impl PipelineConfig {
             ("publish.slack.token_env", &publish.slack.token_env),
             ("publish.slack.webhook_env", &publish.slack.webhook_env),
         ] {
-            if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(err(
-                    key,
-                    "must name an environment variable (letters, digits, `_`), not hold a secret itself".into(),
-                ));
-            }
+            env_var_name(var).map_err(|m| err(key, m))?;
         }
         for (key, price) in [("lm.input_price", lm.input_price), ("lm.output_price", lm.output_price)] {
             if price.is_some_and(|p| !(p >= 0.0 && p.is_finite())) {
@@ -1289,13 +1284,7 @@ fn parse_source(
                 other => return Err(("source.paging", format!("unknown paging `{other}`; use none, link or cursor"))),
             };
             if let Some(var) = &raw.token_env {
-                if var.len() > 64 || var.contains(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-                    return Err((
-                        "source.token_env",
-                        "names the environment variable holding the token (e.g. \"LOGS_TOKEN\"), not the token itself"
-                            .into(),
-                    ));
-                }
+                env_var_name(var).map_err(|m| ("source.token_env", m))?;
             }
             let timeout_secs = raw.timeout_secs.unwrap_or(60.0);
             if timeout_secs <= 0.0 {
@@ -1310,15 +1299,26 @@ fn parse_source(
                 timeout_secs,
             })
         }
-        "s3" => SourceLocation::S3(S3Source {
-            bucket: need(raw.bucket.clone(), "source.bucket", "\"my-llm-logs\"")?,
-            prefix: raw.prefix.clone().unwrap_or_default(),
-            endpoint: raw.endpoint.clone(),
-            region: raw.region.clone().unwrap_or_else(|| "us-east-1".into()),
-            access_key_env: raw.access_key_env.clone().unwrap_or_else(|| "AWS_ACCESS_KEY_ID".into()),
-            secret_key_env: raw.secret_key_env.clone().unwrap_or_else(|| "AWS_SECRET_ACCESS_KEY".into()),
-            session_token_env: raw.session_token_env.clone().unwrap_or_else(|| "AWS_SESSION_TOKEN".into()),
-        }),
+        "s3" => {
+            for (key, var) in [
+                ("source.access_key_env", &raw.access_key_env),
+                ("source.secret_key_env", &raw.secret_key_env),
+                ("source.session_token_env", &raw.session_token_env),
+            ] {
+                if let Some(var) = var {
+                    env_var_name(var).map_err(|m| (key, m))?;
+                }
+            }
+            SourceLocation::S3(S3Source {
+                bucket: need(raw.bucket.clone(), "source.bucket", "\"my-llm-logs\"")?,
+                prefix: raw.prefix.clone().unwrap_or_default(),
+                endpoint: raw.endpoint.clone(),
+                region: raw.region.clone().unwrap_or_else(|| "us-east-1".into()),
+                access_key_env: raw.access_key_env.clone().unwrap_or_else(|| "AWS_ACCESS_KEY_ID".into()),
+                secret_key_env: raw.secret_key_env.clone().unwrap_or_else(|| "AWS_SECRET_ACCESS_KEY".into()),
+                session_token_env: raw.session_token_env.clone().unwrap_or_else(|| "AWS_SESSION_TOKEN".into()),
+            })
+        }
         other => return Err(("source.kind", format!("unknown source `{other}`; use files, http or s3"))),
     };
     if raw.max_line_bytes < 1024 {
@@ -1374,9 +1374,29 @@ fn validate_lm(lm: &LmConfig, key: &str) -> std::result::Result<(), String> {
         return Err("concurrency must be at least 1".into());
     }
     if let Some(var) = &lm.api_key_env {
-        if var.starts_with("sk-") || var.len() > 64 {
-            return Err("api_key_env names the environment variable holding the key (e.g. \"OPENAI_API_KEY\"), not the key itself".into());
-        }
+        env_var_name(var).map_err(|m| format!("api_key_env {m}"))?;
+    }
+    Ok(())
+}
+
+/// Checks that an `*_env` setting names an environment variable, without ever
+/// repeating its value: a secret pasted there by mistake must not reach an
+/// error message, a log or CI output.
+fn env_var_name(value: &str) -> std::result::Result<(), String> {
+    const SECRET_PREFIXES: [&str; 12] =
+        ["sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xoxb-", "xoxp-", "xapp-", "AKIA", "ASIA"];
+    let has = |f: fn(char) -> bool| value.chars().any(f);
+    let looks_like_a_secret = SECRET_PREFIXES.iter().any(|p| value.starts_with(p))
+        || value.starts_with("https://")
+        || value.len() > 64
+        || (value.len() >= 16 && has(|c| c.is_ascii_lowercase()) && has(|c| c.is_ascii_digit()));
+    if looks_like_a_secret {
+        return Err("looks like a token, not the name of an environment variable: put the secret in an environment variable (or a CI secret) and write its name here, e.g. \"OPENAI_API_KEY\"; the value is not repeated here".into());
+    }
+    let valid = value.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err("must name an environment variable: letters, digits and `_`, not starting with a digit, e.g. \"OPENAI_API_KEY\"".into());
     }
     Ok(())
 }

@@ -114,7 +114,7 @@ fn an_openai_lm_needs_a_base_url_and_an_env_var_name_not_a_key() {
         "kind = \"none\"",
     );
     let err = parse(&text).unwrap_err().to_string();
-    assert!(err.contains("not the key itself"), "{err}");
+    assert!(err.contains("looks like a token"), "{err}");
     assert!(!err.contains("sk-live-123456"), "the error must not echo a key: {err}");
 }
 
@@ -204,7 +204,7 @@ fn sources_are_checked_by_kind() {
         ("[source]\nkind = \"http\"", "[source.url] kind = \"http\" needs url"),
         ("[source]\nkind = \"http\"\nurl = \"logs.example.com\"", "must start with http:// or https://"),
         ("[source]\nkind = \"http\"\nurl = \"https://x\"\npaging = \"pages\"", "unknown paging `pages`"),
-        ("[source]\nkind = \"http\"\nurl = \"https://x\"\ntoken_env = \"sk-abc.def\"", "not the token itself"),
+        ("[source]\nkind = \"http\"\nurl = \"https://x\"\ntoken_env = \"sk-abc.def\"", "looks like a token"),
         ("[source]\nkind = \"s3\"", "[source.bucket] kind = \"s3\" needs bucket"),
         ("[source]\nkind = \"files\"\npaths = [\"a\"]\ninput_field = \"body\"", "`body` is not an input field"),
         ("[source]\nkind = \"files\"\npaths = [\"a\"]\nformat = \"csv\"", "unknown variant `csv`"),
@@ -290,7 +290,7 @@ fn gate_and_publish_settings_are_read_and_checked() {
         (
             "[publish.slack]\nwebhook_env = \"https://hooks.slack.com/services/T0/B0/X\"",
             "[publish.slack.webhook_env]",
-            "not hold a secret",
+            "looks like a token",
         ),
     ] {
         let error = parse(&format!("{base}{table}\n")).unwrap_err().to_string();
@@ -299,4 +299,43 @@ fn gate_and_publish_settings_are_read_and_checked() {
     }
     let error = parse(&format!("{base}[publish]\nbranch = \"x\"\n")).unwrap_err().to_string();
     assert!(error.contains("branch"), "{error}");
+}
+
+#[test]
+fn a_secret_pasted_into_any_env_field_is_refused_without_being_repeated() {
+    let secrets = [
+        "ghp_1a2B3c4D5e6F7g8H9i0J1k2L3m4N5o6P7q8R",
+        "xoxb-2048-1234567890-AbCdEfGhIjKlMnOp",
+        "sk-proj-abc123def456",
+        "AKIAIOSFODNN7EXAMPLE",
+        "hooks_slack_com_T000_B000_abc123def456",
+    ];
+    for secret in secrets {
+        let tables = [
+            format!("[publish]\ntoken_env = \"{secret}\""),
+            format!("[publish.slack]\nwebhook_env = \"{secret}\""),
+            format!("[source]\nkind = \"http\"\nurl = \"https://x\"\ntoken_env = \"{secret}\""),
+            format!("[source]\nkind = \"s3\"\nbucket = \"b\"\nsecret_key_env = \"{secret}\""),
+        ];
+        for table in &tables {
+            let err = parse(&with_tables(table)).unwrap_err().to_string();
+            assert!(err.contains("looks like a token"), "{table}: {err}");
+            assert!(!err.contains(secret), "the error repeats the secret: {err}");
+        }
+        let text = common::triage_toml(
+            "d.jsonl",
+            &format!(
+                "provider = \"openai\"\nmodel = \"gpt\"\nbase_url = \"http://127.0.0.1:1/v1\"\napi_key_env = \"{secret}\""
+            ),
+            "kind = \"none\"",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("looks like a token") && !err.contains(secret), "{err}");
+    }
+    // Names are names, whatever their case; a name with a stray character says what a name is.
+    for name in ["GITHUB_TOKEN", "MY_LOGS_TOKEN_2", "aws_secret_access_key", "_PRIVATE"] {
+        assert!(parse(&with_tables(&format!("[publish]\ntoken_env = \"{name}\""))).is_ok(), "{name}");
+    }
+    let err = parse(&with_tables("[publish]\ntoken_env = \"MY-TOKEN\"")).unwrap_err().to_string();
+    assert!(err.contains("[publish.token_env] must name an environment variable: letters, digits and `_`"), "{err}");
 }
