@@ -198,7 +198,7 @@ fn check_request(request_line: &str, headers: &[(String, String)], body: &[u8], 
     if parts.first() != Some(&"POST") {
         bad(format!("method is not POST: {request_line:?}"));
     }
-    if parts.get(1) != Some(&"/v1/chat/completions") {
+    if parts.get(1).map(|target| target.split('?').next().unwrap_or(target)) != Some("/v1/chat/completions") {
         bad(format!("path is not /v1/chat/completions: {request_line:?}"));
     }
     if !header(headers, "content-type").is_some_and(|v| v.starts_with("application/json")) {
@@ -541,4 +541,27 @@ fn bad_configs_are_refused() {
     // A trailing slash is tolerated.
     let client = OpenAiClient::new(config("http://127.0.0.1:1/v1/")).unwrap();
     assert_eq!(client.describe().endpoint.as_deref(), Some("http://127.0.0.1:1/v1"));
+}
+
+#[tokio::test]
+async fn a_key_in_the_base_urls_query_is_sent_but_never_shown() {
+    // The query stays on the request, after the path.
+    let stub = Stub::start(vec![ok("cards")], Some(KEY)).await;
+    let client = OpenAiClient::new(config(&format!("{}?api-version=2024-10-21", stub.base_url))).unwrap();
+    call(&client, &request()).await.unwrap();
+    stub.assert_well_formed();
+    assert_eq!(client.describe().endpoint.as_deref(), Some(stub.base_url.as_str()));
+
+    // Nobody listens: the connect error names the endpoint without the query.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let base_url = format!("http://127.0.0.1:{port}/v1?api_key=QUERY-SECRET-42");
+    let client = OpenAiClient::new(OpenAiConfig { max_retries: 0, ..config(&base_url) }).unwrap();
+    let error = call(&client, &request()).await.unwrap_err();
+    let shown = format!("{error} {error:?} {client:?} {}", serde_json::to_string(&client.describe()).unwrap());
+    assert!(matches!(error, LmError::Connect { .. }), "{error:?}");
+    assert!(shown.contains(&format!("http://127.0.0.1:{port}/v1")), "{shown}");
+    assert!(!shown.contains("QUERY-SECRET-42"), "{shown}");
 }

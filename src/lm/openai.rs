@@ -81,7 +81,7 @@ impl OpenAiConfig {
 impl fmt::Debug for OpenAiConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenAiConfig")
-            .field("base_url", &strip_userinfo(&self.base_url))
+            .field("base_url", &shown_url(&self.base_url))
             .field("model", &self.model)
             .field("api_key", &self.api_key.as_ref().map(|_| REDACTED))
             .field("timeout_secs", &self.timeout_secs)
@@ -112,9 +112,13 @@ impl fmt::Debug for OpenAiClient {
 
 impl OpenAiClient {
     pub fn new(config: OpenAiConfig) -> anyhow::Result<Self> {
-        let base = config.base_url.trim().trim_end_matches('/').to_string();
-        let endpoint = strip_userinfo(&base);
-        let url = format!("{base}/chat/completions");
+        // A query (`?api-version=…`, or a key some gateways take there) stays on
+        // the request but is never shown: the endpoint is the URL without it.
+        let trimmed = config.base_url.trim();
+        let (base, query) = trimmed.split_at(trimmed.find(['?', '#']).unwrap_or(trimmed.len()));
+        let base = base.trim_end_matches('/');
+        let endpoint = shown_url(base);
+        let url = format!("{base}/chat/completions{query}");
         let parsed = reqwest::Url::parse(&url).map_err(|e| anyhow::anyhow!("invalid LM base URL {endpoint:?}: {e}"))?;
         anyhow::ensure!(
             matches!(parsed.scheme(), "http" | "https"),
@@ -261,6 +265,14 @@ impl OpenAiClient {
         }
         if let Some(password) = url_password(&self.config.base_url) {
             text = text.replace(&password, REDACTED);
+        }
+        // Values in the base URL's query may be keys.
+        if let Some((_, query)) = self.config.base_url.split_once('?') {
+            for value in query.split(['&', '#']).filter_map(|pair| pair.split_once('=').map(|(_, v)| v)) {
+                if value.len() >= 4 {
+                    text = text.replace(value, REDACTED);
+                }
+            }
         }
         text
     }
@@ -436,6 +448,13 @@ fn authority(url: &str) -> Option<(usize, usize)> {
 }
 
 /// The URL without any `user:password@` part.
+/// A URL as it may be shown: without userinfo, query or fragment, any of
+/// which may carry a credential.
+fn shown_url(url: &str) -> String {
+    let url = url.trim();
+    strip_userinfo(&url[..url.find(['?', '#']).unwrap_or(url.len())])
+}
+
 fn strip_userinfo(url: &str) -> String {
     match authority(url) {
         Some((start, end)) => match url[start..end].rfind('@') {
