@@ -895,6 +895,14 @@ impl PipelineConfig {
     }
 
     pub fn load(file: &Path) -> Result<PipelineConfig> {
+        // Anything else given by mistake (`.env`, a key file) is not read, so
+        // no line of it can be echoed in a parse error.
+        if file.extension().and_then(|e| e.to_str()) != Some("toml") {
+            bail!(
+                "{} is not a pipeline file: pipelines are TOML files, `pipelines/<name>.toml`; give the pipeline's name or the path of its .toml file",
+                file.display()
+            );
+        }
         let text =
             std::fs::read_to_string(file).with_context(|| format!("cannot read pipeline file {}", file.display()))?;
         Self::parse(&text, file)

@@ -339,3 +339,18 @@ fn a_secret_pasted_into_any_env_field_is_refused_without_being_repeated() {
     let err = parse(&with_tables("[publish]\ntoken_env = \"MY-TOKEN\"")).unwrap_err().to_string();
     assert!(err.contains("[publish.token_env] must name an environment variable: letters, digits and `_`"), "{err}");
 }
+
+#[test]
+fn a_file_that_is_not_a_pipeline_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = dir.path().join(".env");
+    std::fs::write(&env, "OPENAI_API_KEY=sk-proj-NEVER-SHOWN\nname = \"x\"\n").unwrap();
+    let err = PipelineConfig::load(&env).unwrap_err().to_string();
+    assert!(err.contains("is not a pipeline file") && err.contains(".toml"), "{err}");
+    assert!(!err.contains("NEVER-SHOWN"), "{err}");
+    // A .toml that does not parse still says where.
+    let toml = dir.path().join("broken.toml");
+    std::fs::write(&toml, "name = \"x\"\n[lm\n").unwrap();
+    let err = PipelineConfig::load(&toml).unwrap_err().to_string();
+    assert!(err.contains("broken.toml") && err.contains("line 2"), "{err}");
+}
