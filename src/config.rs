@@ -1295,8 +1295,11 @@ fn parse_source(
                 env_var_name(var).map_err(|m| ("source.token_env", m))?;
             }
             let timeout_secs = raw.timeout_secs.unwrap_or(60.0);
-            if timeout_secs <= 0.0 {
-                return Err(("source.timeout_secs", "must be above 0".into()));
+            if !(timeout_secs > 0.0 && timeout_secs <= MAX_TIMEOUT_SECS) {
+                return Err((
+                    "source.timeout_secs",
+                    format!("{timeout_secs} is outside (0, {MAX_TIMEOUT_SECS}] (seconds)"),
+                ));
             }
             SourceLocation::Http(HttpSource {
                 url,
@@ -1352,6 +1355,13 @@ fn output_schema(ty: &FieldType) -> Option<&Value> {
     }
 }
 
+/// The most requests in flight to one LM.
+const MAX_CONCURRENCY: usize = 256;
+/// The longest wait for one request or page: a day.
+const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+/// The most CPU threads for the embedded model.
+const MAX_THREADS: usize = 1024;
+
 fn validate_lm(lm: &LmConfig, key: &str) -> std::result::Result<(), String> {
     match lm.provider {
         Provider::Openai => {
@@ -1378,8 +1388,16 @@ fn validate_lm(lm: &LmConfig, key: &str) -> std::result::Result<(), String> {
     if lm.max_tokens == 0 {
         return Err("max_tokens must be at least 1".into());
     }
-    if lm.concurrency == 0 {
-        return Err("concurrency must be at least 1".into());
+    if !(1..=MAX_CONCURRENCY).contains(&lm.concurrency) {
+        return Err(format!("concurrency = {} is outside 1..={MAX_CONCURRENCY}", lm.concurrency));
+    }
+    if !(lm.timeout_secs > 0.0 && lm.timeout_secs <= MAX_TIMEOUT_SECS) {
+        return Err(format!("timeout_secs = {} is outside (0, {MAX_TIMEOUT_SECS}] (seconds)", lm.timeout_secs));
+    }
+    if let Some(threads) = lm.threads
+        && !(1..=MAX_THREADS).contains(&threads)
+    {
+        return Err(format!("threads = {threads} is outside 1..={MAX_THREADS}"));
     }
     if let Some(var) = &lm.api_key_env {
         env_var_name(var).map_err(|m| format!("api_key_env {m}"))?;

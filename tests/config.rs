@@ -354,3 +354,33 @@ fn a_file_that_is_not_a_pipeline_is_refused_unread() {
     let err = PipelineConfig::load(&toml).unwrap_err().to_string();
     assert!(err.contains("broken.toml") && err.contains("line 2"), "{err}");
 }
+
+#[test]
+fn numbers_out_of_range_are_refused_at_load_with_the_range() {
+    for (lm, expected) in [
+        ("timeout_secs = 1e20", "timeout_secs = 100000000000000000000 is outside (0, 86400]"),
+        ("timeout_secs = 0.0", "is outside (0, 86400]"),
+        ("concurrency = 18446744073709551615", "concurrency = 18446744073709551615 is outside 1..=256"),
+        ("concurrency = 0", "is outside 1..=256"),
+        ("threads = 100000", "threads = 100000 is outside 1..=1024"),
+    ] {
+        let text = common::triage_toml(
+            "d.jsonl",
+            &format!("provider = \"embedded\"\nmodel = \"m.gguf\"\n{lm}"),
+            "kind = \"none\"",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("[lm]") && err.contains(expected), "{lm}: {err}");
+    }
+    let err = parse(&with_tables("[source]\nkind = \"http\"\nurl = \"https://x\"\ntimeout_secs = 1e20")).unwrap_err();
+    assert!(err.to_string().contains("[source.timeout_secs]"), "{err}");
+}
+
+#[test]
+fn a_since_span_beyond_a_century_is_refused_not_a_panic() {
+    use promptloop::logs::pull::Since;
+    let err = "100000000d".parse::<Since>().unwrap_err();
+    assert!(err.contains("more than 36525 days") && err.contains("`all`"), "{err}");
+    assert!("9223372036854775807w".parse::<Since>().is_err());
+    assert!(matches!("36525d".parse::<Since>(), Ok(Since::Ago(_))));
+}

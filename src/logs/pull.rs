@@ -74,15 +74,21 @@ impl std::str::FromStr for Since {
         let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
         let amount: i64 = number.parse().map_err(|_| unclear())?;
         let duration = match unit {
-            "m" => Duration::minutes(amount),
-            "h" => Duration::hours(amount),
-            "d" => Duration::days(amount),
-            "w" => Duration::weeks(amount),
+            "m" => Duration::try_minutes(amount),
+            "h" => Duration::try_hours(amount),
+            "d" => Duration::try_days(amount),
+            "w" => Duration::try_weeks(amount),
             _ => return Err(unclear()),
         };
-        Ok(Since::Ago(duration))
+        match duration {
+            Some(d) if d <= Duration::days(MAX_SPAN_DAYS) => Ok(Since::Ago(d)),
+            _ => Err(format!("`{s}` reaches back more than {MAX_SPAN_DAYS} days; use `all` to read everything")),
+        }
     }
 }
+
+/// The longest span `--since` takes (100 years); `all` reads everything.
+const MAX_SPAN_DAYS: i64 = 36_525;
 
 /// A pull of one pipeline's logs.
 pub struct PullRequest {
@@ -213,7 +219,7 @@ fn pull_blocking(request: PullRequest, runtime: tokio::runtime::Handle) -> Resul
     let since = match &request.since {
         Since::All => None,
         Since::Time(t) => Some(*t),
-        Since::Ago(d) => Some(until - *d),
+        Since::Ago(d) => Some(until.checked_sub_signed(*d).context("the window's start is before the year -262143")?),
         // The dataset's own record first: it is what the base branch merged.
         Since::LastPull => match DatasetStore::new(&config.dataset.path, config.dataset.split).pulled_until()? {
             Some(end) => Some(end),
