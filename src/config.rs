@@ -1184,6 +1184,15 @@ impl PipelineConfig {
         if !(gate.min_delta > -1.0 && gate.min_delta < 1.0) {
             return Err(err("gate.min_delta", "must be between -1 and 1 (scores are 0..1), e.g. 0.02".into()));
         }
+        if gate.min_test_n == 0 {
+            return Err(err("gate.min_test_n", "must be at least 1, e.g. 30".into()));
+        }
+        if !(gate.max_mcnemar_p > 0.0 && gate.max_mcnemar_p <= 1.0) {
+            return Err(err(
+                "gate.max_mcnemar_p",
+                "must be above 0 and at most 1 (1 turns the check off), e.g. 0.05".into(),
+            ));
+        }
         if !(0.5..1.0).contains(&gate.confidence) {
             return Err(err("gate.confidence", "must be at least 0.5 and below 1, e.g. 0.95".into()));
         }

@@ -16,11 +16,22 @@ pub struct GateConfig {
     pub require_interval_above_zero: bool,
     /// The interval's confidence level.
     pub confidence: f64,
+    /// The fewest test examples a promotion may rest on.
+    pub min_test_n: usize,
+    /// For pass/fail metrics, the largest exact McNemar p-value that promotes:
+    /// above it, the examples fixed and broken may be chance.
+    pub max_mcnemar_p: f64,
 }
 
 impl Default for GateConfig {
     fn default() -> Self {
-        GateConfig { min_delta: 0.0, require_interval_above_zero: true, confidence: 0.95 }
+        GateConfig {
+            min_delta: 0.0,
+            require_interval_above_zero: true,
+            confidence: 0.95,
+            min_test_n: 30,
+            max_mcnemar_p: 0.05,
+        }
     }
 }
 
@@ -54,6 +65,11 @@ pub fn decide(comparison: &Comparison, config: &GateConfig) -> Verdict {
     let delta = comparison.delta;
     if comparison.n == 0 {
         reasons.push("the test split is empty: nothing to compare on".to_string());
+    } else if comparison.n < config.min_test_n {
+        reasons.push(format!(
+            "only {} test examples: a promotion needs at least {} ([gate] min_test_n)",
+            comparison.n, config.min_test_n
+        ));
     }
     if delta.estimate < config.min_delta || (config.min_delta == 0.0 && delta.estimate <= 0.0) {
         reasons.push(format!("the delta {:+.3} is not above the minimum of {:+.3}", delta.estimate, config.min_delta));
@@ -66,12 +82,24 @@ pub fn decide(comparison: &Comparison, config: &GateConfig) -> Verdict {
             delta.high
         ));
     }
+    if let Some(p) = comparison.mcnemar_p
+        && p > config.max_mcnemar_p
+    {
+        reasons.push(format!(
+            "McNemar p = {p:.4} is above {}: the examples fixed and broken may be chance",
+            config.max_mcnemar_p
+        ));
+    }
     if reasons.is_empty() {
         reasons.push(format!(
-            "the delta {:+.3} clears the minimum of {:+.3}{}",
+            "the delta {:+.3} clears the minimum of {:+.3}{}{}",
             delta.estimate,
             config.min_delta,
-            if config.require_interval_above_zero { " and its interval lies above zero" } else { "" }
+            if config.require_interval_above_zero { " and its interval lies above zero" } else { "" },
+            match comparison.mcnemar_p {
+                Some(p) => format!(" (McNemar p = {p:.4})"),
+                None => String::new(),
+            }
         ));
         Verdict { decision: Decision::Promote, reasons }
     } else {
@@ -125,5 +153,24 @@ mod tests {
         let strict = GateConfig { min_delta: 0.05, ..GateConfig::default() };
         assert_eq!(decide(&comparison(0.04, 0.01, 0.07), &strict).decision, Decision::Hold);
         assert_eq!(decide(&comparison(0.05, 0.01, 0.09), &strict).decision, Decision::Promote);
+    }
+
+    #[test]
+    fn one_example_or_a_chance_split_of_flips_never_promotes() {
+        // The whole test split is one example it fixed: the interval is [+1, +1].
+        let one = Comparison { n: 1, ..comparison(1.0, 1.0, 1.0) };
+        let verdict = decide(&Comparison { mcnemar_p: Some(1.0), ..one }, &GateConfig::default());
+        assert_eq!(verdict.decision, Decision::Hold);
+        assert!(verdict.reasons.iter().any(|r| r.contains("only 1 test examples") && r.contains("min_test_n")));
+        assert!(verdict.reasons.iter().any(|r| r.contains("McNemar p = 1.0000 is above 0.05")));
+        // A clear interval with a McNemar p above the bar holds on the p alone.
+        let verdict =
+            decide(&Comparison { mcnemar_p: Some(0.08), ..comparison(0.1, 0.01, 0.19) }, &GateConfig::default());
+        assert_eq!(verdict.decision, Decision::Hold);
+        assert_eq!(verdict.reasons.len(), 1, "{:?}", verdict.reasons);
+        let verdict =
+            decide(&Comparison { mcnemar_p: Some(0.01), ..comparison(0.1, 0.01, 0.19) }, &GateConfig::default());
+        assert_eq!(verdict.decision, Decision::Promote);
+        assert!(verdict.reasons[0].contains("McNemar p = 0.0100"), "{:?}", verdict.reasons);
     }
 }
