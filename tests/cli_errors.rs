@@ -88,3 +88,51 @@ fn a_json_schema_the_embedded_model_cannot_enforce_stops_the_load() {
     assert!(err.contains("signatures.triage.outputs.refund.schema"), "{err}");
     assert!(err.contains("`pattern` at /properties/iban"), "{err}");
 }
+
+fn promptloop(dir: &tempfile::TempDir, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["--root", dir.path().to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = Command::cargo_bin("promptloop").unwrap().args(&all).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn outputs_the_metric_cannot_find_and_an_empty_split_are_errors_not_scores() {
+    let dir = project("provider = \"embedded\"\nmodel = \"m.gguf\"");
+    // The dataset names its output `label`; the signature and [metric] say `queue`.
+    let data = dir.path().join("datasets/mini-triage.jsonl");
+    let renamed = std::fs::read_to_string(&data).unwrap().replace("\"queue\"", "\"label\"");
+    std::fs::write(&data, renamed).unwrap();
+    for args in [&["eval", "mini-triage", "--baseline"][..], &["compile", "mini-triage"][..]] {
+        let (ok, said) = promptloop(&dir, args);
+        assert!(!ok, "{args:?} scored a dataset without the metric's field:\n{said}");
+        assert!(said.contains("no example has the output `queue` that [metric] scores"), "{said}");
+        assert!(said.contains("the examples' outputs are `label`"), "{said}");
+    }
+    assert!(!dir.path().join("artifacts").exists(), "an artifact was written");
+
+    let dir = project("provider = \"embedded\"\nmodel = \"m.gguf\"");
+    let file = dir.path().join("pipelines/mini-triage.toml");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "path = \"datasets/mini-triage.jsonl\"",
+        "path = \"datasets/mini-triage.jsonl\"\nsplit = { train = 0.8, dev = 0.0, test = 0.2 }",
+    );
+    std::fs::write(&file, text).unwrap();
+    let (ok, said) = promptloop(&dir, &["eval", "mini-triage", "--baseline", "--split", "dev"]);
+    assert!(!ok, "an empty split was scored:\n{said}");
+    assert!(said.contains("the dev split is empty (60 examples in all)"), "{said}");
+}
+
+#[test]
+fn every_prediction_failing_is_an_error_with_its_reason() {
+    // A reply budget beyond the embedded model's context: every prediction fails.
+    let model =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".promptloop/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(model.exists(), "the embedded model is missing; run scripts/setup-model.sh");
+    let lm = format!("provider = \"embedded\"\nmodel = \"{}\"\nmax_tokens = 1000000", model.display());
+    let dir = project(&lm);
+    let (ok, said) = promptloop(&dir, &["eval", "mini-triage", "--baseline", "--split", "test", "--limit", "3"]);
+    assert!(!ok, "a program whose every prediction failed was scored:\n{said}");
+    assert!(said.contains("every prediction of hand-written baseline on test failed (3 of 3"), "{said}");
+    assert!(said.contains("the first:"), "{said}");
+}

@@ -167,6 +167,7 @@ pub async fn compile(request: &CompileRequest) -> Result<CompileOutcome> {
             dataset.test().len()
         );
     }
+    check_outputs_scored(&config, &dataset)?;
     let models = optimize::models(&config, request.use_cache, request.progress)?;
     let lm = models.task.clone();
     let eval_ctx = models.eval.clone();
@@ -194,6 +195,9 @@ pub async fn compile(request: &CompileRequest) -> Result<CompileOutcome> {
     } else {
         baseline_test.clone()
     };
+    for (evaluation, which) in [(&baseline_test, "the declared program"), (&compiled_test, "the compiled program")] {
+        check_predictions(evaluation, &format!("{which} on test"))?;
+    }
 
     let scores = Scores {
         metric: metric::name(&config.metric),
@@ -288,6 +292,15 @@ pub async fn eval(request: &EvalRequest) -> Result<EvalOutcome> {
         config.lm.constrained = false;
     }
     let dataset = Dataset::load(&config.dataset.path, &config.dataset.split)?;
+    if dataset.split(request.split).is_empty() {
+        bail!(
+            "{}: the {} split is empty ({} examples in all); pick another --split or change [dataset] split",
+            config.dataset.path.display(),
+            request.split.name(),
+            dataset.len()
+        );
+    }
+    check_outputs_scored(&config, &dataset)?;
     let (program, label) = match &request.target {
         EvalTarget::Baseline => (Program::baseline(&config), "hand-written baseline".to_string()),
         EvalTarget::Artifact(path) => (Artifact::load(path)?.program(), path.display().to_string()),
@@ -299,7 +312,55 @@ pub async fn eval(request: &EvalRequest) -> Result<EvalOutcome> {
     let evaluation = evaluate(&program, examples, &ctx, &format!("{}: {label}", request.split.name()))
         .await
         .context("the LM failed while scoring")?;
+    check_predictions(&evaluation, &format!("{label} on {}", request.split.name()))?;
     Ok(EvalOutcome { evaluation, usage: lm.usage(), program_label: label })
+}
+
+/// The metric scores fields the dataset's examples must carry: a dataset whose
+/// outputs are named otherwise would score 0 everywhere, which is an error, not a score.
+pub(crate) fn check_outputs_scored(config: &PipelineConfig, dataset: &Dataset) -> Result<()> {
+    let fields = match &config.metric {
+        crate::config::MetricConfig::ExactMatch { fields } => fields.clone(),
+        crate::config::MetricConfig::TokenF1 { field } => vec![field.clone()],
+    };
+    let all = || dataset.train().iter().chain(dataset.dev().iter()).chain(dataset.test().iter());
+    for field in &fields {
+        if !all().any(|e| e.outputs.contains_key(field)) {
+            let mut found: Vec<&str> = all().flat_map(|e| e.outputs.keys().map(String::as_str)).collect();
+            found.sort_unstable();
+            found.dedup();
+            bail!(
+                "{}: no example has the output `{field}` that [metric] scores (the examples' outputs are {}); rename the field in the dataset or in the signature and [metric]",
+                config.dataset.path.display(),
+                if found.is_empty() {
+                    "none".to_string()
+                } else {
+                    found.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every prediction failing is an error with its first reason, not a score of 0.
+pub(crate) fn check_predictions(evaluation: &crate::eval::Evaluation, what: &str) -> Result<()> {
+    let s = &evaluation.summary;
+    if s.n > 0 && s.failed == s.n {
+        let reason = evaluation
+            .results
+            .iter()
+            .flat_map(|r| r.trace.iter())
+            .find_map(|step| step.error.clone())
+            .unwrap_or_else(|| "no reason recorded".into());
+        bail!(
+            "every prediction of {what} failed ({} of {}, {} unparseable); the first: {reason}",
+            s.failed,
+            s.n,
+            s.format_errors
+        );
+    }
+    Ok(())
 }
 
 /// How the pipeline's program is scored: its LM and adapter, its metric.

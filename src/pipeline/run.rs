@@ -85,6 +85,7 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
             dataset.test().len()
         );
     }
+    super::check_outputs_scored(&config, &dataset)?;
     let (production, production_label) = production_program(&config, request)?;
 
     let models = super::optimize::models(&config, request.use_cache, request.progress)?;
@@ -106,6 +107,8 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
     } else {
         production_test.clone()
     };
+    super::check_predictions(&production_test, "production on test")?;
+    super::check_predictions(&candidate_test, "the candidate on test")?;
 
     let pairs = crate::eval::compare::pair_by_id(
         production_test.results.iter().map(|r| (r.example_id.as_str(), r.score)),
