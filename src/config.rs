@@ -905,7 +905,16 @@ impl PipelineConfig {
         }
         let text =
             std::fs::read_to_string(file).with_context(|| format!("cannot read pipeline file {}", file.display()))?;
-        Self::parse(&text, file)
+        let config = Self::parse(&text, file)?;
+        let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        if config.name != stem {
+            bail!(
+                "{}: [name] `{}` differs from the file's name `{stem}`: a pipeline is found by its name as pipelines/<name>.toml, so rename the file or set name = \"{stem}\"",
+                file.display(),
+                config.name
+            );
+        }
+        Ok(config)
     }
 
     /// Parses and validates a pipeline file's text; `file` is only used for
@@ -916,10 +925,16 @@ impl PipelineConfig {
         let root = project_root(file);
         let err = |key: &str, msg: String| anyhow::anyhow!("{shown}: [{key}] {msg}");
 
-        if raw.name.trim().is_empty() || raw.name.contains(['/', '\\', ' ']) {
+        let slug = raw.name.len() <= 64
+            && raw.name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && raw.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !slug {
             return Err(err(
                 "name",
-                format!("`{}` is not a usable pipeline name; use letters, digits, `-` and `_`", raw.name),
+                format!(
+                    "{:?} is not a usable pipeline name: up to 64 letters, digits, `-` and `_`, starting with a letter or digit (it names folders, a branch and the workflow's jobs)",
+                    raw.name.chars().take(80).collect::<String>()
+                ),
             ));
         }
 

@@ -384,3 +384,34 @@ fn a_since_span_beyond_a_century_is_refused_not_a_panic() {
     assert!("9223372036854775807w".parse::<Since>().is_err());
     assert!(matches!("36525d".parse::<Since>(), Ok(Since::Ago(_))));
 }
+
+#[test]
+fn a_pipeline_name_is_a_slug_equal_to_its_files_stem() {
+    let named = |name: &str| {
+        common::triage_toml("d.jsonl", "provider = \"embedded\"\nmodel = \"m.gguf\"", "kind = \"none\"").replacen(
+            "name = \"mini-triage\"",
+            &format!("name = {}", toml_string(name)),
+            1,
+        )
+    };
+    for bad in ["..", ".", "", "a\nb", "a\u{1b}[31m", "../escape", "-leading", "with space", &"x".repeat(65)] {
+        let err = parse(&named(bad)).unwrap_err().to_string();
+        assert!(err.contains("[name]") && err.contains("is not a usable pipeline name"), "{bad:?}: {err}");
+        assert!(!err.contains('\n') && !err.contains('\u{1b}'), "the name is shown escaped: {err}");
+    }
+    for good in ["support-triage", "queues7", "A_b-9"] {
+        assert!(parse(&named(good)).is_ok(), "{good}");
+    }
+    // Loaded from a file, the name must be the file's stem.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("other-name.toml");
+    std::fs::write(&file, named("support-triage")).unwrap();
+    let err = PipelineConfig::load(&file).unwrap_err().to_string();
+    assert!(err.contains("[name] `support-triage` differs from the file's name `other-name`"), "{err}");
+    std::fs::write(&file, named("other-name")).unwrap();
+    assert_eq!(PipelineConfig::load(&file).unwrap().name, "other-name");
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
