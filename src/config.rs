@@ -1439,7 +1439,11 @@ fn env_var_name(value: &str) -> std::result::Result<(), String> {
     let looks_like_a_secret = SECRET_PREFIXES.iter().any(|p| value.starts_with(p))
         || value.starts_with("https://")
         || value.len() > 64
-        || (value.len() >= 16 && has(|c| c.is_ascii_lowercase()) && has(|c| c.is_ascii_digit()));
+        // Random tokens mix cases and digits; names are upper or lower snake case.
+        || (value.len() >= 20
+            && has(|c| c.is_ascii_lowercase())
+            && has(|c| c.is_ascii_uppercase())
+            && has(|c| c.is_ascii_digit()));
     if looks_like_a_secret {
         return Err("looks like a token, not the name of an environment variable: put the secret in an environment variable (or a CI secret) and write its name here, e.g. \"OPENAI_API_KEY\"; the value is not repeated here".into());
     }

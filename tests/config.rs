@@ -333,7 +333,7 @@ fn a_secret_pasted_into_any_env_field_is_refused_without_being_repeated() {
         assert!(err.contains("looks like a token") && !err.contains(secret), "{err}");
     }
     // Names are names, whatever their case; a name with a stray character says what a name is.
-    for name in ["GITHUB_TOKEN", "MY_LOGS_TOKEN_2", "aws_secret_access_key", "_PRIVATE"] {
+    for name in ["GITHUB_TOKEN", "MY_LOGS_TOKEN_2", "aws_secret_access_key", "_PRIVATE", "my_service_token_2026"] {
         assert!(parse(&with_tables(&format!("[publish]\ntoken_env = \"{name}\""))).is_ok(), "{name}");
     }
     let err = parse(&with_tables("[publish]\ntoken_env = \"MY-TOKEN\"")).unwrap_err().to_string();
