@@ -343,24 +343,48 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::List { json } => {
-            let pipelines = PipelineConfig::load_all(&cli.root)?;
+            // A broken pipeline is reported (and listed with its error) without hiding the others.
+            let pipelines = PipelineConfig::load_each(&cli.root)?;
+            for (file, loaded) in &pipelines {
+                if let Err(e) = loaded {
+                    eprintln!("warning: {} is broken and will not run: {e:#}", file.display());
+                }
+            }
             if json {
                 let rows: Vec<serde_json::Value> = pipelines
                     .iter()
-                    .map(|p| {
-                        serde_json::json!({
-                            "name": p.name,
-                            "file": p.file.strip_prefix(&cli.root).unwrap_or(&p.file),
-                            "schedule": p.schedule.as_ref().map(|s| s.expression.clone()),
-                            "description": p.description,
-                        })
+                    .map(|(file, loaded)| {
+                        let shown = file.strip_prefix(&cli.root).unwrap_or(file);
+                        match loaded {
+                            Ok(p) => serde_json::json!({
+                                "name": p.name,
+                                "file": shown,
+                                "schedule": p.schedule.as_ref().map(|s| s.expression.clone()),
+                                "description": p.description,
+                            }),
+                            Err(e) => serde_json::json!({
+                                "name": file.file_stem().map(|s| s.to_string_lossy()),
+                                "file": shown,
+                                "schedule": null,
+                                "description": "",
+                                "error": format!("{e:#}"),
+                            }),
+                        }
                     })
                     .collect();
                 println!("{}", serde_json::to_string(&rows)?);
             } else {
-                for p in &pipelines {
-                    let schedule = p.schedule.as_ref().map_or("no schedule", |s| s.expression.as_str());
-                    println!("{:<24} {:<16} {}", p.name, schedule, p.description);
+                for (file, loaded) in &pipelines {
+                    match loaded {
+                        Ok(p) => {
+                            let schedule = p.schedule.as_ref().map_or("no schedule", |s| s.expression.as_str());
+                            println!("{:<24} {:<16} {}", p.name, schedule, p.description);
+                        }
+                        Err(_) => {
+                            let stem = file.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default();
+                            println!("{stem:<24} {:<16} (broken: see the warning above)", "-");
+                        }
+                    }
                 }
             }
         }

@@ -884,6 +884,12 @@ impl PipelineConfig {
     /// Every pipeline in `<root>/pipelines/`, by file name; one that does not
     /// load is an error naming it.
     pub fn load_all(root: &Path) -> Result<Vec<PipelineConfig>> {
+        Self::load_each(root)?.into_iter().map(|(_, loaded)| loaded).collect()
+    }
+
+    /// Every `pipelines/*.toml` under `root`, in file order, each loaded on its
+    /// own: one broken file does not hide the others.
+    pub fn load_each(root: &Path) -> Result<Vec<(PathBuf, Result<PipelineConfig>)>> {
         let dir = root.join("pipelines");
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .with_context(|| format!("cannot read {}; run from the repository root or pass --root", dir.display()))?
@@ -891,7 +897,13 @@ impl PipelineConfig {
             .filter(|path| path.extension().is_some_and(|e| e == "toml"))
             .collect();
         files.sort();
-        files.iter().map(|file| Self::load(file)).collect()
+        Ok(files
+            .into_iter()
+            .map(|file| {
+                let loaded = Self::load(&file);
+                (file, loaded)
+            })
+            .collect())
     }
 
     pub fn load(file: &Path) -> Result<PipelineConfig> {

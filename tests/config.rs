@@ -415,3 +415,27 @@ fn a_pipeline_name_is_a_slug_equal_to_its_files_stem() {
 fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
+
+#[test]
+fn list_reports_a_broken_pipeline_and_still_lists_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+    let good = common::triage_toml("d.jsonl", embedded(), "kind = \"none\"");
+    std::fs::write(dir.path().join("pipelines/mini-triage.toml"), &good).unwrap();
+    std::fs::write(dir.path().join("pipelines/broken.toml"), "name = \"broken\"\n[lm\n").unwrap();
+    let list = assert_cmd::Command::cargo_bin("promptloop")
+        .unwrap()
+        .args(["--root", dir.path().to_str().unwrap(), "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!((rows[0]["name"].as_str(), rows[0]["schedule"].is_null()), (Some("broken"), true));
+    assert!(rows[0]["error"].as_str().unwrap().contains("line 2"), "{rows:?}");
+    assert_eq!(rows[1]["name"], "mini-triage");
+    assert!(rows[1].get("error").is_none());
+    let warned = String::from_utf8_lossy(&list.stderr);
+    assert!(warned.contains("broken.toml is broken and will not run"), "{warned}");
+}
