@@ -454,3 +454,18 @@ fn committed_weekly_logs_parse() {
         );
     }
 }
+
+#[test]
+fn a_unix_time_past_what_nanoseconds_hold_is_refused_not_wrapped() {
+    // Milliseconds and microseconds of the year 3000 and beyond: i64 nanoseconds end in 2262.
+    for ts in ["32503680000000", "32503680000000000", "99999999999999999"] {
+        let line = format!(r#"{{"id": "a", "timestamp": {ts}, "inputs": {{"message": "hi"}}, "output": "cards"}}"#);
+        match parse_line(&config(LogFormat::Native), &line) {
+            Err(err) => assert!(err.to_string().contains("timestamp"), "{ts}: {err}"),
+            Ok(records) => panic!("{ts} was read as {:?}", records.iter().map(|r| r.timestamp).collect::<Vec<_>>()),
+        }
+    }
+    // In range, each unit still reads.
+    let line = r#"{"id": "a", "timestamp": 1793611800000000, "inputs": {"message": "hi"}, "output": "cards"}"#;
+    assert_eq!(one(LogFormat::Native, line).timestamp, time("2026-11-02T09:30:00Z"), "Unix microseconds");
+}

@@ -866,9 +866,10 @@ fn unix_time(number: &serde_json::Number) -> Option<DateTime<Utc>> {
     if let Some(n) = number.as_i64() {
         let nanos = match n {
             ..=0 => return None,
+            // Past 2262 nanoseconds overflow an i64: such a time is refused, never wrapped.
             1..100_000_000_000 => n.checked_mul(1_000_000_000)?,
-            ..100_000_000_000_000 => n * 1_000_000,
-            ..100_000_000_000_000_000 => n * 1_000,
+            ..100_000_000_000_000 => n.checked_mul(1_000_000)?,
+            ..100_000_000_000_000_000 => n.checked_mul(1_000)?,
             _ => n,
         };
         return Some(DateTime::from_timestamp_nanos(nanos));
