@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the map of the loop through these modules.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dataset;
 pub mod eval;

@@ -824,3 +824,34 @@ async fn a_future_until_is_refused_and_an_empty_window_says_how_to_read_an_earli
     let earlier = repo.pull_until(Since::All, "2026-11-15T00:00:00Z").await.unwrap();
     assert_eq!(earlier.since, None);
 }
+
+#[test]
+fn the_clock_a_simulation_sets_decides_what_is_the_future() {
+    let repo = Repo::new("");
+    repo.write("logs/a.jsonl", lines(&[record("a1", 10, "Where is my new card?", Some("cards"))]).as_bytes());
+    let pull = |now: Option<&str>| {
+        let mut cmd = assert_cmd::Command::cargo_bin("promptloop").unwrap();
+        cmd.args([
+            "--root",
+            repo.dir.path().to_str().unwrap(),
+            "pull",
+            "triage",
+            "--since",
+            "all",
+            "--until",
+            "3000-01-01",
+        ]);
+        cmd.env_remove("PROMPTLOOP_NOW");
+        if let Some(now) = now {
+            cmd.env("PROMPTLOOP_NOW", now);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok, said) = pull(None);
+    assert!(!ok && said.contains("is in the future"), "{said}");
+    let (ok, said) = pull(Some("3000-01-02T00:00:00Z"));
+    assert!(ok, "{said}");
+    let (ok, said) = pull(Some("next week"));
+    assert!(!ok && said.contains("PROMPTLOOP_NOW must be an RFC 3339 time"), "{said}");
+}

@@ -89,15 +89,17 @@ def no_token_env() -> dict:
     return {k: v for k, v in os.environ.items() if k not in NO_TOKENS}
 
 
-def timed(cmd: list, cwd: Path, log_path: Path) -> tuple:
-    """Runs cmd with its output in log_path; (exit code, wall seconds, peak RSS MiB or None)."""
+def timed(cmd: list, cwd: Path, log_path: Path, env: dict = None) -> tuple:
+    """Runs cmd with its output in log_path (and `env` added to its environment);
+    (exit code, wall seconds, peak RSS MiB or None)."""
     time_path = log_path.with_suffix(".time")
     wrapped = cmd
     if Path("/usr/bin/time").exists():
         wrapped = ["/usr/bin/time", "-f", "%e %M", "-o", str(time_path), *cmd]
     start = time.monotonic()
     with open(log_path, "wb") as out:
-        code = subprocess.run(wrapped, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=no_token_env()).returncode
+        code = subprocess.run(wrapped, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                              env={**no_token_env(), **(env or {})}).returncode
     wall = time.monotonic() - start
     peak = None
     if time_path.exists():
@@ -285,7 +287,8 @@ class Bench:
             cmd += ["--optimizer", args.optimizer]
         log(f"{label} {name}: {' '.join(cmd[1:])}")
         run_log = self.weeks_dir / f"{label}-run.log"
-        code, wall, peak = timed(cmd, work, run_log)
+        # The simulated week has just ended: promptloop's clock says so (a pull refuses a future --until).
+        code, wall, peak = timed(cmd, work, run_log, {"PROMPTLOOP_NOW": f"{until}T00:00:00Z"})
         if code != 0:
             fail(f"{label}: `promptloop {' '.join(cmd[1:])}` exited {code} after {wall:.0f} s; "
                  f"its output ({run_log}):\n{tail(run_log)}")

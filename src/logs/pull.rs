@@ -207,7 +207,7 @@ fn pull_blocking(request: PullRequest, runtime: tokio::runtime::Handle) -> Resul
             config.name
         );
     };
-    let now = Utc::now();
+    let now = crate::clock::now()?;
     if let Some(until) = request.until
         && until > now
     {

@@ -146,7 +146,7 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
 
     let artifact_dir = config.root.join("artifacts").join(&config.name);
     let history_path = artifact_dir.join("history.jsonl");
-    let date = Utc::now();
+    let date = crate::clock::now()?;
     let entry = history::Entry {
         date,
         examples: dataset.len(),
