@@ -1103,6 +1103,26 @@ impl PipelineConfig {
         if !(0.0..=1.0).contains(&optimizer.metric_threshold) {
             return Err(err("optimizer.metric_threshold", "must be between 0 and 1".into()));
         }
+        // Each of these multiplies LM calls and memory: bounded so a typo cannot run for ever.
+        let gepa_calls = optimizer.gepa.max_metric_calls.map(|c| usize::try_from(c).unwrap_or(usize::MAX));
+        for (key, value, max) in [
+            ("optimizer.num_candidates", Some(optimizer.num_candidates), 1_000),
+            ("optimizer.max_bootstrapped_demos", Some(optimizer.max_bootstrapped_demos), 100),
+            ("optimizer.max_labeled_demos", Some(optimizer.max_labeled_demos), 100),
+            ("optimizer.max_rounds", Some(optimizer.max_rounds), 20),
+            ("optimizer.mipro_v2.num_trials", optimizer.mipro_v2.num_trials, 10_000),
+            ("optimizer.mipro_v2.num_instructions", optimizer.mipro_v2.num_instructions, 100),
+            ("optimizer.mipro_v2.minibatch_size", Some(optimizer.mipro_v2.minibatch_size), 10_000),
+            ("optimizer.gepa.iterations", optimizer.gepa.iterations, 10_000),
+            ("optimizer.gepa.max_metric_calls", gepa_calls, 10_000_000),
+            ("optimizer.gepa.minibatch_size", Some(optimizer.gepa.minibatch_size), 1_000),
+        ] {
+            if let Some(value) = value
+                && value > max
+            {
+                return Err(err(key, format!("{value} is above the most allowed, {max}")));
+            }
+        }
         let mipro = &optimizer.mipro_v2;
         if mipro.minibatch_size == 0 || mipro.full_eval_steps == 0 {
             return Err(err("optimizer.mipro_v2", "minibatch_size and full_eval_steps must be at least 1".into()));

@@ -439,3 +439,25 @@ fn list_reports_a_broken_pipeline_and_still_lists_the_others() {
     let warned = String::from_utf8_lossy(&list.stderr);
     assert!(warned.contains("broken.toml is broken and will not run"), "{warned}");
 }
+
+#[test]
+fn optimizer_sizes_are_bounded_at_load() {
+    for (optimizer, expected) in [
+        (
+            "kind = \"bootstrap_random_search\"\nnum_candidates = 1000000000",
+            "[optimizer.num_candidates] 1000000000 is above the most allowed, 1000",
+        ),
+        (
+            "kind = \"mipro_v2\"\n[optimizer.mipro_v2]\nnum_trials = 99999999",
+            "[optimizer.mipro_v2.num_trials] 99999999 is above",
+        ),
+        ("kind = \"gepa\"\n[optimizer.gepa]\niterations = 1000000", "[optimizer.gepa.iterations] 1000000 is above"),
+    ] {
+        let err = parse(&common::triage_toml("d.jsonl", embedded(), optimizer)).unwrap_err().to_string();
+        assert!(err.contains(expected), "{optimizer}: {err}");
+    }
+    assert!(
+        parse(&common::triage_toml("d.jsonl", embedded(), "kind = \"bootstrap_random_search\"\nnum_candidates = 1000"))
+            .is_ok()
+    );
+}
