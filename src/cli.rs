@@ -457,7 +457,7 @@ fn print_run(run: &pipeline::SavedRun) {
         println!("  test {}: production {:.3} → candidate {:.3}", h.metric, h.baseline, h.candidate);
         println!("  delta {}", h.delta_text());
     }
-    if let Some(p) = h.mcnemar_p.filter(|_| !h.no_candidate) {
+    if let Some(p) = h.mcnemar_p {
         let fixed = r.flipped.iter().filter(|f| f.fixed).count();
         println!("  McNemar p = {p:.4}; {fixed} fixed, {} broken", r.flipped.len() - fixed);
     }

@@ -455,6 +455,16 @@ pub enum MetricConfig {
     TokenF1 { field: String },
 }
 
+impl MetricConfig {
+    /// The output fields the metric scores.
+    pub fn fields(&self) -> Vec<&str> {
+        match self {
+            MetricConfig::ExactMatch { fields } => fields.iter().map(String::as_str).collect(),
+            MetricConfig::TokenF1 { field } => vec![field.as_str()],
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OptimizerKind {
@@ -1071,12 +1081,8 @@ impl PipelineConfig {
                 return Err(err("metric.kind", format!("unknown metric `{other}`; use exact_match or token_f1")));
             }
         };
-        let metric_fields: Vec<&String> = match &metric {
-            MetricConfig::ExactMatch { fields } => fields.iter().collect(),
-            MetricConfig::TokenF1 { field } => vec![field],
-        };
-        for field in metric_fields {
-            if !all_outputs.contains(&field.as_str()) {
+        for field in metric.fields() {
+            if !all_outputs.contains(&field) {
                 return Err(err(
                     "metric",
                     format!("`{field}` is not an output field of the program; outputs: {}", all_outputs.join(", ")),

@@ -447,13 +447,14 @@ async fn a_slow_reply_times_out_and_is_retried() {
     assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
 }
 
+/// A port that was just free: nobody listens there.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 #[tokio::test]
 async fn an_endpoint_that_is_down_fails_clearly_after_the_retries() {
-    // A port that was just free: nobody listens there.
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = closed_port();
     let base_url = format!("http://127.0.0.1:{port}/v1");
     let client = OpenAiClient::new(OpenAiConfig { max_retries: 2, ..config(&base_url) }).unwrap();
     let error = call(&client, &request()).await.unwrap_err();
@@ -553,10 +554,7 @@ async fn a_key_in_the_base_urls_query_is_sent_but_never_shown() {
     assert_eq!(client.describe().endpoint.as_deref(), Some(stub.base_url.as_str()));
 
     // Nobody listens: the connect error names the endpoint without the query.
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = closed_port();
     let base_url = format!("http://127.0.0.1:{port}/v1?api_key=QUERY-SECRET-42");
     let client = OpenAiClient::new(OpenAiConfig { max_retries: 0, ..config(&base_url) }).unwrap();
     let error = call(&client, &request()).await.unwrap_err();

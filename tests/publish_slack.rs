@@ -539,7 +539,7 @@ fn a_hold_with_no_candidate_shows_no_candidate_score() {
         delta: 0.0,
         low: 0.0,
         high: 0.0,
-        mcnemar_p: Some(1.0),
+        mcnemar_p: None,
         reasons: vec![
             "no better program found: of 7 candidates tried, the best on dev (`covering-2x1`, 0.383) does not beat production's 0.511".into(),
         ],

@@ -242,7 +242,7 @@ fn a_hold_with_no_candidate_reports_production_alone() {
     h.decision = Decision::Hold;
     h.candidate = h.baseline;
     (h.delta, h.low, h.high) = (0.0, 0.0, 0.0);
-    h.mcnemar_p = Some(1.0);
+    h.mcnemar_p = None;
     h.reasons = vec![
         "no better program found: of 7 candidates tried, the best on dev (`covering-2x1`, 0.383) does not beat production's 0.511".into(),
     ];

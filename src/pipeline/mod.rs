@@ -319,12 +319,8 @@ pub async fn eval(request: &EvalRequest) -> Result<EvalOutcome> {
 /// The metric scores fields the dataset's examples must carry: a dataset whose
 /// outputs are named otherwise would score 0 everywhere, which is an error, not a score.
 pub(crate) fn check_outputs_scored(config: &PipelineConfig, dataset: &Dataset) -> Result<()> {
-    let fields = match &config.metric {
-        crate::config::MetricConfig::ExactMatch { fields } => fields.clone(),
-        crate::config::MetricConfig::TokenF1 { field } => vec![field.clone()],
-    };
     let all = || dataset.train().iter().chain(dataset.dev().iter()).chain(dataset.test().iter());
-    for field in &fields {
+    for field in config.metric.fields() {
         if !all().any(|e| e.outputs.contains_key(field)) {
             let mut found: Vec<&str> = all().flat_map(|e| e.outputs.keys().map(String::as_str)).collect();
             found.sort_unstable();

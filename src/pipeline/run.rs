@@ -138,7 +138,8 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
         low: comparison.delta.low,
         high: comparison.delta.high,
         confidence: comparison.delta.confidence,
-        mcnemar_p: comparison.mcnemar_p,
+        // Production against itself is no test: no p-value without a candidate.
+        mcnemar_p: comparison.mcnemar_p.filter(|_| optimized.improved()),
         decision: verdict.decision,
         reasons: verdict.reasons.clone(),
         no_candidate: !optimized.improved(),
@@ -275,7 +276,7 @@ fn production_program(config: &PipelineConfig, request: &EvaluateRequest) -> Res
 /// The hold's reason when the search found nothing better than production on dev.
 fn no_better_reason(search: &crate::report::SearchSummary) -> String {
     let tried = search.candidates.len().saturating_sub(1);
-    let candidates = if tried == 1 { "1 candidate".to_string() } else { format!("{tried} candidates") };
+    let candidates = crate::report::count(tried, "candidate");
     let best = search
         .candidates
         .iter()

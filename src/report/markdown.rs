@@ -100,30 +100,29 @@ fn headline(run: &RunReport, out: &mut String) {
         Decision::Promote => ("✅", "promote"),
         Decision::Hold => ("⏸️", "hold"),
     };
-    if h.no_candidate {
-        out.push_str(&format!("## {mark} {}: {verdict} — {}\n\n", h.pipeline, h.delta_text()));
-        out.push_str(&format!(
-            "No candidate beat production on dev, so none was scored on the held-out test split, where production scores **{:.3}** ({}, n = {}).\n\n",
-            h.baseline, h.metric, h.n
-        ));
-        out.push_str(&format!("**Gate: {verdict}** — {}.\n\n", h.reasons.join("; ")));
-        out.push_str(&format!("Production: {}. Optimizer: {}.\n\n", run.production, run.optimizer));
-        return;
-    }
-    out.push_str(&format!("## {mark} {}: {verdict} — test {}\n\n", h.pipeline, h.delta_text()));
-    let mut facts = format!(
-        "On the held-out test split, which the optimizer never saw, the candidate scores **{:.3}** against production's **{:.3}** ({}).",
-        h.candidate, h.baseline, h.metric
-    );
-    if let Some(p) = h.mcnemar_p {
-        facts.push_str(&format!(" McNemar p = {}.", p_value(p)));
-    }
-    let fixed = run.flipped.iter().filter(|f| f.fixed).count();
-    let broken = run.flipped.len() - fixed;
-    let examples = if fixed == 1 { "example" } else { "examples" };
-    facts.push_str(&format!(" {fixed} {examples} fixed, {broken} broken."));
-    out.push_str(&facts);
-    out.push_str("\n\n");
+    // With no candidate scored on test, only production's score is a fact.
+    let (title, facts) = if h.no_candidate {
+        (
+            h.delta_text(),
+            format!(
+                "No candidate beat production on dev, so none was scored on the held-out test split, where production scores **{:.3}** ({}, n = {}).",
+                h.baseline, h.metric, h.n
+            ),
+        )
+    } else {
+        let mut facts = format!(
+            "On the held-out test split, which the optimizer never saw, the candidate scores **{:.3}** against production's **{:.3}** ({}).",
+            h.candidate, h.baseline, h.metric
+        );
+        if let Some(p) = h.mcnemar_p {
+            facts.push_str(&format!(" McNemar p = {}.", p_value(p)));
+        }
+        let fixed = run.flipped.iter().filter(|f| f.fixed).count();
+        let broken = run.flipped.len() - fixed;
+        facts.push_str(&format!(" {} fixed, {broken} broken.", super::count(fixed, "example")));
+        (format!("test {}", h.delta_text()), facts)
+    };
+    out.push_str(&format!("## {mark} {}: {verdict} — {title}\n\n{facts}\n\n", h.pipeline));
     let reasons = h.reasons.join("; ");
     out.push_str(&format!("**Gate: {verdict}** — {reasons}.\n\n"));
     out.push_str(&format!("Production: {}. Optimizer: {}.\n\n", run.production, run.optimizer));
@@ -352,7 +351,7 @@ fn search(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
             code(&search.chosen),
             search.candidate_dev,
             search.production_dev,
-            if tried == 1 { "1 candidate".to_string() } else { format!("{tried} candidates") }
+            super::count(tried, "candidate")
         ));
     } else if tried == 0 {
         out.push_str(&format!(

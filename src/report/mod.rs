@@ -221,6 +221,11 @@ impl Cost {
     }
 }
 
+/// `1 candidate`, `7 candidates`: a count with its noun (plural by `s`).
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
 /// `1498` → `1,498`.
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
