@@ -574,8 +574,8 @@ def write_later_weeks(args, messages: list, by_queue: dict, dataset: list) -> No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--banking77", type=Path, default=ROOT.parent / "shared" / "data" / "banking77",
-                        help="directory holding Banking77's train.csv and test.csv [default: ../shared/data/banking77]")
+    parser.add_argument("--banking77", type=Path, default=ROOT / "data" / "banking77",
+                        help="directory holding Banking77's train.csv and test.csv [default: data/banking77]")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--last-week", default="2026-W47", help="ISO week of the last weekly file [default: 2026-W47]")
     parser.add_argument("--first-week", help="write --weeks weeks from this ISO week on, after 2026-W47 (e.g. 2026-W48), "

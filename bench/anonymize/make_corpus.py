@@ -4,7 +4,7 @@ Each line: {"id", "text", "spans": [{"start", "end", "type"}], "kind": "pii" | "
 Offsets are Python string indices (code points). Banking77 messages (CC-BY-4.0)
 give the sentences their texture; the PII is synthetic.
 
-    python make_corpus.py --banking77 ../shared/data/banking77/train.csv --out corpus.jsonl
+    python make_corpus.py --banking77 data/banking77/train.csv --out corpus.jsonl
 """
 
 import argparse

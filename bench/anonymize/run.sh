@@ -5,7 +5,7 @@ set -euo pipefail
 
 VENV=${VENV:-/tmp/anon-venv}
 WORK=${WORK:-/tmp/anon-run}
-BANKING77=${BANKING77:-../shared/data/banking77/train.csv}
+BANKING77=${BANKING77:-data/banking77/train.csv}
 # The development corpus (seed 20240501) was looked at while writing the detectors;
 # the reported numbers come from a corpus with a seed that was not.
 SEED=${SEED:-7}

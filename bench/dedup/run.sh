@@ -9,7 +9,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 WORK="${WORK:-/tmp/dedup-bench}"
 VENV="${VENV:-/tmp/dedup-venv}"
-BANKING77="${BANKING77:-$REPO/../shared/data/banking77}"
+BANKING77="${BANKING77:-$REPO/data/banking77}"
 TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
 mkdir -p "$WORK"
 

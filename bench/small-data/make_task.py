@@ -21,7 +21,7 @@ lands in the split it was sampled for. It then reads the file back, recomputes e
 from the ids (with the fractions in pipelines/queues7.toml, when that file exists) and checks
 the counts. Deterministic: the same CSVs always give the same bytes. Standard library only.
 
-Usage: python3 bench/small-data/make_task.py [PATH/TO/banking77]   (default /work/shared/data/banking77)
+Usage: python3 bench/small-data/make_task.py [PATH/TO/banking77]   (default data/banking77 in the repository)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "datasets" / "queues7" / "examples.jsonl"
 PIPELINE = HERE / "pipelines" / "queues7.toml"
-DEFAULT_SRC = Path("/work/shared/data/banking77")
+DEFAULT_SRC = Path(__file__).resolve().parents[2] / "data" / "banking77"
 
 SEED = 20260
 ID_PREFIX = "q7-"
