@@ -874,6 +874,39 @@ struct RawMetric {
     field: Option<String>,
 }
 
+/// The largest pipeline file read: a few kilobytes is typical.
+pub const MAX_PIPELINE_BYTES: u64 = 1024 * 1024;
+
+/// A pipeline file's text: a regular file (a device, a pipe or a directory
+/// named `.toml` is refused before it is read) of at most
+/// [`MAX_PIPELINE_BYTES`].
+fn read_pipeline_text(file: &Path) -> Result<String> {
+    use std::io::Read;
+    let shown = file.display();
+    let opened = std::fs::File::open(file).with_context(|| format!("cannot read pipeline file {shown}"))?;
+    let metadata = opened.metadata().with_context(|| format!("cannot read pipeline file {shown}"))?;
+    if !metadata.is_file() {
+        bail!("{shown} is not a regular file; a pipeline is a TOML file, `pipelines/<name>.toml`");
+    }
+    let mut bytes = Vec::new();
+    opened
+        .take(MAX_PIPELINE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read pipeline file {shown}"))?;
+    if bytes.len() as u64 > MAX_PIPELINE_BYTES {
+        bail!(
+            "{shown} is larger than {} KiB; a pipeline file is a few kilobytes of TOML, so check that this is the file you meant",
+            MAX_PIPELINE_BYTES / 1024
+        );
+    }
+    String::from_utf8(bytes).map_err(|error| {
+        anyhow::anyhow!(
+            "{shown} is not UTF-8 text (invalid byte at offset {}); save it as UTF-8",
+            error.utf8_error().valid_up_to()
+        )
+    })
+}
+
 impl PipelineConfig {
     /// Finds a pipeline by name (`pipelines/<name>.toml` under `root`) or path.
     pub fn locate(name_or_path: &str, root: &Path) -> Result<PathBuf> {
@@ -925,8 +958,7 @@ impl PipelineConfig {
                 file.display()
             );
         }
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("cannot read pipeline file {}", file.display()))?;
+        let text = read_pipeline_text(file)?;
         let config = Self::parse(&text, file)?;
         let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
         if config.name != stem {

@@ -356,6 +356,25 @@ fn a_file_that_is_not_a_pipeline_is_refused_unread() {
 }
 
 #[test]
+fn a_device_a_directory_or_an_endless_file_named_toml_is_refused_before_reading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // /dev/zero would be read until memory ran out.
+    let zero = dir.path().join("zero.toml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let err = PipelineConfig::load(&zero).unwrap_err().to_string();
+    assert!(err.contains("zero.toml is not a regular file"), "{err}");
+    let folder = dir.path().join("folder.toml");
+    std::fs::create_dir(&folder).unwrap();
+    let err = PipelineConfig::load(&folder).unwrap_err().to_string();
+    assert!(err.contains("folder.toml is not a regular file"), "{err}");
+    // A huge file is refused by size, without parsing (or echoing) it.
+    let huge = dir.path().join("huge.toml");
+    std::fs::write(&huge, format!("name = \"huge\"\n# {}\n", "x".repeat(2 * 1024 * 1024))).unwrap();
+    let err = PipelineConfig::load(&huge).unwrap_err().to_string();
+    assert!(err.contains("huge.toml is larger than 1024 KiB"), "{err}");
+}
+
+#[test]
 fn numbers_out_of_range_are_refused_at_load_with_the_range() {
     for (lm, expected) in [
         ("timeout_secs = 1e20", "timeout_secs = 100000000000000000000 is outside (0, 86400]"),

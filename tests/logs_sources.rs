@@ -235,6 +235,46 @@ fn files_are_read_in_sorted_order_plain_gzip_and_multi_member_each_once() {
 }
 
 #[test]
+fn a_double_star_over_link_loops_reads_each_file_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("week/a")).unwrap();
+    std::fs::write(d.join("week/x.jsonl"), "{\"n\":\"x\"}\n").unwrap();
+    std::fs::write(d.join("week/a/y.jsonl"), "{\"n\":\"y\"}\n").unwrap();
+    // A link to its own directory, two links that point at each other's
+    // parents, and a second name for a file.
+    std::os::unix::fs::symlink(d.join("week"), d.join("week/self")).unwrap();
+    std::os::unix::fs::symlink(d.join("week"), d.join("week/a/up")).unwrap();
+    std::os::unix::fs::symlink(d.join("week/a"), d.join("week/down")).unwrap();
+    std::os::unix::fs::symlink(d.join("week/x.jsonl"), d.join("week/a/x-again.jsonl")).unwrap();
+
+    let pulled = pull(&files(&[d.join("week/**/*.jsonl")]), &all_time(), &runtime());
+
+    assert!(pulled.error.is_none(), "{:?}", pulled.error);
+    // x.jsonl is read once, under its first name in sorted order.
+    let names: Vec<String> =
+        ["week/a/x-again.jsonl", "week/a/y.jsonl"].iter().map(|f| d.join(f).display().to_string()).collect();
+    assert_eq!(pulled.names(), names);
+    assert_eq!(pulled.texts(), ["{\"n\":\"x\"}", "{\"n\":\"y\"}"]);
+}
+
+#[test]
+fn a_star_does_not_cross_a_slash_and_a_pattern_reaches_only_its_depth() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("logs/mon/deep")).unwrap();
+    std::fs::write(d.join("logs/mon/a.jsonl"), "{\"n\":\"a\"}\n").unwrap();
+    std::fs::write(d.join("logs/mon/deep/b.jsonl"), "{\"n\":\"b\"}\n").unwrap();
+
+    let pulled = pull(&files(&[d.join("logs/*/*.jsonl")]), &all_time(), &runtime());
+    assert_eq!(pulled.names(), [d.join("logs/mon/a.jsonl").display().to_string()]);
+    let pulled = pull(&files(&[d.join("logs/**/b.jsonl")]), &all_time(), &runtime());
+    assert_eq!(pulled.names(), [d.join("logs/mon/deep/b.jsonl").display().to_string()]);
+    let pulled = pull(&files(&[d.join("logs/*.jsonl")]), &all_time(), &runtime());
+    assert!(pulled.error_text().contains("matches no file"), "{}", pulled.error_text());
+}
+
+#[test]
 fn a_truncated_gzip_is_reported_at_the_line_it_cut_and_the_next_file_is_still_read() {
     let dir = tempfile::tempdir().unwrap();
     let text = varied_lines(2000);
