@@ -221,6 +221,16 @@ async fn the_weekly_run_opens_one_pull_request_and_updates_it_on_the_next_run() 
     // The user's work tree: only the files the run writes changed (no checkout, no staging).
     assert_eq!(git(&work, &["rev-parse", "--abbrev-ref", "HEAD"]), "main");
     assert_eq!(git(&work, &["diff", "--cached", "--name-only"]), "", "the index changed");
+    // In the work tree the run writes the pipeline's dataset and artifact
+    // folders and nothing else (its own state is under the ignored .promptloop/).
+    let status = git(&work, &["status", "--porcelain", "--untracked-files=all"]);
+    for line in status.lines() {
+        let path = line.split_whitespace().last().unwrap();
+        assert!(
+            path.starts_with("datasets/support-triage/") || path.starts_with("artifacts/support-triage/"),
+            "the run wrote {path} in the work tree:\n{status}"
+        );
+    }
 
     // One pull request, carrying the delta; Slack carries the same delta.
     let pulls = github.pulls();
