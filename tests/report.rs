@@ -26,10 +26,10 @@ fn entry(day: u32, baseline: f64, candidate: f64, decision: Decision) -> Entry {
         examples: 1150,
         test_n: 162,
         baseline,
-        candidate,
-        delta: candidate - baseline,
-        low: candidate - baseline - 0.08,
-        high: candidate - baseline + 0.08,
+        candidate: Some(candidate),
+        delta: Some(candidate - baseline),
+        low: Some(candidate - baseline - 0.08),
+        high: Some(candidate - baseline + 0.08),
         decision,
         lm_calls: 1500,
         tokens: 900_000,
@@ -254,8 +254,12 @@ fn a_hold_with_no_candidate_reports_production_alone() {
     search.improved = false;
     search.chosen = "production".into();
     search.candidate_dev = search.production_dev;
+    let last = report.history.last_mut().unwrap();
+    last.decision = Decision::Hold;
+    (last.candidate, last.delta, last.low, last.high) = (None, None, None, None);
     let body = markdown::report(&report);
     assert!(body.contains("**No better program found**"), "{body}");
+    assert!(body.contains("| 0.432 | none | – | hold |"), "the history shows no candidate score:\n{body}");
     assert!(!body.contains("+0.000"), "no delta is shown for a candidate that was never scored:\n{body}");
     assert!(!body.contains("Examples that flipped"), "{body}");
     assert!(!body.contains("What changed in the prompts"), "{body}");

@@ -8,13 +8,15 @@ use super::history::Entry;
 const MAX_POINTS: usize = 52;
 
 /// A Mermaid `xychart-beta` with production's and the candidate's test
-/// scores per run (production is the first line, the candidate the second).
+/// scores per run (production is the first line, the candidate the second;
+/// a run that found no candidate puts production's score on both).
 pub fn mermaid(history: &[Entry], metric: &str) -> String {
     let shown = &history[history.len().saturating_sub(MAX_POINTS)..];
     let labels: Vec<String> = shown.iter().map(|e| format!("\"{}\"", e.date.format("%m-%d"))).collect();
     let series = |f: fn(&Entry) -> f64| shown.iter().map(|e| format!("{:.3}", f(e))).collect::<Vec<_>>().join(", ");
-    let low = shown.iter().flat_map(|e| [e.baseline, e.candidate]).fold(1.0_f64, f64::min);
-    let high = shown.iter().flat_map(|e| [e.baseline, e.candidate]).fold(0.0_f64, f64::max);
+    let candidate = |e: &Entry| e.candidate.unwrap_or(e.baseline);
+    let low = shown.iter().flat_map(|e| [e.baseline, candidate(e)]).fold(1.0_f64, f64::min);
+    let high = shown.iter().flat_map(|e| [e.baseline, candidate(e)]).fold(0.0_f64, f64::max);
     // A tenth of a point of headroom either side, within 0..1.
     let floor = ((low - 0.05).max(0.0) * 10.0).floor() / 10.0;
     let ceiling = ((high + 0.05).min(1.0) * 10.0).ceil() / 10.0;
@@ -24,7 +26,7 @@ pub fn mermaid(history: &[Entry], metric: &str) -> String {
         labels.join(", "),
         mermaid_text(metric),
         series(|e| e.baseline),
-        series(|e| e.candidate),
+        series(|e| e.candidate.unwrap_or(e.baseline)),
     )
 }
 
@@ -38,16 +40,17 @@ mod tests {
     use super::*;
     use crate::eval::gate::Decision;
 
-    fn entry(day: u32, baseline: f64, candidate: f64) -> Entry {
+    fn entry(day: u32, baseline: f64, candidate: impl Into<Option<f64>>) -> Entry {
+        let candidate = candidate.into();
         Entry {
             date: format!("2026-11-{day:02}T06:00:00Z").parse().unwrap(),
             examples: 1000,
             test_n: 139,
             baseline,
             candidate,
-            delta: candidate - baseline,
-            low: 0.0,
-            high: 0.0,
+            delta: candidate.map(|c| c - baseline),
+            low: candidate.map(|_| 0.0),
+            high: candidate.map(|_| 0.0),
             decision: Decision::Promote,
             lm_calls: 0,
             tokens: 0,
@@ -63,6 +66,13 @@ mod tests {
         assert!(chart.contains("line [0.266, 0.460]"), "{chart}");
         assert!(chart.contains("line [0.460, 0.480]"), "{chart}");
         assert!(chart.contains("y-axis \"exact_match(queue)\" 0.2 --> 0.6"), "{chart}");
+    }
+
+    #[test]
+    fn a_run_without_a_candidate_draws_production_on_both_lines() {
+        let chart = mermaid(&[entry(6, 0.266, 0.46), entry(13, 0.46, None)], "m");
+        assert!(chart.contains("line [0.266, 0.460]"), "{chart}");
+        assert!(chart.contains("line [0.460, 0.460]"), "{chart}");
     }
 
     #[test]

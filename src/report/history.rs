@@ -16,11 +16,14 @@ pub struct Entry {
     pub examples: usize,
     /// Test examples both programs were scored on.
     pub test_n: usize,
+    /// Production's test score.
     pub baseline: f64,
-    pub candidate: f64,
-    pub delta: f64,
-    pub low: f64,
-    pub high: f64,
+    /// The candidate's test score and the delta with its interval; `null`
+    /// when the search found no better program, so none was scored on test.
+    pub candidate: Option<f64>,
+    pub delta: Option<f64>,
+    pub low: Option<f64>,
+    pub high: Option<f64>,
     pub decision: Decision,
     pub lm_calls: u64,
     pub tokens: u64,

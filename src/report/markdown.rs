@@ -188,22 +188,28 @@ fn history(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
     }
     out.push_str("\n### Test score by run\n\n");
     if run.history.len() > 1 {
-        out.push_str("Production is the first line, the candidate the second.\n\n");
+        out.push_str("Production is the first line, the candidate the second");
+        if run.history.iter().any(|entry| entry.candidate.is_none()) {
+            out.push_str(" (on production's where no better program was found)");
+        }
+        out.push_str(".\n\n");
         out.push_str(&chart::mermaid(&run.history, &run.headline.metric));
         out.push('\n');
     }
     out.push_str("<details><summary>The numbers</summary>\n\n| run | examples | test n | production | candidate | delta | decision |\n|---|---:|---:|---:|---:|---:|---|\n");
     for entry in run.history.iter().rev() {
+        let (candidate, delta) = match (entry.candidate, entry.delta, entry.low, entry.high) {
+            (Some(candidate), Some(delta), Some(low), Some(high)) => {
+                (format!("{candidate:.3}"), format!("{delta:+.3} [{low:+.3}, {high:+.3}]"))
+            }
+            _ => ("none".to_string(), "–".to_string()),
+        };
         out.push_str(&format!(
-            "| {} | {} | {} | {:.3} | {:.3} | {:+.3} [{:+.3}, {:+.3}] | {} |\n",
+            "| {} | {} | {} | {:.3} | {candidate} | {delta} | {} |\n",
             entry.date.format("%Y-%m-%d %H:%M"),
             thousands(entry.examples as u64),
             entry.test_n,
             entry.baseline,
-            entry.candidate,
-            entry.delta,
-            entry.low,
-            entry.high,
             entry.decision.as_str()
         ));
     }
