@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::{Example, Split, parse_examples, split_of};
+use super::{DatasetLines, Example, Split, parse_examples, split_of};
 use crate::config::SplitFractions;
 use crate::program::artifact::write_atomically;
 
@@ -259,17 +259,11 @@ fn read_optional(path: &Path) -> Result<Vec<u8>> {
 
 /// Inbox lines need an `id` and `inputs`; `outputs` may be missing or empty.
 fn parse_inbox(bytes: &[u8], path: &Path) -> Result<Vec<InboxEntry>> {
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        let line = bytes[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
-        anyhow::anyhow!("{}:{line}: not valid UTF-8; re-save the file as UTF-8", path.display())
-    })?;
     let mut entries = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = format!("{}:{}", path.display(), index + 1);
-        let value: Value = serde_json::from_str(line)
+    for line in DatasetLines::new(bytes, path) {
+        let (line_no, line) = line?;
+        let at = format!("{}:{line_no}", path.display());
+        let value: Value = serde_json::from_str(&line)
             .map_err(|e| anyhow::anyhow!("{at}: not a JSON object (column {}); fix or delete the line", e.column()))?;
         let id = value.get("id").and_then(Value::as_str).filter(|s| !s.is_empty());
         let inputs = value.get("inputs").and_then(Value::as_object);
@@ -281,7 +275,7 @@ fn parse_inbox(bytes: &[u8], path: &Path) -> Result<Vec<InboxEntry>> {
             Some(Value::Object(outputs)) => outputs.clone(),
             Some(_) => bail!("{at}: `outputs` must be an object of output fields, e.g. {{\"queue\": \"cards\"}}"),
         };
-        entries.push(InboxEntry { text: line.to_string(), id: id.to_string(), inputs: inputs.clone(), outputs });
+        entries.push(InboxEntry { text: line, id: id.to_string(), inputs: inputs.clone(), outputs });
     }
     Ok(entries)
 }
