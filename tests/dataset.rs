@@ -150,7 +150,26 @@ fn a_line_longer_than_the_limit_names_file_line_and_limit() {
 #[test]
 fn a_line_with_no_end_is_refused_without_being_held() {
     // An endless line: only a reader that stops holding it at the limit returns.
-    let endless = std::io::BufReader::new(std::io::Read::chain(&b"{\"id\": \"a\", \"inputs\": {\"m\": \""[..], std::io::repeat(b'x')));
+    let endless = std::io::BufReader::new(std::io::Read::chain(
+        &b"{\"id\": \"a\", \"inputs\": {\"m\": \""[..],
+        std::io::repeat(b'x'),
+    ));
     let err = read_examples(endless, Path::new("d.jsonl")).unwrap_err().to_string();
     assert!(err.starts_with("d.jsonl:1: the line is longer than 1048576 bytes"), "{err}");
+}
+
+#[test]
+fn a_merge_leaves_out_a_record_too_long_to_read_back() {
+    use promptloop::dataset::store::DatasetStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("examples.jsonl");
+    let store = DatasetStore::new(&path, SplitFractions::default());
+    let fits: Example = serde_json::from_str(&line_of("fits", 200)).unwrap();
+    let huge: Example = serde_json::from_str(&line_of("huge", MAX_EXAMPLE_LINE_BYTES + 1)).unwrap();
+    let snapshot = store.read().unwrap();
+    let outcome = store.merge(&snapshot, &[fits, huge.clone()], &[huge], chrono::Utc::now()).unwrap();
+    assert_eq!((outcome.added.values().sum::<usize>(), outcome.inbox_added, outcome.too_long), (1, 0, 1));
+    assert_eq!(outcome.manifest.pulled, ["fits"], "a record left out is not remembered as pulled");
+    let dataset = Dataset::load(&path, &SplitFractions::default()).unwrap();
+    assert_eq!(dataset.len(), 1);
 }
