@@ -387,3 +387,22 @@ async fn an_edit_made_after_an_interrupted_merge_is_never_overwritten() {
     );
     assert_eq!(repo.read("datasets/triage/inbox.jsonl"), edited, "the edit survives");
 }
+
+#[tokio::test]
+async fn a_journal_naming_files_outside_the_dataset_is_refused() {
+    let repo = Repo::new();
+    repo.write("logs/a.jsonl", &two_weeks());
+    repo.write("outside.txt", "not the dataset's");
+    let journal = json!({"format": "promptloop.merge/v1", "files": [
+        {"file": "../../outside.txt", "pending": ".../../outside.txt.promptloop-new", "before": null, "after": "0"}
+    ]});
+    repo.write("datasets/triage/.promptloop-merge.json", &journal.to_string());
+    let err = repo.pull(Since::LastPull, FIRST_UNTIL).await.unwrap_err().to_string();
+    assert!(
+        err.contains(".promptloop-merge.json is not a merge journal promptloop can read")
+            && err.contains("restore the dataset's files from git and delete it"),
+        "{err}"
+    );
+    assert_eq!(repo.read("outside.txt"), "not the dataset's");
+    assert_eq!(repo.read("datasets/triage/examples.jsonl"), SEED_EXAMPLES);
+}

@@ -295,6 +295,7 @@ impl DatasetStore {
         let mut changed = false;
         if let Some(journal) = self.journal()? {
             self.apply(&journal, &mut Steps::none())?;
+            tracing::warn!("{}: finished the merge an interrupted pull had committed", self.dir().display());
             changed = true;
         }
         let dir = self.dir();
@@ -315,7 +316,10 @@ impl DatasetStore {
         }
         for path in leftovers {
             match std::fs::remove_file(&path) {
-                Ok(()) => changed = true,
+                Ok(()) => {
+                    tracing::warn!("deleted {}, left by a pull that stopped before committing", path.display());
+                    changed = true;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     return Err(e).with_context(|| {
@@ -335,15 +339,22 @@ impl DatasetStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let journal: Journal = serde_json::from_slice(&bytes)
-            .ok()
-            .filter(|j: &Journal| j.format == JOURNAL_FORMAT)
-            .with_context(|| {
-                format!(
-                    "{} is not a merge journal promptloop can read; restore the dataset's files from git and delete it",
-                    path.display()
-                )
-            })?;
+        // Only files beside the journal, each with its own pending name.
+        let sound = |j: &Journal| {
+            j.format == JOURNAL_FORMAT
+                && j.files.iter().all(|e| {
+                    !e.file.is_empty()
+                        && !e.file.starts_with('.')
+                        && !e.file.contains(['/', '\\'])
+                        && e.pending == format!(".{}{PENDING}", e.file)
+                })
+        };
+        let journal: Journal = serde_json::from_slice(&bytes).ok().filter(sound).with_context(|| {
+            format!(
+                "{} is not a merge journal promptloop can read; restore the dataset's files from git and delete it",
+                path.display()
+            )
+        })?;
         Ok(Some(journal))
     }
 
