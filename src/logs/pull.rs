@@ -219,7 +219,7 @@ fn pull_blocking(request: PullRequest, runtime: tokio::runtime::Handle) -> Resul
     // One pull at a time on a dataset, from reading where the last one ended
     // to writing the manifest; an interrupted merge is finished or undone first.
     let store = DatasetStore::new(&config.dataset.path, config.dataset.split);
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let command = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ");
     let _lock = store.lock(&config.state_dir().join("locks"), &command)?;
     if !request.dry_run {
         store.recover()?;
