@@ -21,15 +21,17 @@
 //! (`.examples.jsonl.promptloop-new`, ...) and syncs it, (4) writes the
 //! journal `.promptloop-merge.json` to a temporary file, and (5) renames it
 //! into place: that rename is the commit. Then (6–8) it renames each new file
-//! over the old one and (9) deletes the journal. Whoever takes the lock next
-//! calls [`DatasetStore::recover`]: a journal there means a committed merge
+//! over the old one and (9) deletes the journal. The next pull, once it holds
+//! the lock, calls [`DatasetStore::recover`] (and every merge does before it
+//! writes): a journal there means a committed merge
 //! was interrupted, so its remaining renames are done (the journal names each
 //! new file with its SHA-256 and that of the file it replaces, so a file a
 //! person edited in the meantime is never overwritten); no journal means
 //! whatever temporary files lie there belong to a merge that never committed,
 //! and they are deleted. Either way the dataset is one a whole merge left, and
-//! a rerun of the pull reaches the files an uninterrupted pull writes, byte
-//! for byte. Reading ([`DatasetStore::read`]) sees a committed merge even
+//! a rerun of the pull over the same window reaches the files an
+//! uninterrupted pull writes, byte for byte (`tests/pull_concurrency.rs`
+//! stops a merge after each step to check it). Reading ([`DatasetStore::read`]) sees a committed merge even
 //! before it is finished, so a dry run needs no recovery and writes nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -308,7 +310,7 @@ impl DatasetStore {
                 let prefix = format!(".{name}.tmp-");
                 leftovers.extend(
                     entries
-                        .filter_map(|e| e.ok())
+                        .flatten()
                         .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
                         .map(|e| e.path()),
                 );
