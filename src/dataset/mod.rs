@@ -162,15 +162,18 @@ impl Dataset {
         Self { train: Train(train), dev: Dev(dev), test: Test(test), content_hash }
     }
 
+    /// Reads the dataset line by line (never more than [`MAX_EXAMPLE_LINE_BYTES`]
+    /// of one line at a time), hashing the bytes as they go by.
     pub fn load(path: &Path, fractions: &SplitFractions) -> Result<Dataset> {
-        let bytes = std::fs::read(path).with_context(|| {
+        let file = std::fs::File::open(path).with_context(|| {
             format!("cannot read dataset {}; check [dataset] path in the pipeline file", path.display())
         })?;
-        let examples = parse_examples(&bytes, path)?;
+        let mut hashing = HashingReader { inner: file, hasher: Sha256::new() };
+        let examples = read_examples(std::io::BufReader::new(&mut hashing), path)?;
         if examples.is_empty() {
             bail!("dataset {} has no examples", path.display());
         }
-        Ok(Self::from_examples(examples, fractions, hex::encode(Sha256::digest(&bytes))))
+        Ok(Self::from_examples(examples, fractions, hex::encode(hashing.hasher.finalize())))
     }
 
     pub fn train(&self) -> &Train {
@@ -197,22 +200,25 @@ impl Dataset {
     }
 }
 
+/// The longest line a dataset file (examples or inbox) may have: one example
+/// as JSON. A longer line is an error, found without holding more than this
+/// much of it in memory.
+pub const MAX_EXAMPLE_LINE_BYTES: usize = 1 << 20;
+
 /// Parses JSONL examples. The dataset is curated, so any bad line is an error
 /// that names the file and line; nothing is skipped silently.
 pub fn parse_examples(bytes: &[u8], path: &Path) -> Result<Vec<Example>> {
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        let line = bytes[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
-        anyhow::anyhow!("{}:{line}: not valid UTF-8; re-save the file as UTF-8", path.display())
-    })?;
+    read_examples(bytes, path)
+}
+
+/// [`parse_examples`] over a reader, one line at a time.
+pub fn read_examples(reader: impl std::io::BufRead, path: &Path) -> Result<Vec<Example>> {
     let mut examples = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for (index, line) in text.lines().enumerate() {
-        let line_no = index + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
+    for line in DatasetLines::new(reader, path) {
+        let (line_no, line) = line?;
         let at = || format!("{}:{line_no}", path.display());
-        let value: Value = serde_json::from_str(line)
+        let value: Value = serde_json::from_str(&line)
             .map_err(|e| anyhow::anyhow!("{}: not a JSON object ({e}); each line must be one example", at()))?;
         let object = value.as_object().ok_or_else(|| anyhow::anyhow!("{}: expected a JSON object", at()))?;
         for key in ["id", "inputs", "outputs"] {
@@ -234,4 +240,114 @@ pub fn parse_examples(bytes: &[u8], path: &Path) -> Result<Vec<Example>> {
         examples.push(example);
     }
     Ok(examples)
+}
+
+/// The non-blank lines of a dataset file, numbered from 1 as an editor shows
+/// them, without the `\n` (or `\r\n`) and, on the first line, without a UTF-8
+/// byte order mark (editors on Windows write one). A line longer than
+/// [`MAX_EXAMPLE_LINE_BYTES`] or not valid UTF-8 is an error naming the file
+/// and line; the iterator ends after it.
+pub(crate) struct DatasetLines<'p, R> {
+    reader: R,
+    path: &'p Path,
+    number: usize,
+    line: Vec<u8>,
+    finished: bool,
+}
+
+impl<'p, R: std::io::BufRead> DatasetLines<'p, R> {
+    pub(crate) fn new(reader: R, path: &'p Path) -> Self {
+        Self { reader, path, number: 0, line: Vec::new(), finished: false }
+    }
+
+    /// Reads the next line into `self.line`; false at the end of the file.
+    fn read_line(&mut self) -> Result<bool> {
+        self.line.clear();
+        let mut any = false;
+        loop {
+            let available = match self.reader.fill_buf() {
+                Ok(available) => available,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", self.path.display())),
+            };
+            if available.is_empty() {
+                return Ok(any);
+            }
+            any = true;
+            let newline = available.iter().position(|&b| b == b'\n');
+            let content = &available[..newline.unwrap_or(available.len())];
+            // One byte more than the limit, for a `\r` before the `\n`.
+            if self.line.len() + content.len() > MAX_EXAMPLE_LINE_BYTES + 1 {
+                return Err(line_too_long(self.path, self.number + 1));
+            }
+            self.line.extend_from_slice(content);
+            let consumed = newline.map_or(content.len(), |at| at + 1);
+            self.reader.consume(consumed);
+            if newline.is_some() {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn next_line(&mut self) -> Result<Option<(usize, String)>> {
+        loop {
+            if !self.read_line()? {
+                return Ok(None);
+            }
+            self.number += 1;
+            if self.line.last() == Some(&b'\r') {
+                self.line.pop();
+            }
+            let mut content = self.line.as_slice();
+            if self.number == 1 {
+                content = content.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(content);
+            }
+            if content.len() > MAX_EXAMPLE_LINE_BYTES {
+                return Err(line_too_long(self.path, self.number));
+            }
+            if content.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let text = std::str::from_utf8(content).map_err(|_| {
+                anyhow::anyhow!("{}:{}: not valid UTF-8; re-save the file as UTF-8", self.path.display(), self.number)
+            })?;
+            return Ok(Some((self.number, text.to_string())));
+        }
+    }
+}
+
+impl<R: std::io::BufRead> Iterator for DatasetLines<'_, R> {
+    type Item = Result<(usize, String)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.finished {
+            return None;
+        }
+        let next = self.next_line().transpose();
+        if !matches!(next, Some(Ok(_))) {
+            self.finished = true;
+        }
+        next
+    }
+}
+
+fn line_too_long(path: &Path, line: usize) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}:{line}: the line is longer than {MAX_EXAMPLE_LINE_BYTES} bytes (1 MiB), the most one example may take; shorten that example (or delete the line) and try again",
+        path.display()
+    )
+}
+
+/// Passes bytes through, hashing them.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }

@@ -216,12 +216,20 @@ fn pull_blocking(request: PullRequest, runtime: tokio::runtime::Handle) -> Resul
         );
     }
     let until = request.until.unwrap_or(now);
+    // One pull at a time on a dataset, from reading where the last one ended
+    // to writing the manifest; an interrupted merge is finished or undone first.
+    let store = DatasetStore::new(&config.dataset.path, config.dataset.split);
+    let command = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ");
+    let _lock = store.lock(&config.state_dir().join("locks"), &command)?;
+    if !request.dry_run {
+        store.recover()?;
+    }
     let since = match &request.since {
         Since::All => None,
         Since::Time(t) => Some(*t),
         Since::Ago(d) => Some(until.checked_sub_signed(*d).context("the window's start is before the year -262143")?),
         // The dataset's own record first: it is what the base branch merged.
-        Since::LastPull => match DatasetStore::new(&config.dataset.path, config.dataset.split).pulled_until()? {
+        Since::LastPull => match store.pulled_until()? {
             Some(end) => Some(end),
             None => read_state(config)?.map(|s| s.until),
         },
@@ -245,7 +253,6 @@ fn pull_blocking(request: PullRequest, runtime: tokio::runtime::Handle) -> Resul
     let reservoirs = read_source(config, source, &window, runtime, &mut report)?;
 
     // Everything read: now decide against the dataset on disk.
-    let store = DatasetStore::new(&config.dataset.path, config.dataset.split);
     let snapshot = store.read()?;
     let mut admission = Admission::new(config, &snapshot, until.format("%Y-%m-%d").to_string());
     let caps = signal_caps(config);
@@ -266,7 +273,7 @@ fn pull_blocking(request: PullRequest, runtime: tokio::runtime::Handle) -> Resul
         report.examples = snapshot.examples.len() + new_examples.len();
         report.inbox = snapshot.inbox.len() + new_inbox.len();
     } else {
-        let MergeOutcome { added, promoted, inbox_added, manifest } =
+        let MergeOutcome { added, promoted, inbox_added, manifest, .. } =
             store.merge(&snapshot, &new_examples, &new_inbox, until)?;
         report.added = added;
         report.promoted = promoted;
