@@ -185,7 +185,7 @@ fn a_record_gets_consistent_placeholders_in_every_field() {
     record.history = vec!["my card 4111 1111 1111 1111 got stuck".into(), "it was 4111-1111-1111-1111".into()];
     record.metadata = object(json!({
         "user": { "email": "jane.doe@example.com", "ips": ["203.0.113.45", 7] },
-        "jane.doe@example.com": "key kept as is",
+        "jane.doe@example.com": "a key is anonymized too",
     }));
     let mut counts = PiiCounts::default();
     anonymizer.anonymize_record(&mut record, &mut counts);
@@ -199,16 +199,17 @@ fn a_record_gets_consistent_placeholders_in_every_field() {
     assert_eq!(record.feedback.as_ref().unwrap().comment.as_deref(), Some("mailed <EMAIL_2> and <EMAIL_1>"));
     assert_eq!(record.history, vec!["my card <CARD_1> got stuck", "it was <CARD_1>"]);
     assert_eq!(record.metadata["user"], json!({ "email": "<EMAIL_1>", "ips": ["<IP_1>", 7] }));
-    assert_eq!(record.metadata["jane.doe@example.com"], "key kept as is");
+    assert_eq!(record.metadata["<EMAIL_1>"], "a key is anonymized too");
+    assert!(!record.metadata.contains_key("jane.doe@example.com"));
 
-    assert_eq!(counts.get("EMAIL"), 5);
+    assert_eq!(counts.get("EMAIL"), 6);
     assert_eq!(counts.get("PHONE"), 3);
     assert_eq!(counts.get("CARD"), 2);
     assert_eq!(counts.get("IP"), 1);
-    assert_eq!(counts.total(), 11);
+    assert_eq!(counts.total(), 12);
     let labels: Vec<&str> = counts.iter().map(|(label, _)| label).collect();
     assert_eq!(labels, vec!["CARD", "EMAIL", "IP", "PHONE"]);
-    assert_eq!(serde_json::to_value(&counts).unwrap(), json!({ "CARD": 2, "EMAIL": 5, "IP": 1, "PHONE": 3 }));
+    assert_eq!(serde_json::to_value(&counts).unwrap(), json!({ "CARD": 2, "EMAIL": 6, "IP": 1, "PHONE": 3 }));
 }
 
 #[test]
@@ -332,4 +333,82 @@ fn names_people_give_themselves_are_replaced() {
     for text in ["My Card Is Not Working", "Regards, and thanks", "My name is on the card", "I paid Amazon twice"] {
         assert_clean(text);
     }
+}
+
+#[test]
+fn an_id_holding_pii_or_a_secret_is_replaced_whole_by_a_stable_hash() {
+    let anonymizer = anonymizer();
+    for id in ["jane.doe@example.com", "sk-proj-Q7vX2mN9pL4kR8tY1wZ6bC3dF5gH0jAs", "+44 20 7946 0958"] {
+        let mut r = record("hello");
+        r.id = id.to_string();
+        let mut counts = PiiCounts::default();
+        anonymizer.anonymize_record(&mut r, &mut counts);
+        assert_eq!(r.id, promptloop::logs::anonymize::anonymous_id(id, &r.timestamp), "{id}");
+        assert!(r.id.starts_with("anon-") && !r.id.contains(&id[..6]), "{id} became {}", r.id);
+        assert_eq!(counts.total(), 1, "{id}");
+        // The same line anonymized again gives the same id.
+        let mut again = record("hello");
+        again.id = id.to_string();
+        anonymizer.anonymize_record(&mut again, &mut PiiCounts::default());
+        assert_eq!(again.id, r.id);
+    }
+    for id in
+        ["req-1", "chatcmpl-9pX3aBcDeFgHiJkLmNoPqRsTuVw", "5b8efff798038103", "123e4567-e89b-12d3-a456-426614174000"]
+    {
+        let mut r = record("hello");
+        r.id = id.to_string();
+        anonymizer.anonymize_record(&mut r, &mut PiiCounts::default());
+        assert_eq!(r.id, id);
+    }
+}
+
+#[test]
+fn keys_of_inputs_outputs_and_references_are_anonymized() {
+    let mut r = record("hi");
+    r.inputs.insert("jane.doe@example.com".into(), json!("cc"));
+    r.inputs.insert("nested".into(), json!({ "AKIAIOSFODNN7EXAMPLE": { "+44 20 7946 0958": 1 } }));
+    r.output =
+        Some(object(json!({ "queue": "cards", "sent to JANE.DOE@example.com": true, "Jane.Doe@Example.com": 2 })));
+    r.reference = Some(object(json!({ "queue": "cards", "bob@example.org": "x" })));
+    let mut counts = PiiCounts::default();
+    anonymizer().anonymize_record(&mut r, &mut counts);
+    let keys = |map: &Map<String, Value>| map.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&r.inputs), vec!["message", "<EMAIL_1>", "nested"]);
+    assert_eq!(r.inputs["nested"], json!({ "<SECRET_1>": { "<PHONE_1>": 1 } }));
+    // Two keys that become the same placeholder keep both values, in order.
+    assert_eq!(keys(r.output.as_ref().unwrap()), vec!["queue", "sent to <EMAIL_1>", "<EMAIL_1>"]);
+    let mut r2 = record("hi");
+    r2.metadata = object(json!({ "a@example.com": 1, "A@example.com": 2 }));
+    anonymizer().anonymize_record(&mut r2, &mut PiiCounts::default());
+    assert_eq!(r2.metadata, object(json!({ "<EMAIL_1>": 1, "<EMAIL_1>_2": 2 })));
+    assert_eq!(keys(r.reference.as_ref().unwrap()), vec!["queue", "<EMAIL_2>"]);
+    assert_eq!(counts.get("EMAIL"), 4);
+    assert_eq!(counts.get("SECRET"), 1);
+    assert_eq!(counts.get("PHONE"), 1);
+}
+
+#[test]
+fn numbers_in_arrays_floats_and_negatives_are_read_like_other_numbers() {
+    let mut r = record("see the fields");
+    r.inputs.insert("phones".into(), json!([4155550123u64, "4155550124", { "mobile": 447700900123u64 }]));
+    r.inputs.insert("card".into(), json!(4111111111111111.0));
+    r.inputs.insert("refund_card".into(), json!(-5555555555554444i64));
+    r.inputs.insert("cards".into(), json!([[378282246310005u64], -4111111111111111.0]));
+    r.inputs.insert("amounts".into(), json!([1234567.5, -2500000, 4111111111111112u64]));
+    let mut counts = PiiCounts::default();
+    anonymizer().anonymize_record(&mut r, &mut counts);
+    assert_eq!(r.inputs["phones"], json!(["<PHONE_1>", "<PHONE_2>", { "mobile": "<PHONE_3>" }]));
+    assert_eq!(r.inputs["card"], "<CARD_1>");
+    assert_eq!(r.inputs["refund_card"], "<CARD_2>");
+    assert_eq!(r.inputs["cards"], json!([["<CARD_3>"], "<CARD_1>"]));
+    // Amounts and a number that fails the Luhn check stay numbers.
+    assert_eq!(r.inputs["amounts"], json!([1234567.5, -2500000, 4111111111111112u64]));
+    assert_eq!(counts.total(), 7);
+}
+
+#[test]
+fn card_numbers_written_as_floats_or_negative_in_text() {
+    assert_found("card: 4111111111111111.0 declined", "CARD", "4111111111111111");
+    assert_found("refund to -4111111111111111 failed", "CARD", "4111111111111111");
+    assert_clean("total 4111111111111111.37 is odd");
 }

@@ -314,12 +314,22 @@ impl Anonymizer {
         }
     }
 
-    /// Replaces PII in every string of the record (inputs, output, reference,
-    /// feedback comment, history, metadata values; not `id`, not the timestamp,
-    /// not object keys) with typed placeholders numbered by first appearance in
-    /// the record, and adds the replacements to `counts`.
+    /// Replaces PII everywhere in the record that pull can write: every
+    /// string, object key and number of the inputs, output, reference and
+    /// metadata (nested objects and arrays included), the feedback comment and
+    /// the history, with typed placeholders numbered by first appearance in the
+    /// record; and the id, which is replaced whole by [`anonymous_id`] when
+    /// anything is found in it. Adds the replacements to `counts`. The
+    /// timestamp is left as it is.
     pub fn anonymize_record(&self, record: &mut LogRecord, counts: &mut PiiCounts) {
         let mut names = Placeholders::default();
+        let id_findings = self.find(&record.id);
+        if !id_findings.is_empty() {
+            for finding in &id_findings {
+                counts.record(finding.kind.label(), 1);
+            }
+            record.id = anonymous_id(&record.id, &record.timestamp);
+        }
         self.anonymize_map(&mut record.inputs, &mut names, counts);
         if let Some(output) = &mut record.output {
             self.anonymize_map(output, &mut names, counts);
@@ -328,10 +338,10 @@ impl Anonymizer {
             self.anonymize_map(reference, &mut names, counts);
         }
         if let Some(comment) = record.feedback.as_mut().and_then(|feedback| feedback.comment.as_mut()) {
-            self.anonymize_string(comment, &mut names, counts);
+            self.anonymize_string(comment, "", &mut names, counts);
         }
         for message in &mut record.history {
-            self.anonymize_string(message, &mut names, counts);
+            self.anonymize_string(message, "", &mut names, counts);
         }
         self.anonymize_map(&mut record.metadata, &mut names, counts);
     }
@@ -340,47 +350,77 @@ impl Anonymizer {
     pub fn anonymize_text(&self, text: &str, counts: &mut PiiCounts) -> String {
         let mut names = Placeholders::default();
         let mut out = text.to_string();
-        self.anonymize_string(&mut out, &mut names, counts);
+        self.anonymize_string(&mut out, "", &mut names, counts);
         out
     }
 
+    /// Keys and values in order; a key that holds PII is replaced like any
+    /// string (the map is rebuilt only then, keeping the order of entries).
     fn anonymize_map(&self, map: &mut Map<String, Value>, names: &mut Placeholders, counts: &mut PiiCounts) {
-        for (key, value) in map.iter_mut() {
-            if let Value::Number(number) = value {
-                // A phone or card number logged as a JSON number: read it with
-                // its key as the context words ("phone", "card", ...). Only
-                // integers of 7+ digits can be one; the rest (latencies, token
-                // counts) cost no formatting.
-                if number.as_u64().is_some_and(|n| n >= 1_000_000) {
-                    let digits = number.to_string();
-                    let text = format!("{key}: {digits}");
-                    let start = text.len() - digits.len();
-                    if let Some(finding) = self.find(&text).into_iter().find(|f| f.range == (start..text.len())) {
-                        counts.record(finding.kind.label(), 1);
-                        *value = Value::String(names.name(&finding.kind, &digits));
-                    }
-                }
-                continue;
+        if !map.keys().any(|key| !self.find(key).is_empty()) {
+            for (key, value) in map.iter_mut() {
+                self.anonymize_value(value, key, names, counts);
             }
-            self.anonymize_value(value, names, counts);
+            return;
+        }
+        for (key, mut value) in std::mem::take(map) {
+            let mut new_key = key.clone();
+            self.anonymize_string(&mut new_key, "", names, counts);
+            self.anonymize_value(&mut value, &key, names, counts);
+            // Two keys can become one placeholder (the same email written in
+            // two cases): both values are kept.
+            let mut unique = new_key.clone();
+            let mut n = 1;
+            while map.contains_key(&unique) {
+                n += 1;
+                unique = format!("{new_key}_{n}");
+            }
+            map.insert(unique, value);
         }
     }
 
-    fn anonymize_value(&self, value: &mut Value, names: &mut Placeholders, counts: &mut PiiCounts) {
+    /// `context` is the key of the nearest enclosing object: a phone or card
+    /// number logged alone (`"phone": 4155550123`, `"cards": ["4111..."]`) is
+    /// read with it, as a writer would have written "phone: 4155550123".
+    fn anonymize_value(&self, value: &mut Value, context: &str, names: &mut Placeholders, counts: &mut PiiCounts) {
         match value {
-            Value::String(text) => self.anonymize_string(text, names, counts),
+            Value::String(text) => self.anonymize_string(text, context, names, counts),
             Value::Array(items) => {
                 for item in items {
-                    self.anonymize_value(item, names, counts);
+                    self.anonymize_value(item, context, names, counts);
                 }
             }
             Value::Object(map) => self.anonymize_map(map, names, counts),
-            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+            Value::Number(number) => {
+                // Only whole numbers of 7+ digits can be a phone, card or SSN;
+                // the rest (latencies, token counts, amounts) cost no formatting. Floats and negative numbers count by
+                // their digits: 4111111111111111.0 is still a card.
+                let Some(digits) = integral_digits(number) else { return };
+                let text = format!("{context}: {digits}");
+                let start = text.len() - digits.len();
+                if let Some(finding) = self.find(&text).into_iter().find(|f| f.range == (start..text.len())) {
+                    counts.record(finding.kind.label(), 1);
+                    *value = Value::String(names.name(&finding.kind, &digits));
+                }
+            }
+            Value::Null | Value::Bool(_) => {}
         }
     }
 
-    fn anonymize_string(&self, text: &mut String, names: &mut Placeholders, counts: &mut PiiCounts) {
-        let findings = self.find(text);
+    /// A short value made of digits and separators is read after its key
+    /// (`context`), like a number; anything else is read alone.
+    fn anonymize_string(&self, text: &mut String, context: &str, names: &mut Placeholders, counts: &mut PiiCounts) {
+        let findings = if !context.is_empty() && is_bare_number(text) {
+            let framed = format!("{context}: {text}");
+            let start = framed.len() - text.len();
+            self.find(&framed)
+                .into_iter()
+                .filter(|f| f.range.start >= start)
+                .map(|f| Finding { kind: f.kind, range: f.range.start - start..f.range.end - start })
+                .collect()
+        } else {
+            self.find(text)
+        };
         if findings.is_empty() {
             return;
         }
@@ -396,6 +436,47 @@ impl Anonymizer {
         out.push_str(&text[last..]);
         *text = out;
     }
+}
+
+/// What replaces a record id in which PII or a secret was found: `anon-` and
+/// 16 hex digits of SHA-256 over the record's timestamp and id. The same log
+/// line always gives the same id, so repeats still collapse into one source and
+/// whoever holds the logs can find the line again; the timestamp keeps someone
+/// who only guesses an email address from confirming it by hashing it.
+pub fn anonymous_id(id: &str, timestamp: &chrono::DateTime<chrono::Utc>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(timestamp.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true).as_bytes());
+    hasher.update([0]);
+    hasher.update(id.as_bytes());
+    let digest = hasher.finalize();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("anon-{hex}")
+}
+
+/// The digits of a JSON number that is a whole number of 7 to 20 digits, sign
+/// and `.0` dropped.
+fn integral_digits(number: &serde_json::Number) -> Option<String> {
+    let digits = if let Some(n) = number.as_u64() {
+        n.to_string()
+    } else if let Some(n) = number.as_i64() {
+        n.unsigned_abs().to_string()
+    } else {
+        let n = number.as_f64()?.abs();
+        if !n.is_finite() || n.fract() != 0.0 || n >= 1e20 {
+            return None;
+        }
+        format!("{n:.0}")
+    };
+    (digits.len() >= 7).then_some(digits)
+}
+
+/// `4155550123`, `+44 20 7946 0958`, `4111-1111-1111-1111`: up to 40 bytes of
+/// digits (at least 7), spaces, `+ - . ( ) /`.
+fn is_bare_number(text: &str) -> bool {
+    text.len() <= 40
+        && text.bytes().filter(u8::is_ascii_digit).count() >= 7
+        && text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b' ' | b'+' | b'-' | b'.' | b'(' | b')' | b'/'))
 }
 
 /// The placeholder of each distinct value seen so far in one record.
@@ -702,10 +783,13 @@ fn iban_checksum_ok(compact: &[u8]) -> bool {
 fn is_card(text: &str, range: Range<usize>) -> bool {
     let candidate = &text[range.clone()];
     // Part of a longer dotted or signed number (a decimal, a phone with +).
-    if matches!(byte_before(text, range.start), Some(b'+' | b'.' | b',' | b'#'))
-        || (matches!(byte_at(text, range.end), Some(b'.' | b','))
-            && byte_at(text, range.end + 1).is_some_and(|b| b.is_ascii_digit()))
-    {
+    // A card logged as a float (`4111111111111111.0`) is still a card; sixteen
+    // digits before a fraction that is not zero are an amount.
+    let fraction_after = matches!(byte_at(text, range.end), Some(b'.' | b','))
+        && byte_at(text, range.end + 1).is_some_and(|b| b.is_ascii_digit());
+    let zero_fraction =
+        fraction_after && text[range.end + 1..].bytes().take_while(u8::is_ascii_digit).all(|b| b == b'0');
+    if matches!(byte_before(text, range.start), Some(b'+' | b'.' | b',' | b'#')) || (fraction_after && !zero_fraction) {
         return false;
     }
     let digits: Vec<u8> = candidate.bytes().filter(u8::is_ascii_digit).map(|b| b - b'0').collect();
