@@ -95,14 +95,25 @@ fn card_numbers_are_luhn_checked() {
 }
 
 #[test]
-fn ibans_are_mod97_checked() {
-    for iban in
-        ["DE89370400440532013000", "DE89 3704 0044 0532 0130 00", "GB82 WEST 1234 5698 7654 32", "NL91ABNA0417164300"]
-    {
+fn ibans_valid_or_mistyped_are_account_numbers() {
+    for iban in [
+        "DE89370400440532013000",
+        "DE89 3704 0044 0532 0130 00",
+        "GB82 WEST 1234 5698 7654 32",
+        "NL91ABNA0417164300",
+        // A failing check or a lost character is a typo, not a reason to keep a person's account number.
+        "DE88 3704 0044 0532 0130 00",
+        "DE88370400440532013000",
+        "GB29 NWBK 6016 1331 9268 1",
+        "GB29NWBK6016133192681",
+        "NL91ABNA041716430",
+    ] {
         assert_found(&format!("Please refund to {iban} as soon as possible."), "IBAN", iban);
     }
-    assert_clean("Please refund to DE88 3704 0044 0532 0130 00 as soon as possible.");
-    assert_clean("Please refund to DE88370400440532013000 as soon as possible.");
+    // Bank codes and short codes are not accounts.
+    for text in ["Is DEUTDEFF500 the right BIC?", "Parcel RR123456789GB is late", "Ref DE12 3456 is fine"] {
+        assert_clean(text);
+    }
 }
 
 #[test]
@@ -411,4 +422,86 @@ fn card_numbers_written_as_floats_or_negative_in_text() {
     assert_found("card: 4111111111111111.0 declined", "CARD", "4111111111111111");
     assert_found("refund to -4111111111111111 failed", "CARD", "4111111111111111");
     assert_clean("total 4111111111111111.37 is odd");
+}
+
+#[test]
+fn jwts_whose_payload_does_not_start_with_ey_j() {
+    for jwt in [
+        // `\n{"sub":...}` and opaque bytes as the payload.
+        "eyJhbGciOiAiSFMyNTYiLCAidHlwIjogIkpXVCJ9.CnsidXNlciI6MTIzNH0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        "eyJhbGciOiJSUzI1NiJ9.q83v3wTl6W0Zk8jRvVQ-_Rj8mG9xk2pA.Qm9fY2hpY2tlbi1zaWduYXR1cmUtYnl0ZXM",
+    ] {
+        assert_found(&format!("Is {jwt} still valid?"), "SECRET", jwt);
+    }
+    // A full stop after a token is the sentence's.
+    assert_found(
+        "Logs show eyJhbGciOiJub25lIn0.YWJjZGVmZ2g.c2lnbmF0dXJl.",
+        "SECRET",
+        "eyJhbGciOiJub25lIn0.YWJjZGVmZ2g.c2lnbmF0dXJl",
+    );
+    // An unsigned token is found without its empty signature; nothing of it is left.
+    assert_found(
+        "Is eyJhbGciOiJub25lIn0.eyJzdWIiOiIxMjM0In0. valid?",
+        "SECRET",
+        "eyJhbGciOiJub25lIn0.eyJzdWIiOiIxMjM0In0",
+    );
+}
+
+#[test]
+fn more_key_formats() {
+    for key in [
+        "hf_MwHdKxLJ5KOSJOYNPKcGCkMX7h09goZsmDpR",
+        "npm_5VeRW8sSZRMqC9wtX5jnDEPmSKuteHJXrRK5",
+        "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",
+        "sk-ant-api03-Zx9Qw8Lp7Zx9Qw8Lp7Zx9Qw8Lp7Zx9Qw8Lp7-AA",
+    ] {
+        assert_found(&format!("I pasted {key} by mistake, please revoke it"), "SECRET", key);
+    }
+}
+
+#[test]
+fn national_phone_numbers_without_a_country_code_or_a_phone_word() {
+    for phone in ["980-564-9525", "431.902.6254x8625", "732 126 587", "+55 74 6142-9770", "3779726372", "043414306"] {
+        for lead in ["It's {} now", "Details: {}", "or {}, thanks", "Customer gave {} as callback"] {
+            assert_found(&lead.replace("{}", phone), "PHONE", phone);
+        }
+    }
+    // After a receipt mentioned earlier, "It's" does not make the number a reference.
+    assert_found("I have no receipt. It's 5673953140!", "PHONE", "5673953140");
+    assert_found("I used the wrong account number! 727 849 729 (after 6pm)", "PHONE", "727 849 729");
+    // "transferring" holds "ring", which is no reason to call an order number a phone.
+    assert_clean("before transferring? Order no. 1053246713 from 14.11.2026 is still open.");
+    for amount in
+        ["I moved 123 456 789 EUR", "It cost €732 126 587", "I moved 1 234 567 euros", "I have 2500000000 points"]
+    {
+        assert_clean(amount);
+    }
+}
+
+#[test]
+fn maestro_numbers_of_twelve_digits() {
+    assert_found("Card no. 503830900240 please cancel", "CARD", "503830900240");
+    assert_found("Please block 060456353378 immediately", "CARD", "060456353378");
+    assert_clean("Transaction reference 503830900240 shows twice");
+}
+
+#[test]
+fn a_card_right_after_an_amount() {
+    assert_found("I was charged £154.80 4111 1111 1111 1111 yesterday", "CARD", "4111 1111 1111 1111");
+    assert_found("I was charged $810.59 583688873822, thanks", "CARD", "583688873822");
+    assert_found("I was charged ¥881.34 38916538841761!", "CARD", "38916538841761");
+}
+
+#[test]
+fn versions_dates_and_rates_are_not_phones_or_addresses() {
+    for text in [
+        "Updated to 9.9.6 (8/12/2026) and it still crashes",
+        "Build 8.3.7.143 of the app logs me out",
+        "version 10.0.19045.2006 is installed",
+        "Exchange rate 154.8756 on 01.01.2025, fee 7.52%",
+        "v2.14.3 (2026-08-12) broke the login",
+        "The transfer at 2026-08-12T14:32:05Z is missing",
+    ] {
+        assert_clean(text);
+    }
 }

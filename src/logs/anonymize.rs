@@ -190,7 +190,15 @@ impl Anonymizer {
                 r"|(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}",
                 r"|AIza[0-9A-Za-z_-]{35}",
                 r"|glpat-[0-9A-Za-z_-]{20,}",
-                r"|eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{8,}",
+                r"|hf_[A-Za-z0-9]{30,}",
+                r"|npm_[A-Za-z0-9]{36}",
+                r"|SG\.[A-Za-z0-9_-]{16,32}\.[A-Za-z0-9_-]{16,64}",
+                r"|whsec_[A-Za-z0-9+/=]{24,}",
+                r"|xapp-[0-9]-[A-Za-z0-9-]{20,}",
+                r"|shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}",
+                // A JWT (three segments) or JWE (five) is known by its header,
+                // `{"` in base64url; the payload may be anything.
+                r"|eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*){1,3}",
                 // No closing boundary: these alphabets end in `-`, and the classes are greedy anyway.
                 r")",
             )),
@@ -266,8 +274,20 @@ impl Anonymizer {
         }
         if gate.digits >= 12 {
             for m in self.card.find_iter(text) {
-                if is_card(text, m.range()) {
-                    found.claim(&PiiKind::Card, m.range());
+                // The regex takes the leftmost run, which can start inside an
+                // amount before the card (`£154.80 4111 ...`): try the run from
+                // each later group too.
+                let starts = std::iter::once(m.start())
+                    .chain(m.as_str().match_indices([' ', '-']).map(|(at, _)| m.start() + at + 1));
+                for start in starts {
+                    let digits = text[start..m.end()].bytes().filter(u8::is_ascii_digit).count();
+                    if digits < 12 {
+                        break;
+                    }
+                    if is_card(text, start..m.end()) {
+                        found.claim(&PiiKind::Card, start..m.end());
+                        break;
+                    }
                 }
             }
         }
@@ -310,7 +330,9 @@ impl Anonymizer {
             }
         }
         for m in self.secret_tokens.find_iter(text) {
-            found.claim(&PiiKind::Secret, m.range());
+            // A JWT's empty last segment allows a dot; a sentence's full stop is not part of it.
+            let end = m.start() + m.as_str().trim_end_matches('.').len();
+            found.claim(&PiiKind::Secret, m.start()..end);
         }
     }
 
@@ -755,13 +777,37 @@ fn valid_iban_prefix(candidate: &str) -> Option<usize> {
         }
     }
     match expected {
-        Some(len) if compact.len() != len => return None,
+        Some(len) if compact.len() != len => return plausible_account_number(candidate, len),
         // The cut must fall between groups, not inside a word.
         Some(_) if candidate.as_bytes().get(end).is_some_and(|b| *b != b' ') => return None,
         None if !(15..=34).contains(&compact.len()) => return None,
         _ => {}
     }
-    iban_checksum_ok(&compact).then_some(end)
+    if iban_checksum_ok(&compact) {
+        return Some(end);
+    }
+    expected.and_then(|len| plausible_account_number(candidate, len))
+}
+
+/// An IBAN with a digit lost or mistyped (`GB29 NWBK 6016 1331 9268 1`, 21
+/// characters, or a check that fails) is still an account number to a reader:
+/// a known country, its check digits, a length at most two short of the
+/// country's, and a body mostly of digits. Returns the byte length taken,
+/// without a trailing group of letters (a word after a grouped number).
+fn plausible_account_number(candidate: &str, expected: usize) -> Option<usize> {
+    let mut end = candidate.len();
+    if let Some(space) = candidate.rfind(' ')
+        && candidate[space + 1..].bytes().all(|b| b.is_ascii_uppercase())
+    {
+        end = space;
+    }
+    let compact: Vec<u8> = candidate[..end].bytes().filter(|b| *b != b' ').collect();
+    if compact.len() > expected || compact.len() + 2 < expected {
+        return None;
+    }
+    let body = &compact[4..];
+    let digits = body.iter().filter(|b| b.is_ascii_digit()).count();
+    (digits >= 8 && body.len() - digits <= 6).then_some(end)
 }
 
 fn iban_checksum_ok(compact: &[u8]) -> bool {
@@ -798,15 +844,27 @@ fn is_card(text: &str, range: Range<usize>) -> bool {
         return false;
     }
     // Issuer ranges start with 2-6 (Mastercard, Amex/Diners/JCB, Visa, Mastercard/Maestro, Discover/UnionPay),
-    // or 1800 (15-digit JCB).
-    if !((2..=6).contains(&digits[0]) || (digits.len() == 15 && digits.starts_with(&[1, 8, 0, 0]))) {
+    // 1800 (15-digit JCB) or 0604 (12-digit Maestro).
+    let maestro_0604 = digits.len() == 12 && digits.starts_with(&[0, 6, 0, 4]);
+    if !((2..=6).contains(&digits[0]) || (digits.len() == 15 && digits.starts_with(&[1, 8, 0, 0])) || maestro_0604) {
         return false;
     }
-    // 12 digits only for Maestro (5x/6x), and not where the text calls it a reference.
-    if digits.len() == 12 && (!matches!(digits[0], 5 | 6) || follows_reference_word(text, range.start)) {
+    // 12 digits only for Maestro (5x/6x/0604), and not where the text calls it
+    // a reference without calling it a card ("card no. 5038..." is a card).
+    if digits.len() == 12
+        && (!(matches!(digits[0], 5 | 6) || maestro_0604)
+            || (follows_reference_word(text, range.start) && !follows_card_word(text, range.start)))
+    {
         return false;
     }
     luhn_ok(&digits)
+}
+
+fn follows_card_word(text: &str, start: usize) -> bool {
+    let before = context_before(text, start, 24);
+    ["card", "maestro", "visa", "mastercard", "karte", "carte", "tarjeta", "carta", "cartão", "kaart", "karta", "kort"]
+        .iter()
+        .any(|word| before.contains(word))
 }
 
 fn luhn_ok(digits: &[u8]) -> bool {
@@ -856,7 +914,24 @@ fn is_ssn(text: &str, range: Range<usize>) -> bool {
 
 // ---------- IP ----------
 
+/// Words right before a dotted number that make it a version, not an address.
+const VERSION_WORDS: &[&str] = &[
+    "version", "ver", "v", "build", "release", "firmware", "patch", "android", "ios", "os", "app", "updated", "update",
+    "upgraded",
+];
+
+fn follows_version_word(text: &str, start: usize) -> bool {
+    let before = context_before(text, start, 24);
+    before.split_whitespace().last().is_some_and(|word| {
+        let word = word.trim_matches(|c: char| !c.is_alphanumeric());
+        VERSION_WORDS.contains(&word)
+    })
+}
+
 fn is_ipv4(text: &str, range: Range<usize>) -> bool {
+    if follows_version_word(text, range.start) {
+        return false;
+    }
     // A longer dotted run is a version or an OID, not an address.
     if byte_before(text, range.start) == Some(b'.')
         && byte_before(text, range.start - 1).is_some_and(|b| b.is_ascii_digit())
@@ -1017,13 +1092,32 @@ const REFERENCE_WORDS: &[&str] = &[
 fn follows_reference_word(text: &str, start: usize) -> bool {
     let before = context_before(text, start, 24);
     let before = before.trim_end_matches([' ', ':', '-']);
+    // A sentence that ended ("the wrong account number! 727 849 729") says nothing about this number.
+    if before.ends_with(['!', '?'])
+        || (before.ends_with('.') && before.split_whitespace().last().is_some_and(|word| word.len() > 5))
+    {
+        return false;
+    }
     if REFERENCE_WORDS.iter().filter(|w| w.contains(' ')).any(|w| before.ends_with(w)) {
         return true;
     }
-    before.split_whitespace().rev().take(2).any(|word| {
-        let word = word.trim_matches(|c: char| !c.is_alphanumeric() && c != '#');
-        REFERENCE_WORDS.iter().any(|reference| word == reference.trim_end_matches('.'))
-    })
+    // The word right before, or the one before that when the nearer one only
+    // joins them ("order no. 123", "invoice number 123"): "receipt. It's 123" is not a reference.
+    let mut words =
+        before.split_whitespace().rev().map(|word| word.trim_matches(|c: char| !c.is_alphanumeric() && c != '#'));
+    let is_reference = |word: &str| REFERENCE_WORDS.iter().any(|reference| word == reference.trim_end_matches('.'));
+    match (words.next(), words.next()) {
+        (Some(last), _) if is_reference(last) => true,
+        (Some(last), Some(previous)) => {
+            ["no", "nr", "number", "num", "is", "code", "#"].contains(&last) && is_reference(previous)
+        }
+        _ => false,
+    }
+}
+
+/// `word` in `text` at the start of a word: "ring me" is a phone cue, "transferring" is not.
+fn contains_word(text: &str, word: &str) -> bool {
+    text.match_indices(word).any(|(at, _)| !text[..at].chars().next_back().is_some_and(char::is_alphanumeric))
 }
 
 fn is_phone(text: &str, range: Range<usize>) -> bool {
@@ -1034,7 +1128,11 @@ fn is_phone(text: &str, range: Range<usize>) -> bool {
         None => raw,
     };
     let international = number.starts_with('+') || (number.starts_with("00") && !number.starts_with("000"));
-    if matches!(byte_before(text, range.start), Some(b'#' | b'$' | b'.' | b',' | b'-' | b'/' | b':'))
+    if (matches!(byte_before(text, range.start), Some(b'#' | b'$' | b'.' | b',' | b'-' | b'/' | b':'))
+        && !glued_to_phone_word(text, range.start))
+        || byte_at(text, range.end).is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        || contains_date(number)
+        || (number.contains('.') && follows_version_word(text, range.start))
         || text[..range.start].trim_end().ends_with(['$', '£', '€', '¥', '#'])
         || matches!(byte_at(text, range.end), Some(b'%' | b'-' | b'/'))
         || (matches!(byte_at(text, range.end), Some(b'.' | b',' | b':'))
@@ -1047,10 +1145,14 @@ fn is_phone(text: &str, range: Range<usize>) -> bool {
     let separators: Vec<char> =
         number.trim_start_matches('+').chars().filter(|c| !c.is_ascii_digit() && *c != '(' && *c != ')').collect();
     let before = context_before(text, range.start, 28);
-    let phone_context = PHONE_WORDS.iter().any(|word| before.contains(word));
+    let phone_context = PHONE_WORDS.iter().any(|word| contains_word(&before, word));
     // 3-2-4 with dashes is SSN-shaped: a valid one was taken already, an invalid one is not a phone.
     let ssn_shaped = groups.iter().map(|g| g.len()).eq([3, 2, 4]) && separators.iter().all(|&c| c == '-');
     if ssn_shaped || looks_like_date(&groups, &separators) || looks_like_dotted_numbers(&groups, &separators) {
+        return false;
+    }
+    // 154.8756, 1234,56: one separator that is a decimal point.
+    if groups.len() == 2 && matches!(separators.as_slice(), ['.'] | [',']) {
         return false;
     }
     if international {
@@ -1062,17 +1164,88 @@ fn is_phone(text: &str, range: Range<usize>) -> bool {
     if !phone_context && follows_reference_word(text, range.start) {
         return false;
     }
-    if looks_like_thousands(&groups, &separators) && !phone_context {
+    // 1 234 567 or 123 456 789 euros is an amount; 732 126 587 alone is a
+    // phone number (Spain, Poland, Portugal write nine digits 3-3-3).
+    if looks_like_thousands(&groups, &separators)
+        && !phone_context
+        && (groups[0].len() < 3 || digits < 9 || separators[0] != ' ' || near_currency(text, range.clone()))
+    {
         return false;
     }
     let has_paren = number.contains('(');
     if groups.len() == 1 && !has_paren {
-        // A bare run of digits: a national number with its trunk 0, or one the text calls a phone.
+        // A bare run of digits: a national number with its trunk 0, ten digits
+        // as North America and Italy write them (never starting with 0 or 1:
+        // that is where counts and Unix times are; nor a round number), or one
+        // the text calls a phone.
         let run = groups[0];
-        return phone_context || (run.starts_with('0') && !run.starts_with("00") && (10..=12).contains(&digits));
+        return phone_context
+            || (run.starts_with('0') && !run.starts_with("00") && (9..=12).contains(&digits))
+            || (digits == 10 && !run.starts_with(['0', '1']) && !run.ends_with("0000") && !near_currency(text, range));
     }
     // Grouped national numbers: the first group is an area code or trunk prefix.
     groups[0].len() <= 5 || phone_context
+}
+
+/// `Tel:0301234567`, `mob.980-564-9525`: a phone word and a colon or dot, no space.
+fn glued_to_phone_word(text: &str, start: usize) -> bool {
+    if !matches!(byte_before(text, start), Some(b':' | b'.')) {
+        return false;
+    }
+    let before = context_before(text, start - 1, 16);
+    let word = before.rsplit(|c: char| !c.is_alphabetic()).next().unwrap_or_default();
+    ["tel", "phone", "mobile", "mob", "ph", "cell", "fax", "whatsapp", "sms", "telefon", "telefono", "téléphone", "tlf"]
+        .contains(&word)
+}
+
+/// A date inside a longer run: `9.9.6 (8/12/2026)`, `12/03/2024 10`.
+fn contains_date(number: &str) -> bool {
+    let bytes = number.as_bytes();
+    let digits_at = |at: usize| bytes[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    let value = |at: usize, len: usize| number[at..at + len].parse::<u32>().unwrap_or(u32::MAX);
+    for start in 0..bytes.len() {
+        if !bytes[start].is_ascii_digit() || (start > 0 && bytes[start - 1].is_ascii_digit()) {
+            continue;
+        }
+        let a = digits_at(start);
+        let Some(&sep) = bytes.get(start + a) else { continue };
+        if !matches!(sep, b'/' | b'.' | b'-') {
+            continue;
+        }
+        let b_at = start + a + 1;
+        let b = digits_at(b_at);
+        if b == 0 || bytes.get(b_at + b) != Some(&sep) {
+            continue;
+        }
+        let c_at = b_at + b + 1;
+        let c = digits_at(c_at);
+        let day_month = |at: usize, len: usize| (1..=2).contains(&len) && (1..=31).contains(&value(at, len));
+        let year = |at: usize, len: usize| len == 4 && (1900..=2099).contains(&value(at, len));
+        if (day_month(start, a) && day_month(b_at, b) && year(c_at, c))
+            || (year(start, a) && day_month(b_at, b) && day_month(c_at, c))
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// A currency sign, code or word right before or after the number.
+fn near_currency(text: &str, range: Range<usize>) -> bool {
+    const SIGNS: &[&str] =
+        &["$", "£", "€", "¥", "₹", "r$", "zł", "kr", "eur", "usd", "gbp", "pln", "sek", "inr", "jpy", "brl", "chf"];
+    const WORDS: &[&str] =
+        &["euro", "dollar", "pound", "zł", "zloty", "złot", "kr", "kronor", "yen", "rupee", "real", "reais", "franc"];
+    let before = context_before(text, range.start, 8);
+    let before = before.trim_end();
+    let mut after_end = (range.end + 12).min(text.len());
+    while !text.is_char_boundary(after_end) {
+        after_end -= 1;
+    }
+    let after = text[range.end..after_end].to_lowercase();
+    let after = after.trim_start();
+    SIGNS.iter().any(|sign| before.ends_with(sign) || after.starts_with(sign))
+        || WORDS.iter().any(|word| after.starts_with(word))
 }
 
 /// 2024-01-15, 15.01.2024, 01/15/2024, 2019-2024.
