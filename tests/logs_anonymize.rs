@@ -415,6 +415,28 @@ fn numbers_in_arrays_floats_and_negatives_are_read_like_other_numbers() {
     // Amounts and a number that fails the Luhn check stay numbers.
     assert_eq!(r.inputs["amounts"], json!([1234567.5, -2500000, 4111111111111112u64]));
     assert_eq!(counts.total(), 7);
+
+    // Ids and sizes of ten digits are not phones: a JSON number is one only
+    // under a phone key, a string of digits is read with its key's words.
+    let mut r = record("see the fields");
+    r.inputs = object(json!({
+        "user_id": 2847561234u64,
+        "orderId": "4155550123",
+        "bytes": 3456789012u64,
+        "callbackNumber": 4155550123u64,
+        "contact": "4155550124",
+    }));
+    anonymizer().anonymize_record(&mut r, &mut PiiCounts::default());
+    assert_eq!(
+        r.inputs,
+        object(json!({
+            "user_id": 2847561234u64,
+            "orderId": "4155550123",
+            "bytes": 3456789012u64,
+            "callbackNumber": "<PHONE_1>",
+            "contact": "<PHONE_2>",
+        }))
+    );
 }
 
 #[test]

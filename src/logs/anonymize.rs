@@ -1,11 +1,14 @@
 //! Anonymization before anything is stored.
 //!
 //! [`Anonymizer::find`] locates PII in a text: emails, phone numbers, card
-//! numbers (Luhn), IBANs (mod-97), IPv4/IPv6 addresses, US SSNs, URLs carrying
-//! credentials or tokens, API keys and other secrets, and the pipeline's own
-//! patterns. [`Anonymizer::anonymize_record`] replaces every finding in every
-//! string of a [`LogRecord`] with a typed placeholder (`<EMAIL_1>`) that is the
-//! same for the same value everywhere in the record.
+//! numbers (Luhn), IBANs (mod-97, or mistyped but plainly an account number),
+//! IPv4/IPv6 addresses, US SSNs, URLs carrying credentials or tokens, API keys,
+//! JWTs and other secrets, and the pipeline's own patterns.
+//! [`Anonymizer::anonymize_record`] walks everything of a [`LogRecord`] that a
+//! pull can write — every string, object key and number, in arrays and nested
+//! objects — and replaces every finding with a typed placeholder (`<EMAIL_1>`)
+//! that is the same for the same value everywhere in the record; an id holding
+//! PII or a secret becomes a stable hash ([`anonymous_id`]).
 //!
 //! Detectors run in precedence order and a later one never takes text an
 //! earlier one claimed: the pipeline's patterns first (the user asked for them
@@ -403,7 +406,8 @@ impl Anonymizer {
 
     /// `context` is the key of the nearest enclosing object: a phone or card
     /// number logged alone (`"phone": 4155550123`, `"cards": ["4111..."]`) is
-    /// read with it, as a writer would have written "phone: 4155550123".
+    /// read with its words, as a writer would have written "phone: 4155550123",
+    /// and `"order_id": "4155550123"` as "order id: 4155550123".
     fn anonymize_value(&self, value: &mut Value, context: &str, names: &mut Placeholders, counts: &mut PiiCounts) {
         match value {
             Value::String(text) => self.anonymize_string(text, context, names, counts),
@@ -415,12 +419,21 @@ impl Anonymizer {
             Value::Object(map) => self.anonymize_map(map, names, counts),
             Value::Number(number) => {
                 // Only whole numbers of 7+ digits can be a phone, card or SSN;
-                // the rest (latencies, token counts, amounts) cost no formatting. Floats and negative numbers count by
-                // their digits: 4111111111111111.0 is still a card.
+                // the rest (latencies, token counts, amounts) cost no
+                // formatting. Floats and negative numbers count by their
+                // digits: 4111111111111111.0 is still a card. A JSON number is
+                // a phone only under a key that says so: ids, counts and sizes
+                // are numbers too.
                 let Some(digits) = integral_digits(number) else { return };
-                let text = format!("{context}: {digits}");
+                let words = key_words(context);
+                let text = format!("{words}: {digits}");
                 let start = text.len() - digits.len();
-                if let Some(finding) = self.find(&text).into_iter().find(|f| f.range == (start..text.len())) {
+                let phone_key = PHONE_WORDS.iter().any(|word| contains_word(&words, word));
+                if let Some(finding) = self
+                    .find(&text)
+                    .into_iter()
+                    .find(|f| f.range == (start..text.len()) && (f.kind != PiiKind::Phone || phone_key))
+                {
                     counts.record(finding.kind.label(), 1);
                     *value = Value::String(names.name(&finding.kind, &digits));
                 }
@@ -433,7 +446,7 @@ impl Anonymizer {
     /// (`context`), like a number; anything else is read alone.
     fn anonymize_string(&self, text: &mut String, context: &str, names: &mut Placeholders, counts: &mut PiiCounts) {
         let findings = if !context.is_empty() && is_bare_number(text) {
-            let framed = format!("{context}: {text}");
+            let framed = format!("{}: {text}", key_words(context));
             let start = framed.len() - text.len();
             self.find(&framed)
                 .into_iter()
@@ -474,6 +487,25 @@ pub fn anonymous_id(id: &str, timestamp: &chrono::DateTime<chrono::Utc>) -> Stri
     let digest = hasher.finalize();
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     format!("anon-{hex}")
+}
+
+/// A key as words: `order_id`, `orderId` and `order-id` are "order id".
+fn key_words(key: &str) -> String {
+    let mut words = String::with_capacity(key.len() + 4);
+    let mut previous_lower = false;
+    for c in key.chars() {
+        if matches!(c, '_' | '-' | '.') {
+            words.push(' ');
+            previous_lower = false;
+            continue;
+        }
+        if c.is_uppercase() && previous_lower {
+            words.push(' ');
+        }
+        previous_lower = c.is_lowercase();
+        words.extend(c.to_lowercase());
+    }
+    words
 }
 
 /// The digits of a JSON number that is a whole number of 7 to 20 digits, sign
