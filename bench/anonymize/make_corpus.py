@@ -1,10 +1,15 @@
-"""Labeled PII corpus: Faker values (7 locales) in customer-support sentences.
+"""Labeled PII corpus: Faker values (12 locales) in customer-support sentences.
 
 Each line: {"id", "text", "spans": [{"start", "end", "type"}], "kind": "pii" | "negative"}.
 Offsets are Python string indices (code points). Banking77 messages (CC-BY-4.0)
 give the sentences their texture; the PII is synthetic.
 
-    python make_corpus.py --banking77 data/banking77/train.csv --out corpus.jsonl
+    python make_corpus.py --banking77 data/banking77/train.csv --seed 20261204 --out tune.jsonl
+    python make_corpus.py --banking77 data/banking77/train.csv --seed 4711 --out heldout.jsonl
+
+Two seeds make two corpora with the same generators and different values,
+sentences and templates drawn: one to look at while writing the detectors, one
+to score once at the end.
 """
 
 import argparse
@@ -17,8 +22,22 @@ import string
 from faker import Faker
 
 SEED = 20240501
-LOCALES = ["en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "nl_NL"]
-COUNTRY_CODES = {"en_US": "1", "en_GB": "44", "de_DE": "49", "fr_FR": "33", "es_ES": "34", "it_IT": "39", "nl_NL": "31"}
+LOCALES = ["en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "pt_BR", "nl_NL", "pl_PL", "ja_JP", "en_IN", "sv_SE"]
+COUNTRY_CODES = {
+    "en_US": "1",
+    "en_GB": "44",
+    "de_DE": "49",
+    "fr_FR": "33",
+    "es_ES": "34",
+    "it_IT": "39",
+    "pt_BR": "55",
+    "nl_NL": "31",
+    "pl_PL": "48",
+    "ja_JP": "81",
+    "en_IN": "91",
+    "sv_SE": "46",
+}
+CURRENCIES = ["£", "$", "€", "EUR ", "USD ", "R$", "zł ", "¥", "₹", "kr "]
 
 
 class Sentence:
@@ -76,6 +95,18 @@ PHONE_LEADS = [
     "The caller used {}",
     "{} is the number on my account",
     "update my details, it's {} now",
+    "Details: {}",
+    "It's {}",
+    "try {} tomorrow morning",
+    "{} (after 6pm)",
+    "Contact: {}",
+    "ring {} if you need me",
+    "Here is my WhatsApp {}",
+    "Customer gave {} as callback",
+    "or {}",
+    "Tel:{}",
+    "Account holder {}, please call",
+    "Order delayed, {} is me",
 ]
 EMAIL_LEADS = [
     "My email is {}",
@@ -92,6 +123,10 @@ CARD_LEADS = [
     "I was charged twice on {}",
     "Card: {}",
     "{} got swallowed by the ATM",
+    "Paid with {} yesterday",
+    "Maestro {} was refused",
+    "Card no. {} please cancel",
+    "{AMOUNT}{}",
 ]
 IBAN_LEADS = [
     "Please refund to {}",
@@ -99,6 +134,8 @@ IBAN_LEADS = [
     "I sent the money to {} but it bounced",
     "Beneficiary account: {}",
     "Transfer from {} never arrived",
+    "Account: {}",
+    "{} is where the salary goes",
 ]
 IP_LEADS = [
     "There was a login from {} that wasn't me",
@@ -123,24 +160,59 @@ SECRET_LEADS = [
     "The webhook fails with key {}",
     "Is {} still valid?",
     "Logs show {} in the header",
+    "I pasted {} by mistake, please revoke it",
+    "token {}",
+    "{}",
 ]
 
 
+def national_digits(fake, locale):
+    digits = "".join(c for c in fake.phone_number().split("x")[0] if c.isdigit())
+    cc = COUNTRY_CODES[locale]
+    if digits.startswith("00" + cc):
+        digits = digits[2 + len(cc) :]
+    elif digits.startswith(cc) and len(digits) > 10:
+        digits = digits[len(cc) :]
+    return digits.lstrip("0") or "7700900123"
+
+
 def phone_value(fake, locale, rng):
-    if rng.random() < 0.7:
+    r = rng.random()
+    if r < 0.55:
         return fake.phone_number()
-    if rng.random() < 0.5:
-        # International form of a national number: +CC and the number without its trunk 0.
-        digits = "".join(c for c in fake.phone_number().split("x")[0] if c.isdigit())
-        if digits.startswith(COUNTRY_CODES[locale]) and len(digits) > 10:
-            digits = digits[len(COUNTRY_CODES[locale]) :]
-        digits = digits.lstrip("0")
-        return f"+{COUNTRY_CODES[locale]} {digits[:3]} {digits[3:6]} {digits[6:]}".strip()
-    return "+" + fake.msisdn()
+    digits = national_digits(fake, locale)
+    cc = COUNTRY_CODES[locale]
+    if r < 0.72:
+        # International form of a national number, grouped in one of the common ways.
+        style = rng.randrange(4)
+        if style == 0:
+            return f"+{cc} {digits[:3]} {digits[3:6]} {digits[6:]}".strip()
+        if style == 1:
+            return f"+{cc} {digits[:2]} {digits[2:6]}-{digits[6:]}".strip("- ")
+        if style == 2:
+            return f"+{cc}-{digits[:3]}-{digits[3:6]}-{digits[6:]}".strip("-")
+        return f"+{cc}{digits}"
+    if r < 0.82:
+        return "+" + fake.msisdn()
+    # National forms with no country code, as people type them.
+    area, mid, last = rng.randint(201, 989), rng.randint(200, 999), rng.randint(0, 9999)
+    style = rng.randrange(6)
+    if style == 0:
+        return f"{area}-{mid}-{last:04d}"
+    if style == 1:
+        return f"{area}.{mid}.{last:04d}x{rng.randint(10, 99999)}"
+    if style == 2:
+        return f"({area}) {mid}-{last:04d}"
+    if style == 3:
+        return f"{rng.randint(500, 899)} {rng.randint(100, 999)} {rng.randint(100, 999)}"
+    if style == 4:
+        return f"0{rng.randint(1, 9)}{rng.randint(0, 9)} {rng.randint(100, 999)} {rng.randint(1000, 9999)}"
+    return f"{area} {mid} {last:04d}"
 
 
 def card_value(fake, rng):
-    number = fake.credit_card_number()
+    card_type = "maestro" if rng.random() < 0.15 else None
+    number = fake.credit_card_number(card_type)
     if len(number) == 16 and rng.random() < 0.5:
         return group(number, 4, rng.choice([" ", "-"]))
     return number
@@ -148,6 +220,14 @@ def card_value(fake, rng):
 
 def iban_value(fake, rng):
     iban = fake.iban()
+    r = rng.random()
+    if r < 0.1:
+        # A digit lost in typing: the wrong length for its country, still an account number.
+        at = rng.randrange(8, len(iban))
+        iban = iban[:at] + iban[at + 1 :]
+    elif r < 0.2:
+        # A mistyped check: still an account number to a reader.
+        iban = iban[:2] + f"{(int(iban[2:4]) + rng.randint(1, 50)) % 97 + 2:02d}" + iban[4:]
     return group(iban) if rng.random() < 0.5 else iban
 
 
@@ -175,15 +255,24 @@ def url_value(fake, rng):
 
 
 def jwt(fake, rng):
-    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    payload = b64url(json.dumps({"sub": fake.uuid4(), "name": fake.name(), "iat": rng.randint(1.6e9, 1.8e9)}).encode())
-    return f"{header}.{payload}.{b64url(rng.randbytes(32))}"
+    header = b64url(json.dumps({"alg": rng.choice(["HS256", "RS256", "ES256"]), "typ": "JWT"}).encode())
+    claims = {"sub": fake.uuid4(), "name": fake.name(), "iat": rng.randint(1.6e9, 1.8e9)}
+    style = rng.randrange(3)
+    if style == 0:
+        payload = b64url(json.dumps(claims).encode())
+    elif style == 1:
+        # A payload that does not start with `eyJ`: JSON after a space or newline.
+        payload = b64url(("\n" + json.dumps(claims, separators=(",", ":"))).encode())
+    else:
+        # An encrypted or opaque payload.
+        payload = b64url(rng.randbytes(rng.randint(24, 80)))
+    return f"{header}.{payload}.{b64url(rng.randbytes(rng.choice([32, 64])))}"
 
 
 def secret_value(fake, rng):
     """(text, (start, end) of the secret inside it)."""
     upper = string.ascii_uppercase + string.digits
-    kind = rng.randrange(11)
+    kind = rng.randrange(14)
     if kind == 0:
         token = rng.choice(["AKIA", "ASIA"]) + rand_chars(rng, 16, upper)
     elif kind == 1:
@@ -202,6 +291,12 @@ def secret_value(fake, rng):
         token = "glpat-" + rand_chars(rng, 20, string.ascii_letters + string.digits + "_-")
     elif kind == 8:
         token = jwt(fake, rng)
+    elif kind == 11:
+        token = rng.choice(["hf_", "npm_"]) + rand_chars(rng, 36)
+    elif kind == 12:
+        token = "sk-ant-api03-" + rand_chars(rng, 80, string.ascii_letters + string.digits + "_-") + "AA"
+    elif kind == 13:
+        token = "SG." + rand_chars(rng, 22, string.ascii_letters + string.digits + "_-") + "." + rand_chars(rng, 43, string.ascii_letters + string.digits + "_-")
     elif kind == 9:
         token = fake.sha256()[: rng.randint(24, 48)]
         text = f"Authorization: Bearer {token}"
@@ -225,8 +320,41 @@ def luhn_invalid_card(rng):
     return group(number, 4, rng.choice([" ", "-", ""])) if rng.random() < 0.6 else number
 
 
+LOOK_ALIKES = [
+    "Luhn-invalid card number",
+    "date and time",
+    "amount",
+    "order number",
+    "app version",
+    "transaction reference",
+    "BIC and version",
+    "invalid SSN",
+    "card ending",
+    "plain URL and percentage",
+    "year range",
+    "dotted quad over 255",
+    "version with a date",
+    "ISO timestamp",
+    "four-part build number",
+    "tracking id",
+    "hex colour",
+    "amount, date and time",
+    "order number and date",
+    "UUID",
+    "thousands-grouped amount",
+    "month and times",
+    "exchange rate and fee",
+    "sort code, card ending, ticket",
+]
+
+
 def negative(fake, rng):
-    r = rng.randrange(12)
+    """(look-alike category, text)."""
+    r = rng.randrange(24)
+    return LOOK_ALIKES[r], negative_text(fake, rng, r)
+
+
+def negative_text(fake, rng, r):
     date = fake.date_between(start_date="-3y", end_date="today")
     if r == 0:
         return f"My card {luhn_invalid_card(rng)} isn't the one I ordered"
@@ -243,9 +371,8 @@ def negative(fake, rng):
     if r == 5:
         return f"Transaction reference {rng.randint(10**9, 10**12)} shows twice"
     if r == 6:
-        iban = fake.iban()
-        broken = iban[:2] + f"{(int(iban[2:4]) + rng.randint(1, 50)) % 97 + 2:02d}" + iban[4:]
-        return f"Is {broken} a real account? the transfer failed"
+        bic = rand_chars(rng, 4, string.ascii_uppercase) + rng.choice(["GB", "DE", "FR", "NL", "ES", "IT"]) + rand_chars(rng, 2, string.ascii_uppercase + string.digits)
+        return f"Is {bic} the right BIC for app {rng.randint(1, 9)}.{rng.randint(0, 30)}? the transfer failed"
     if r == 7:
         area = rng.choice(["000", "666", str(rng.randint(900, 999))])
         return f"The form shows {area}-{rng.randint(10, 99)}-{rng.randint(1000, 9999)} which isn't my SSN"
@@ -255,6 +382,37 @@ def negative(fake, rng):
         return f"Visit {fake.url()} for the fees, it says {rng.randint(2, 9)}.{rng.randint(0, 9)}%"
     if r == 10:
         return f"Between {rng.randint(2015, 2019)}-{rng.randint(2020, 2024)} I had no problems, then {date.year}"
+    if r == 12:
+        return f"Updated to {rng.randint(1, 9)}.{rng.randint(0, 9)}.{rng.randint(0, 9)} ({rng.randint(1, 12)}/{rng.randint(1, 28)}/{rng.randint(2020, 2027)}) and it still crashes"
+    if r == 13:
+        return f"The transfer at {fake.iso8601()} is missing" if rng.random() < 0.5 else f"Logged {fake.date_time().isoformat(sep=' ')}.{rng.randint(100, 999)}+02:00"
+    if r == 14:
+        return f"Build {rng.randint(1, 20)}.{rng.randint(0, 9)}.{rng.randint(0, 9)}.{rng.randint(0, 255)} of the app logs me out"
+    if r == 15:
+        tracking = rng.choice([
+            "1Z" + rand_chars(rng, 6, string.ascii_uppercase + string.digits) + "".join(rng.choice(string.digits) for _ in range(10)),
+            "94001" + "".join(rng.choice(string.digits) for _ in range(17)),
+            "JD01" + "".join(rng.choice(string.digits) for _ in range(16)),
+            rand_chars(rng, 2, string.ascii_uppercase) + "".join(rng.choice(string.digits) for _ in range(9)) + rng.choice(["GB", "DE", "NL"]),
+        ])
+        return f"Tracking id {tracking} has not moved"
+    if r == 16:
+        return f"The button colour #{fake.hex_color()[1:]} is unreadable, use {fake.hex_color()}"
+    if r == 17:
+        amount = rng.uniform(1, 5000)
+        return f"{rng.choice(CURRENCIES)}{amount:.2f} left my account on {date.strftime('%d/%m/%Y')} at {fake.time()[:5]}"
+    if r == 18:
+        return f"Order {rng.choice(['#', 'no. ', 'ID '])}{rng.randint(10**6, 10**10)} from {date.strftime('%d.%m.%Y')} is still open"
+    if r == 19:
+        return f"Request id {fake.uuid4()} failed"
+    if r == 20:
+        return f"I moved {rng.randint(1, 999)} {rng.randint(100, 999)} {rng.randint(100, 999)},{rng.randint(10, 99)} {rng.choice(['zł', 'kr', 'EUR', 'euros'])} last year"
+    if r == 21:
+        return f"The statement for {date.strftime('%Y-%m')} shows {rng.randint(2, 40)} payments between {rng.randint(1, 12):02d}:{rng.randint(0, 59):02d} and {rng.randint(13, 23)}:{rng.randint(0, 59):02d}"
+    if r == 22:
+        return f"Exchange rate {rng.uniform(0.5, 200):.4f} on {date.strftime('%d.%m.%Y')}, fee {rng.randint(1, 9)}.{rng.randint(0, 99):02d}%"
+    if r == 23:
+        return f"Sort code {rng.randint(10, 99)}-{rng.randint(10, 99)}-{rng.randint(10, 99)} and card ending {rng.randint(1000, 9999)}, ticket {rng.randint(10**5, 10**7)}"
     return f"Server {rng.randint(256, 999)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(0, 255)} rejected my top-up"
 
 
@@ -281,8 +439,9 @@ def main():
             message = rng.choice(messages)
             if rng.random() < 0.5:
                 sentence.add(message + " ")
+            look_alike = None
             if rng.random() < 0.25:
-                text = negative(fake, rng)
+                look_alike, text = negative(fake, rng)
                 sentence.add(text if text.endswith(("?", "!", ".")) else text + ".")
                 kind_label = "negative"
             else:
@@ -304,6 +463,8 @@ def main():
                         "SECRET": SECRET_LEADS,
                     }[kind]
                     before, after = rng.choice(lead).split("{}")
+                    if "{AMOUNT}" in before:
+                        before = before.replace("{AMOUNT}", f"I was charged {rng.choice(CURRENCIES)}{rng.uniform(1, 900):.2f} ")
                     sentence.add(before)
                     if kind == "SECRET":
                         text, (s, e) = secret_value(fake, rng)
@@ -322,7 +483,9 @@ def main():
                     sentence.add(after + rng.choice([".", "", "!", ", thanks."]))
             if not sentence.text.strip().endswith((".", "!", "?")) and rng.random() < 0.5:
                 sentence.add(" " + message)
-            record = {"id": f"s{i:05d}", "text": sentence.text, "spans": sentence.spans, "kind": kind_label}
+            record = {"id": f"s{i:05d}", "text": sentence.text, "spans": sentence.spans, "kind": kind_label, "locale": locale}
+            if look_alike:
+                record["look_alike"] = look_alike
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 

@@ -32,7 +32,7 @@ ENTITIES = {
     "URL": "URL",
 }
 # Phone regions of the corpus's locales, so Presidio's phonenumbers matcher knows national formats.
-REGIONS = ["US", "GB", "DE", "FR", "ES", "IT", "NL"]
+REGIONS = ["US", "GB", "DE", "FR", "ES", "IT", "BR", "NL", "PL", "JP", "IN", "SE"]
 
 
 def offline_tldextract():

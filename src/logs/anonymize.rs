@@ -1,11 +1,14 @@
 //! Anonymization before anything is stored.
 //!
 //! [`Anonymizer::find`] locates PII in a text: emails, phone numbers, card
-//! numbers (Luhn), IBANs (mod-97), IPv4/IPv6 addresses, US SSNs, URLs carrying
-//! credentials or tokens, API keys and other secrets, and the pipeline's own
-//! patterns. [`Anonymizer::anonymize_record`] replaces every finding in every
-//! string of a [`LogRecord`] with a typed placeholder (`<EMAIL_1>`) that is the
-//! same for the same value everywhere in the record.
+//! numbers (Luhn), IBANs (mod-97, or mistyped but plainly an account number),
+//! IPv4/IPv6 addresses, US SSNs, URLs carrying credentials or tokens, API keys,
+//! JWTs and other secrets, and the pipeline's own patterns.
+//! [`Anonymizer::anonymize_record`] walks everything of a [`LogRecord`] that a
+//! pull can write — every string, object key and number, in arrays and nested
+//! objects — and replaces every finding with a typed placeholder (`<EMAIL_1>`)
+//! that is the same for the same value everywhere in the record; an id holding
+//! PII or a secret becomes a stable hash ([`anonymous_id`]).
 //!
 //! Detectors run in precedence order and a later one never takes text an
 //! earlier one claimed: the pipeline's patterns first (the user asked for them
@@ -190,7 +193,15 @@ impl Anonymizer {
                 r"|(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}",
                 r"|AIza[0-9A-Za-z_-]{35}",
                 r"|glpat-[0-9A-Za-z_-]{20,}",
-                r"|eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{8,}",
+                r"|hf_[A-Za-z0-9]{30,}",
+                r"|npm_[A-Za-z0-9]{36}",
+                r"|SG\.[A-Za-z0-9_-]{16,32}\.[A-Za-z0-9_-]{16,64}",
+                r"|whsec_[A-Za-z0-9+/=]{24,}",
+                r"|xapp-[0-9]-[A-Za-z0-9-]{20,}",
+                r"|shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}",
+                // A JWT (three segments) or JWE (five) is known by its header,
+                // `{"` in base64url; the payload may be anything.
+                r"|eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*){1,3}",
                 // No closing boundary: these alphabets end in `-`, and the classes are greedy anyway.
                 r")",
             )),
@@ -266,8 +277,20 @@ impl Anonymizer {
         }
         if gate.digits >= 12 {
             for m in self.card.find_iter(text) {
-                if is_card(text, m.range()) {
-                    found.claim(&PiiKind::Card, m.range());
+                // The regex takes the leftmost run, which can start inside an
+                // amount before the card (`£154.80 4111 ...`): try the run from
+                // each later group too.
+                let starts = std::iter::once(m.start())
+                    .chain(m.as_str().match_indices([' ', '-']).map(|(at, _)| m.start() + at + 1));
+                for start in starts {
+                    let digits = text[start..m.end()].bytes().filter(u8::is_ascii_digit).count();
+                    if digits < 12 {
+                        break;
+                    }
+                    if is_card(text, start..m.end()) {
+                        found.claim(&PiiKind::Card, start..m.end());
+                        break;
+                    }
                 }
             }
         }
@@ -310,16 +333,28 @@ impl Anonymizer {
             }
         }
         for m in self.secret_tokens.find_iter(text) {
-            found.claim(&PiiKind::Secret, m.range());
+            // A JWT's empty last segment allows a dot; a sentence's full stop is not part of it.
+            let end = m.start() + m.as_str().trim_end_matches('.').len();
+            found.claim(&PiiKind::Secret, m.start()..end);
         }
     }
 
-    /// Replaces PII in every string of the record (inputs, output, reference,
-    /// feedback comment, history, metadata values; not `id`, not the timestamp,
-    /// not object keys) with typed placeholders numbered by first appearance in
-    /// the record, and adds the replacements to `counts`.
+    /// Replaces PII everywhere in the record that pull can write: every
+    /// string, object key and number of the inputs, output, reference and
+    /// metadata (nested objects and arrays included), the feedback comment and
+    /// the history, with typed placeholders numbered by first appearance in the
+    /// record; and the id, which is replaced whole by [`anonymous_id`] when
+    /// anything is found in it. Adds the replacements to `counts`. The
+    /// timestamp is left as it is.
     pub fn anonymize_record(&self, record: &mut LogRecord, counts: &mut PiiCounts) {
         let mut names = Placeholders::default();
+        let id_findings = self.find(&record.id);
+        if !id_findings.is_empty() {
+            for finding in &id_findings {
+                counts.record(finding.kind.label(), 1);
+            }
+            record.id = anonymous_id(&record.id, &record.timestamp);
+        }
         self.anonymize_map(&mut record.inputs, &mut names, counts);
         if let Some(output) = &mut record.output {
             self.anonymize_map(output, &mut names, counts);
@@ -328,10 +363,10 @@ impl Anonymizer {
             self.anonymize_map(reference, &mut names, counts);
         }
         if let Some(comment) = record.feedback.as_mut().and_then(|feedback| feedback.comment.as_mut()) {
-            self.anonymize_string(comment, &mut names, counts);
+            self.anonymize_string(comment, "", &mut names, counts);
         }
         for message in &mut record.history {
-            self.anonymize_string(message, &mut names, counts);
+            self.anonymize_string(message, "", &mut names, counts);
         }
         self.anonymize_map(&mut record.metadata, &mut names, counts);
     }
@@ -340,47 +375,87 @@ impl Anonymizer {
     pub fn anonymize_text(&self, text: &str, counts: &mut PiiCounts) -> String {
         let mut names = Placeholders::default();
         let mut out = text.to_string();
-        self.anonymize_string(&mut out, &mut names, counts);
+        self.anonymize_string(&mut out, "", &mut names, counts);
         out
     }
 
+    /// Keys and values in order; a key that holds PII is replaced like any
+    /// string (the map is rebuilt only then, keeping the order of entries).
     fn anonymize_map(&self, map: &mut Map<String, Value>, names: &mut Placeholders, counts: &mut PiiCounts) {
-        for (key, value) in map.iter_mut() {
-            if let Value::Number(number) = value {
-                // A phone or card number logged as a JSON number: read it with
-                // its key as the context words ("phone", "card", ...). Only
-                // integers of 7+ digits can be one; the rest (latencies, token
-                // counts) cost no formatting.
-                if number.as_u64().is_some_and(|n| n >= 1_000_000) {
-                    let digits = number.to_string();
-                    let text = format!("{key}: {digits}");
-                    let start = text.len() - digits.len();
-                    if let Some(finding) = self.find(&text).into_iter().find(|f| f.range == (start..text.len())) {
-                        counts.record(finding.kind.label(), 1);
-                        *value = Value::String(names.name(&finding.kind, &digits));
-                    }
-                }
-                continue;
+        if !map.keys().any(|key| !self.find(key).is_empty()) {
+            for (key, value) in map.iter_mut() {
+                self.anonymize_value(value, key, names, counts);
             }
-            self.anonymize_value(value, names, counts);
+            return;
+        }
+        for (key, mut value) in std::mem::take(map) {
+            let mut new_key = key.clone();
+            self.anonymize_string(&mut new_key, "", names, counts);
+            self.anonymize_value(&mut value, &key, names, counts);
+            // Two keys can become one placeholder (the same email written in
+            // two cases): both values are kept.
+            let mut unique = new_key.clone();
+            let mut n = 1;
+            while map.contains_key(&unique) {
+                n += 1;
+                unique = format!("{new_key}_{n}");
+            }
+            map.insert(unique, value);
         }
     }
 
-    fn anonymize_value(&self, value: &mut Value, names: &mut Placeholders, counts: &mut PiiCounts) {
+    /// `context` is the key of the nearest enclosing object: a phone or card
+    /// number logged alone (`"phone": 4155550123`, `"cards": ["4111..."]`) is
+    /// read with its words, as a writer would have written "phone: 4155550123",
+    /// and `"order_id": "4155550123"` as "order id: 4155550123".
+    fn anonymize_value(&self, value: &mut Value, context: &str, names: &mut Placeholders, counts: &mut PiiCounts) {
         match value {
-            Value::String(text) => self.anonymize_string(text, names, counts),
+            Value::String(text) => self.anonymize_string(text, context, names, counts),
             Value::Array(items) => {
                 for item in items {
-                    self.anonymize_value(item, names, counts);
+                    self.anonymize_value(item, context, names, counts);
                 }
             }
             Value::Object(map) => self.anonymize_map(map, names, counts),
-            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+            Value::Number(number) => {
+                // Only whole numbers of 7+ digits can be a phone, card or SSN;
+                // the rest (latencies, token counts, amounts) cost no
+                // formatting. Floats and negative numbers count by their
+                // digits: 4111111111111111.0 is still a card. A JSON number is
+                // a phone only under a key that says so: ids, counts and sizes
+                // are numbers too.
+                let Some(digits) = integral_digits(number) else { return };
+                let words = key_words(context);
+                let text = format!("{words}: {digits}");
+                let start = text.len() - digits.len();
+                let phone_key = PHONE_WORDS.iter().any(|word| contains_word(&words, word));
+                if let Some(finding) = self
+                    .find(&text)
+                    .into_iter()
+                    .find(|f| f.range == (start..text.len()) && (f.kind != PiiKind::Phone || phone_key))
+                {
+                    counts.record(finding.kind.label(), 1);
+                    *value = Value::String(names.name(&finding.kind, &digits));
+                }
+            }
+            Value::Null | Value::Bool(_) => {}
         }
     }
 
-    fn anonymize_string(&self, text: &mut String, names: &mut Placeholders, counts: &mut PiiCounts) {
-        let findings = self.find(text);
+    /// A short value made of digits and separators is read after its key
+    /// (`context`), like a number; anything else is read alone.
+    fn anonymize_string(&self, text: &mut String, context: &str, names: &mut Placeholders, counts: &mut PiiCounts) {
+        let findings = if !context.is_empty() && is_bare_number(text) {
+            let framed = format!("{}: {text}", key_words(context));
+            let start = framed.len() - text.len();
+            self.find(&framed)
+                .into_iter()
+                .filter(|f| f.range.start >= start)
+                .map(|f| Finding { kind: f.kind, range: f.range.start - start..f.range.end - start })
+                .collect()
+        } else {
+            self.find(text)
+        };
         if findings.is_empty() {
             return;
         }
@@ -396,6 +471,66 @@ impl Anonymizer {
         out.push_str(&text[last..]);
         *text = out;
     }
+}
+
+/// What replaces a record id in which PII or a secret was found: `anon-` and
+/// 16 hex digits of SHA-256 over the record's timestamp and id. The same log
+/// line always gives the same id, so repeats still collapse into one source and
+/// whoever holds the logs can find the line again; the timestamp keeps someone
+/// who only guesses an email address from confirming it by hashing it.
+pub fn anonymous_id(id: &str, timestamp: &chrono::DateTime<chrono::Utc>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(timestamp.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true).as_bytes());
+    hasher.update([0]);
+    hasher.update(id.as_bytes());
+    let digest = hasher.finalize();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("anon-{hex}")
+}
+
+/// A key as words: `order_id`, `orderId` and `order-id` are "order id".
+fn key_words(key: &str) -> String {
+    let mut words = String::with_capacity(key.len() + 4);
+    let mut previous_lower = false;
+    for c in key.chars() {
+        if matches!(c, '_' | '-' | '.') {
+            words.push(' ');
+            previous_lower = false;
+            continue;
+        }
+        if c.is_uppercase() && previous_lower {
+            words.push(' ');
+        }
+        previous_lower = c.is_lowercase();
+        words.extend(c.to_lowercase());
+    }
+    words
+}
+
+/// The digits of a JSON number that is a whole number of 7 to 20 digits, sign
+/// and `.0` dropped.
+fn integral_digits(number: &serde_json::Number) -> Option<String> {
+    let digits = if let Some(n) = number.as_u64() {
+        n.to_string()
+    } else if let Some(n) = number.as_i64() {
+        n.unsigned_abs().to_string()
+    } else {
+        let n = number.as_f64()?.abs();
+        if !n.is_finite() || n.fract() != 0.0 || n >= 1e20 {
+            return None;
+        }
+        format!("{n:.0}")
+    };
+    (digits.len() >= 7).then_some(digits)
+}
+
+/// `4155550123`, `+44 20 7946 0958`, `4111-1111-1111-1111`: up to 40 bytes of
+/// digits (at least 7), spaces, `+ - . ( ) /`.
+fn is_bare_number(text: &str) -> bool {
+    text.len() <= 40
+        && text.bytes().filter(u8::is_ascii_digit).count() >= 7
+        && text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b' ' | b'+' | b'-' | b'.' | b'(' | b')' | b'/'))
 }
 
 /// The placeholder of each distinct value seen so far in one record.
@@ -674,13 +809,37 @@ fn valid_iban_prefix(candidate: &str) -> Option<usize> {
         }
     }
     match expected {
-        Some(len) if compact.len() != len => return None,
+        Some(len) if compact.len() != len => return plausible_account_number(candidate, len),
         // The cut must fall between groups, not inside a word.
         Some(_) if candidate.as_bytes().get(end).is_some_and(|b| *b != b' ') => return None,
         None if !(15..=34).contains(&compact.len()) => return None,
         _ => {}
     }
-    iban_checksum_ok(&compact).then_some(end)
+    if iban_checksum_ok(&compact) {
+        return Some(end);
+    }
+    expected.and_then(|len| plausible_account_number(candidate, len))
+}
+
+/// An IBAN with a digit lost or mistyped (`GB29 NWBK 6016 1331 9268 1`, 21
+/// characters, or a check that fails) is still an account number to a reader:
+/// a known country, its check digits, a length at most two short of the
+/// country's, and a body mostly of digits. Returns the byte length taken,
+/// without a trailing group of letters (a word after a grouped number).
+fn plausible_account_number(candidate: &str, expected: usize) -> Option<usize> {
+    let mut end = candidate.len();
+    if let Some(space) = candidate.rfind(' ')
+        && candidate[space + 1..].bytes().all(|b| b.is_ascii_uppercase())
+    {
+        end = space;
+    }
+    let compact: Vec<u8> = candidate[..end].bytes().filter(|b| *b != b' ').collect();
+    if compact.len() > expected || compact.len() + 2 < expected {
+        return None;
+    }
+    let body = &compact[4..];
+    let digits = body.iter().filter(|b| b.is_ascii_digit()).count();
+    (digits >= 8 && body.len() - digits <= 6).then_some(end)
 }
 
 fn iban_checksum_ok(compact: &[u8]) -> bool {
@@ -702,10 +861,13 @@ fn iban_checksum_ok(compact: &[u8]) -> bool {
 fn is_card(text: &str, range: Range<usize>) -> bool {
     let candidate = &text[range.clone()];
     // Part of a longer dotted or signed number (a decimal, a phone with +).
-    if matches!(byte_before(text, range.start), Some(b'+' | b'.' | b',' | b'#'))
-        || (matches!(byte_at(text, range.end), Some(b'.' | b','))
-            && byte_at(text, range.end + 1).is_some_and(|b| b.is_ascii_digit()))
-    {
+    // A card logged as a float (`4111111111111111.0`) is still a card; sixteen
+    // digits before a fraction that is not zero are an amount.
+    let fraction_after = matches!(byte_at(text, range.end), Some(b'.' | b','))
+        && byte_at(text, range.end + 1).is_some_and(|b| b.is_ascii_digit());
+    let zero_fraction =
+        fraction_after && text[range.end + 1..].bytes().take_while(u8::is_ascii_digit).all(|b| b == b'0');
+    if matches!(byte_before(text, range.start), Some(b'+' | b'.' | b',' | b'#')) || (fraction_after && !zero_fraction) {
         return false;
     }
     let digits: Vec<u8> = candidate.bytes().filter(u8::is_ascii_digit).map(|b| b - b'0').collect();
@@ -714,15 +876,27 @@ fn is_card(text: &str, range: Range<usize>) -> bool {
         return false;
     }
     // Issuer ranges start with 2-6 (Mastercard, Amex/Diners/JCB, Visa, Mastercard/Maestro, Discover/UnionPay),
-    // or 1800 (15-digit JCB).
-    if !((2..=6).contains(&digits[0]) || (digits.len() == 15 && digits.starts_with(&[1, 8, 0, 0]))) {
+    // 1800 (15-digit JCB) or 0604 (12-digit Maestro).
+    let maestro_0604 = digits.len() == 12 && digits.starts_with(&[0, 6, 0, 4]);
+    if !((2..=6).contains(&digits[0]) || (digits.len() == 15 && digits.starts_with(&[1, 8, 0, 0])) || maestro_0604) {
         return false;
     }
-    // 12 digits only for Maestro (5x/6x), and not where the text calls it a reference.
-    if digits.len() == 12 && (!matches!(digits[0], 5 | 6) || follows_reference_word(text, range.start)) {
+    // 12 digits only for Maestro (5x/6x/0604), and not where the text calls it
+    // a reference without calling it a card ("card no. 5038..." is a card).
+    if digits.len() == 12
+        && (!(matches!(digits[0], 5 | 6) || maestro_0604)
+            || (follows_reference_word(text, range.start) && !follows_card_word(text, range.start)))
+    {
         return false;
     }
     luhn_ok(&digits)
+}
+
+fn follows_card_word(text: &str, start: usize) -> bool {
+    let before = context_before(text, start, 24);
+    ["card", "maestro", "visa", "mastercard", "karte", "carte", "tarjeta", "carta", "cartão", "kaart", "karta", "kort"]
+        .iter()
+        .any(|word| before.contains(word))
 }
 
 fn luhn_ok(digits: &[u8]) -> bool {
@@ -772,7 +946,24 @@ fn is_ssn(text: &str, range: Range<usize>) -> bool {
 
 // ---------- IP ----------
 
+/// Words right before a dotted number that make it a version, not an address.
+const VERSION_WORDS: &[&str] = &[
+    "version", "ver", "v", "build", "release", "firmware", "patch", "android", "ios", "os", "app", "updated", "update",
+    "upgraded",
+];
+
+fn follows_version_word(text: &str, start: usize) -> bool {
+    let before = context_before(text, start, 24);
+    before.split_whitespace().last().is_some_and(|word| {
+        let word = word.trim_matches(|c: char| !c.is_alphanumeric());
+        VERSION_WORDS.contains(&word)
+    })
+}
+
 fn is_ipv4(text: &str, range: Range<usize>) -> bool {
+    if follows_version_word(text, range.start) {
+        return false;
+    }
     // A longer dotted run is a version or an OID, not an address.
     if byte_before(text, range.start) == Some(b'.')
         && byte_before(text, range.start - 1).is_some_and(|b| b.is_ascii_digit())
@@ -933,13 +1124,32 @@ const REFERENCE_WORDS: &[&str] = &[
 fn follows_reference_word(text: &str, start: usize) -> bool {
     let before = context_before(text, start, 24);
     let before = before.trim_end_matches([' ', ':', '-']);
+    // A sentence that ended ("the wrong account number! 727 849 729") says nothing about this number.
+    if before.ends_with(['!', '?'])
+        || (before.ends_with('.') && before.split_whitespace().last().is_some_and(|word| word.len() > 5))
+    {
+        return false;
+    }
     if REFERENCE_WORDS.iter().filter(|w| w.contains(' ')).any(|w| before.ends_with(w)) {
         return true;
     }
-    before.split_whitespace().rev().take(2).any(|word| {
-        let word = word.trim_matches(|c: char| !c.is_alphanumeric() && c != '#');
-        REFERENCE_WORDS.iter().any(|reference| word == reference.trim_end_matches('.'))
-    })
+    // The word right before, or the one before that when the nearer one only
+    // joins them ("order no. 123", "invoice number 123"): "receipt. It's 123" is not a reference.
+    let mut words =
+        before.split_whitespace().rev().map(|word| word.trim_matches(|c: char| !c.is_alphanumeric() && c != '#'));
+    let is_reference = |word: &str| REFERENCE_WORDS.iter().any(|reference| word == reference.trim_end_matches('.'));
+    match (words.next(), words.next()) {
+        (Some(last), _) if is_reference(last) => true,
+        (Some(last), Some(previous)) => {
+            ["no", "nr", "number", "num", "is", "code", "#"].contains(&last) && is_reference(previous)
+        }
+        _ => false,
+    }
+}
+
+/// `word` in `text` at the start of a word: "ring me" is a phone cue, "transferring" is not.
+fn contains_word(text: &str, word: &str) -> bool {
+    text.match_indices(word).any(|(at, _)| !text[..at].chars().next_back().is_some_and(char::is_alphanumeric))
 }
 
 fn is_phone(text: &str, range: Range<usize>) -> bool {
@@ -950,7 +1160,11 @@ fn is_phone(text: &str, range: Range<usize>) -> bool {
         None => raw,
     };
     let international = number.starts_with('+') || (number.starts_with("00") && !number.starts_with("000"));
-    if matches!(byte_before(text, range.start), Some(b'#' | b'$' | b'.' | b',' | b'-' | b'/' | b':'))
+    if (matches!(byte_before(text, range.start), Some(b'#' | b'$' | b'.' | b',' | b'-' | b'/' | b':'))
+        && !glued_to_phone_word(text, range.start))
+        || byte_at(text, range.end).is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        || contains_date(number)
+        || (number.contains('.') && follows_version_word(text, range.start))
         || text[..range.start].trim_end().ends_with(['$', '£', '€', '¥', '#'])
         || matches!(byte_at(text, range.end), Some(b'%' | b'-' | b'/'))
         || (matches!(byte_at(text, range.end), Some(b'.' | b',' | b':'))
@@ -963,10 +1177,14 @@ fn is_phone(text: &str, range: Range<usize>) -> bool {
     let separators: Vec<char> =
         number.trim_start_matches('+').chars().filter(|c| !c.is_ascii_digit() && *c != '(' && *c != ')').collect();
     let before = context_before(text, range.start, 28);
-    let phone_context = PHONE_WORDS.iter().any(|word| before.contains(word));
+    let phone_context = PHONE_WORDS.iter().any(|word| contains_word(&before, word));
     // 3-2-4 with dashes is SSN-shaped: a valid one was taken already, an invalid one is not a phone.
     let ssn_shaped = groups.iter().map(|g| g.len()).eq([3, 2, 4]) && separators.iter().all(|&c| c == '-');
     if ssn_shaped || looks_like_date(&groups, &separators) || looks_like_dotted_numbers(&groups, &separators) {
+        return false;
+    }
+    // 154.8756, 1234,56: one separator that is a decimal point.
+    if groups.len() == 2 && matches!(separators.as_slice(), ['.'] | [',']) {
         return false;
     }
     if international {
@@ -978,17 +1196,88 @@ fn is_phone(text: &str, range: Range<usize>) -> bool {
     if !phone_context && follows_reference_word(text, range.start) {
         return false;
     }
-    if looks_like_thousands(&groups, &separators) && !phone_context {
+    // 1 234 567 or 123 456 789 euros is an amount; 732 126 587 alone is a
+    // phone number (Spain, Poland, Portugal write nine digits 3-3-3).
+    if looks_like_thousands(&groups, &separators)
+        && !phone_context
+        && (groups[0].len() < 3 || digits < 9 || separators[0] != ' ' || near_currency(text, range.clone()))
+    {
         return false;
     }
     let has_paren = number.contains('(');
     if groups.len() == 1 && !has_paren {
-        // A bare run of digits: a national number with its trunk 0, or one the text calls a phone.
+        // A bare run of digits: a national number with its trunk 0, ten digits
+        // as North America and Italy write them (never starting with 0 or 1:
+        // that is where counts and Unix times are; nor a round number), or one
+        // the text calls a phone.
         let run = groups[0];
-        return phone_context || (run.starts_with('0') && !run.starts_with("00") && (10..=12).contains(&digits));
+        return phone_context
+            || (run.starts_with('0') && !run.starts_with("00") && (9..=12).contains(&digits))
+            || (digits == 10 && !run.starts_with(['0', '1']) && !run.ends_with("0000") && !near_currency(text, range));
     }
     // Grouped national numbers: the first group is an area code or trunk prefix.
     groups[0].len() <= 5 || phone_context
+}
+
+/// `Tel:0301234567`, `mob.980-564-9525`: a phone word and a colon or dot, no space.
+fn glued_to_phone_word(text: &str, start: usize) -> bool {
+    if !matches!(byte_before(text, start), Some(b':' | b'.')) {
+        return false;
+    }
+    let before = context_before(text, start - 1, 16);
+    let word = before.rsplit(|c: char| !c.is_alphabetic()).next().unwrap_or_default();
+    ["tel", "phone", "mobile", "mob", "ph", "cell", "fax", "whatsapp", "sms", "telefon", "telefono", "téléphone", "tlf"]
+        .contains(&word)
+}
+
+/// A date inside a longer run: `9.9.6 (8/12/2026)`, `12/03/2024 10`.
+fn contains_date(number: &str) -> bool {
+    let bytes = number.as_bytes();
+    let digits_at = |at: usize| bytes[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    let value = |at: usize, len: usize| number[at..at + len].parse::<u32>().unwrap_or(u32::MAX);
+    for start in 0..bytes.len() {
+        if !bytes[start].is_ascii_digit() || (start > 0 && bytes[start - 1].is_ascii_digit()) {
+            continue;
+        }
+        let a = digits_at(start);
+        let Some(&sep) = bytes.get(start + a) else { continue };
+        if !matches!(sep, b'/' | b'.' | b'-') {
+            continue;
+        }
+        let b_at = start + a + 1;
+        let b = digits_at(b_at);
+        if b == 0 || bytes.get(b_at + b) != Some(&sep) {
+            continue;
+        }
+        let c_at = b_at + b + 1;
+        let c = digits_at(c_at);
+        let day_month = |at: usize, len: usize| (1..=2).contains(&len) && (1..=31).contains(&value(at, len));
+        let year = |at: usize, len: usize| len == 4 && (1900..=2099).contains(&value(at, len));
+        if (day_month(start, a) && day_month(b_at, b) && year(c_at, c))
+            || (year(start, a) && day_month(b_at, b) && day_month(c_at, c))
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// A currency sign, code or word right before or after the number.
+fn near_currency(text: &str, range: Range<usize>) -> bool {
+    const SIGNS: &[&str] =
+        &["$", "£", "€", "¥", "₹", "r$", "zł", "kr", "eur", "usd", "gbp", "pln", "sek", "inr", "jpy", "brl", "chf"];
+    const WORDS: &[&str] =
+        &["euro", "dollar", "pound", "zł", "zloty", "złot", "kr", "kronor", "yen", "rupee", "real", "reais", "franc"];
+    let before = context_before(text, range.start, 8);
+    let before = before.trim_end();
+    let mut after_end = (range.end + 12).min(text.len());
+    while !text.is_char_boundary(after_end) {
+        after_end -= 1;
+    }
+    let after = text[range.end..after_end].to_lowercase();
+    let after = after.trim_start();
+    SIGNS.iter().any(|sign| before.ends_with(sign) || after.starts_with(sign))
+        || WORDS.iter().any(|word| after.starts_with(word))
 }
 
 /// 2024-01-15, 15.01.2024, 01/15/2024, 2019-2024.

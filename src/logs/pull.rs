@@ -539,6 +539,7 @@ fn process_batch(
                     let side = if to_inbox { &mut reservoirs.inbox } else { &mut reservoirs.examples };
                     let reservoir = side.get_mut(&cleaned.reading.label).expect("a reservoir per signal");
                     let key = cleaned.key;
+                    // Anonymized with the record: an id holding PII or a secret is a hash by now.
                     let source_id = cleaned.record.id.clone();
                     let offer = reservoir.offer(
                         rank(reservoirs.seed, key.0),
