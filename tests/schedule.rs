@@ -68,6 +68,6 @@ fn what_github_documents_is_accepted() {
         assert!(CronSchedule::parse(expression).is_ok(), "{expression}");
     }
     let runs = CronSchedule::parse("20/15 8 * * *").unwrap().upcoming(wednesday(), 3);
-    let minutes: Vec<u32> = runs.iter().map(|r| chrono::Timelike::minute(r)).collect();
+    let minutes: Vec<u32> = runs.iter().map(chrono::Timelike::minute).collect();
     assert_eq!(minutes, [20, 35, 50]);
 }
