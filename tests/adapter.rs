@@ -456,3 +456,63 @@ async fn cut_replies_are_counted_apart_in_an_evaluation() {
     let failures = promptloop::report::Failures::of("production", s).unwrap();
     insta::assert_snapshot!("report_failures_with_cut_replies", failures.text());
 }
+
+/// One OpenAI-compatible endpoint on 127.0.0.1 that answers every request
+/// with `body`; its base URL.
+async fn endpoint_answering(body: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                // Read the headers and the body they announce, then answer.
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{address}/v1")
+}
+
+#[tokio::test]
+async fn an_endpoint_that_stops_at_length_gives_a_cut_prediction() {
+    use promptloop::lm::openai::{OpenAiClient, OpenAiConfig};
+    let base_url = endpoint_answering(
+        r#"{"choices":[{"message":{"role":"assistant","content":"[[ ## queue ## ]]\ntrans"},"finish_reason":"length"}],"usage":{"prompt_tokens":50,"completion_tokens":8}}"#,
+    )
+    .await;
+    let client = OpenAiClient::new(OpenAiConfig { max_retries: 0, ..OpenAiConfig::new(base_url, "m") }).unwrap();
+    let settings = PredictSettings {
+        lm: Lm::new(std::sync::Arc::new(client), None, 1),
+        format: AdapterFormat::Chat,
+        temperature: 0.0,
+        max_tokens: 8,
+    };
+    let call = triage_predictor().call(&settings, &obj(json!({"message": "send money"})), None).await.unwrap();
+    assert!(call.cut && call.outputs.is_none(), "{call:?}");
+    assert_eq!(call.error.as_deref(), Some("reply cut at max_tokens = 8 before `queue` was complete"));
+}
