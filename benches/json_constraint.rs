@@ -1,5 +1,5 @@
 //! What constrained decoding adds per step: checking every vocabulary token
-//! against a JSON state, and the budget check's tokenized completions.
+//! against a JSON state.
 //!
 //! cargo bench --bench json_constraint   (needs the model: scripts/setup-model.sh)
 
@@ -54,11 +54,6 @@ fn main() -> anyhow::Result<()> {
             per_pass.as_secs_f64() * 1e6,
             per_pass.as_secs_f64() * 1e9 / vocab as f64
         );
-        let start = Instant::now();
-        for _ in 0..rounds {
-            let _ = tokenizer.encode_bytes(&c.completion()).len() + tokenizer.encode_bytes(&c.roomy_completion()).len();
-        }
-        println!("{label}: budget check {:.0} µs per step", start.elapsed().as_secs_f64() * 1e6 / rounds as f64);
     }
     Ok(())
 }

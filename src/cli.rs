@@ -462,6 +462,9 @@ fn print_run(run: &pipeline::SavedRun) {
         println!("  McNemar p = {p:.4}; {fixed} fixed, {} broken", r.flipped.len() - fixed);
     }
     println!("  production: {}", r.production);
+    for failures in &r.failures {
+        println!("  failed on test: {}", failures.text());
+    }
     println!("  cost: {}", r.cost.text());
     for file in &run.files {
         println!("  wrote {file}");
@@ -516,8 +519,5 @@ fn usage_line(u: &UsageSummary) -> String {
 }
 
 fn failures_line(s: &EvalSummary) -> String {
-    format!(
-        "{} failed predictions ({} unparseable replies); {} replies re-asked in the other format",
-        s.failed, s.format_errors, s.format_retries
-    )
+    s.failures_text()
 }

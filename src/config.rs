@@ -1138,6 +1138,11 @@ impl PipelineConfig {
         if lm.provider == Provider::Embedded {
             lm.model = root.join(&lm.model).to_string_lossy().into_owned();
         }
+        for (key, role) in [("lm", Some(&lm)), ("optimizer.teacher", optimizer.teacher.as_ref())] {
+            if let Some(role) = role {
+                check_reply_budget(role, raw.adapter.format, &predictors, &signatures).map_err(|m| err(key, m))?;
+            }
+        }
         if !(0.0..=1.0).contains(&optimizer.metric_threshold) {
             return Err(err("optimizer.metric_threshold", "must be between 0 and 1".into()));
         }
@@ -1447,6 +1452,41 @@ fn output_schema(ty: &FieldType) -> Option<&Value> {
         FieldType::List { items } => output_schema(items),
         _ => None,
     }
+}
+
+/// Refuses a `max_tokens` too small for any complete reply of a predictor,
+/// which would cut every one of them. Only the embedded engine with
+/// constrained decoding writes the reply template's field markers for certain;
+/// a remote model (or unconstrained decoding) may answer a one-field
+/// signature with the bare value, so no larger minimum holds there. The count
+/// uses the model's tokenizer when the model file is there, else a byte-based
+/// lower bound ([`crate::lm::local::min_reply_tokens`]).
+fn check_reply_budget(
+    lm: &LmConfig,
+    format: AdapterFormat,
+    predictors: &[PredictorConfig],
+    signatures: &IndexMap<String, SignatureConfig>,
+) -> std::result::Result<(), String> {
+    if lm.provider != Provider::Embedded || !lm.constrained {
+        return Ok(());
+    }
+    let tokenizer = crate::lm::local::read_tokenizer(Path::new(&lm.model));
+    for p in predictors {
+        let mut fields = Vec::new();
+        if p.module == Module::ChainOfThought {
+            fields.push(Field::new(crate::program::predictor::REASONING, FieldType::String, ""));
+        }
+        fields.extend(signatures[&p.signature].signature.outputs.iter().cloned());
+        let Some(template) = crate::program::adapter::template(format, &fields) else { continue };
+        let needed = crate::lm::local::min_reply_tokens(&template, tokenizer.as_deref());
+        if (lm.max_tokens as usize) < needed {
+            return Err(format!(
+                "max_tokens = {} is too small for the reply of predictor `{}` (needs at least {needed} tokens); raise it to at least {needed}",
+                lm.max_tokens, p.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The most requests in flight to one LM.

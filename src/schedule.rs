@@ -1,17 +1,57 @@
 //! Pipeline schedules: the 5-field POSIX cron GitHub Actions uses
-//! (`minute hour day-of-month month day-of-week`, Sunday = 0 or 7), evaluated
-//! with the `cron` crate, which reads Quartz syntax: a leading seconds field
-//! and day-of-week 1 = Sunday … 7 = Saturday. Passed through as written,
-//! `0 6 * * 5` (Fridays) would run on Thursdays, so the day-of-week field is
-//! expanded here and handed over as day names. POSIX also runs a job when
-//! *either* restricted day field matches; the crate wants both, so such a
-//! schedule is evaluated as the union of two.
+//! (`minute hour day-of-month month day-of-week`; minute 0-59, hour 0-23,
+//! day of month 1-31, month 1-12 or JAN-DEC, day of week 0-6 or SUN-SAT with
+//! 0 Sunday; `*`, lists `,`, ranges `-` and steps `/`).
+//!
+//! Each field is read here, against those ranges, so every error quotes the
+//! field as the user wrote it; a schedule that can never fire (the 31st of
+//! February) is refused. The `cron` crate then only computes run times, from
+//! the fields expanded to explicit lists: it reads Quartz syntax (a leading
+//! seconds field, day-of-week 1 = Sunday), which is why day-of-week goes over
+//! as day names. POSIX also runs a job when *either* restricted day field
+//! matches; the crate wants both, so such a schedule is the union of two.
 
+use std::collections::BTreeSet;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 
 const DAY_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+const MONTH_NAMES: [&str; 12] = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"];
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+/// The most days each month has (February in a leap year).
+const MONTH_DAYS: [u32; 12] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+
+/// One of the five fields: its name, its range as GitHub documents it, and
+/// the names it also takes (the first name stands for `min`).
+struct Field {
+    name: &'static str,
+    min: u32,
+    max: u32,
+    names: &'static [&'static str],
+    allowed: &'static str,
+}
+
+const FIELDS: [Field; 5] = [
+    Field { name: "minute", min: 0, max: 59, names: &[], allowed: "0-59" },
+    Field { name: "hour", min: 0, max: 23, names: &[], allowed: "0-23" },
+    Field { name: "day-of-month", min: 1, max: 31, names: &[], allowed: "1-31" },
+    Field { name: "month", min: 1, max: 12, names: &MONTH_NAMES, allowed: "1-12 or JAN-DEC" },
+    Field { name: "day-of-week", min: 0, max: 6, names: &DAY_NAMES, allowed: "0-6 or SUN-SAT (0 is Sunday)" },
+];
 
 #[derive(Debug, Clone)]
 pub struct CronSchedule {
@@ -30,15 +70,47 @@ impl CronSchedule {
                 fields.len()
             ));
         };
-        let days = expand_days_of_week(day_of_week)?;
-        let quartz = |dom: &str, dow: &str| {
-            let text = format!("0 {minute} {hour} {dom} {month} {dow}");
-            cron::Schedule::from_str(&text).map_err(|e| format!("`{expression}` is not a valid schedule: {e}"))
+        let texts = [minute, hour, day_of_month, month, day_of_week];
+        let mut sets = Vec::with_capacity(5);
+        for (text, field) in texts.iter().zip(&FIELDS) {
+            sets.push(parse_field(text, field).map_err(|m| format!("`{expression}`: {m}"))?);
+        }
+        let (doms, months) = (&sets[2], &sets[3]);
+        let days_restricted = day_of_month != "*" && day_of_week != "*";
+        // Only the day of month can rule out every date, and only when it is
+        // not in a union with the days of the week (every month has those).
+        if day_of_week == "*" && !months.iter().any(|&m| doms.iter().any(|&d| d <= MONTH_DAYS[m as usize - 1])) {
+            let months: Vec<&str> = months.iter().map(|&m| MONTHS[m as usize - 1]).collect();
+            let have = if months.len() == 1 { "has" } else { "have" };
+            return Err(format!(
+                "`{expression}` never runs: {} {have} no day {day_of_month} (day-of-month `{day_of_month}` with month `{month}`); pick a day every chosen month has",
+                join_or(&months)
+            ));
+        }
+        let list = |i: usize| -> String {
+            let field = &FIELDS[i];
+            if sets[i].len() as u32 == field.max - field.min + 1 {
+                return "*".into();
+            }
+            let items: Vec<String> = if i == 4 {
+                sets[i].iter().map(|&d| DAY_NAMES[d as usize].to_string()).collect()
+            } else {
+                sets[i].iter().map(u32::to_string).collect()
+            };
+            items.join(",")
         };
-        let schedules = if day_of_month != "*" && day_of_week != "*" {
-            vec![quartz(day_of_month, "*")?, quartz("*", &days)?]
+        let quartz = |dom: &str, dow: &str| {
+            let text = format!("0 {} {} {dom} {} {dow}", list(0), list(1), list(3));
+            cron::Schedule::from_str(&text).map_err(|_| {
+                format!(
+                    "`{expression}` could not be read as a schedule; write it as in GitHub Actions, e.g. \"0 6 * * 5\""
+                )
+            })
+        };
+        let schedules = if days_restricted {
+            vec![quartz(&list(2), "*")?, quartz("*", &list(4))?]
         } else {
-            vec![quartz(day_of_month, &days)?]
+            vec![quartz(&list(2), &list(4))?]
         };
         Ok(CronSchedule { expression: expression.to_string(), schedules })
     }
@@ -54,58 +126,83 @@ impl CronSchedule {
     }
 }
 
-/// The POSIX day-of-week field (numbers 0-7 with 0 and 7 Sunday, names,
-/// lists, ranges, steps) as a list of day names.
-fn expand_days_of_week(field: &str) -> Result<String, String> {
-    if field == "*" || field == "?" {
-        return Ok("*".to_string());
+/// `February`, `April or June`, `April, June or September`.
+fn join_or(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
     }
-    let day = |s: &str| -> Result<usize, String> {
-        if let Ok(n) = s.parse::<usize>() {
-            return if n <= 7 {
-                Ok(n % 7)
+}
+
+/// The values one field selects: `*`, numbers or names, ranges `a-b`, steps
+/// `*/n`, `a-b/n` and `a/n` (from `a` to the end of the range), lists of those.
+fn parse_field(text: &str, field: &Field) -> Result<BTreeSet<u32>, String> {
+    let Field { name, min, max, allowed, .. } = *field;
+    let problem = |what: String| format!("the {name} field `{text}` {what}; {name} takes {allowed}");
+    if text.contains('?') {
+        return Err(format!(
+            "the {name} field `{text}` uses `?`, which is Quartz syntax, not the POSIX cron GitHub Actions reads; write `*` for any {}",
+            if name == "day-of-week" {
+                "day of the week"
+            } else if name == "day-of-month" {
+                "day of the month"
             } else {
-                Err(format!("day of week `{s}` is out of range 0-7 (0 and 7 are Sunday)"))
-            };
-        }
-        DAY_NAMES
-            .iter()
-            .position(|d| d.eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("`{s}` is not a day of week; use 0-7 or SUN-SAT"))
+                name
+            }
+        ));
+    }
+    // What is wrong with one item of the field (the whole field when it is one item).
+    let item = |s: &str, what: &str| -> String {
+        if s == text { problem(format!("is {what}")) } else { problem(format!("has `{s}`, which is {what}")) }
     };
-    let mut on = [false; 7];
-    for part in field.split(',') {
+    let value = |s: &str| -> Result<u32, String> {
+        if let Ok(n) = s.parse::<u32>() {
+            if name == "day-of-week" && n == 7 {
+                return Err(format!(
+                    "the {name} field `{text}` has 7, which GitHub Actions does not take as a day of week: {name} takes {allowed}; write 0 for Sunday"
+                ));
+            }
+            return if n < min || n > max { Err(item(s, "out of range")) } else { Ok(n) };
+        }
+        match field.names.iter().position(|n| n.eq_ignore_ascii_case(s)) {
+            Some(i) => Ok(min + i as u32),
+            None if field.names.is_empty() => Err(item(s, "not a number")),
+            None if name == "month" => Err(item(s, "not a number or a month name")),
+            None => Err(item(s, "not a number or a day name")),
+        }
+    };
+    let mut set = BTreeSet::new();
+    for part in text.split(',') {
         let (range, step) = match part.split_once('/') {
-            Some((range, step)) => (
-                range,
-                step.parse::<usize>()
-                    .ok()
-                    .filter(|&s| s > 0)
-                    .ok_or(format!("step `{step}` must be a positive number"))?,
-            ),
+            Some((range, step)) => match step.parse::<u32>() {
+                Ok(step) if step > 0 => (range, step),
+                _ => return Err(problem(format!("has the step `/{step}`, which is not a number from 1 up"))),
+            },
             None => (part, 1),
         };
         let (first, last) = match range {
-            "*" => (0, 6),
+            "*" => (min, max),
+            "" => return Err(problem("has an empty item".into())),
             _ => match range.split_once('-') {
                 Some((a, b)) => {
-                    let a = day(a)?;
-                    // `5-7` runs Friday to Sunday: 7 is Sunday at the end of a range.
-                    let b = if b == "7" { 7 } else { day(b)? };
+                    let (a, b) = (value(a)?, value(b)?);
                     if b < a {
-                        return Err(format!("day-of-week range `{range}` runs backwards"));
+                        return Err(problem(format!("has the range `{range}`, which runs backwards")));
                     }
                     (a, b)
                 }
-                None if step > 1 => (day(range)?, 6),
-                None => (day(range)?, day(range)?),
+                // `a/n`: from a to the end of the range, every n.
+                None if part.contains('/') => (value(range)?, max),
+                None => {
+                    let v = value(range)?;
+                    (v, v)
+                }
             },
         };
-        for d in (first..=last).step_by(step) {
-            on[d % 7] = true;
-        }
+        set.extend((first..=last).step_by(step as usize));
     }
-    Ok(DAY_NAMES.iter().zip(on).filter(|(_, on)| *on).map(|(name, _)| *name).collect::<Vec<_>>().join(","))
+    Ok(set)
 }
 
 #[cfg(test)]
@@ -140,8 +237,8 @@ mod tests {
     }
 
     #[test]
-    fn sunday_is_zero_and_seven() {
-        for expression in ["30 2 * * 0", "30 2 * * 7", "30 2 * * sun"] {
+    fn sunday_is_zero() {
+        for expression in ["30 2 * * 0", "30 2 * * sun"] {
             let runs = next(expression, wednesday(), 2);
             assert!(runs.iter().all(|r| r.weekday() == Weekday::Sun), "{expression}: {runs:?}");
             assert_eq!(runs[0], Utc.with_ymd_and_hms(2026, 11, 29, 2, 30, 0).unwrap());
@@ -153,14 +250,17 @@ mod tests {
         let weekdays = next("0 9 * * 1-5", wednesday(), 5);
         let days: Vec<Weekday> = weekdays.iter().map(|r| r.weekday()).collect();
         assert_eq!(days, [Weekday::Thu, Weekday::Fri, Weekday::Mon, Weekday::Tue, Weekday::Wed]);
-        let weekend = next("0 9 * * 5-7", wednesday(), 3);
+        let weekend = next("0 9 * * 0,5-6", wednesday(), 3);
         let days: Vec<Weekday> = weekend.iter().map(|r| r.weekday()).collect();
         assert_eq!(days, [Weekday::Fri, Weekday::Sat, Weekday::Sun]);
         let every_other = next("0 9 * * */2", wednesday(), 4);
         let days: Vec<Weekday> = every_other.iter().map(|r| r.weekday()).collect();
         // 0,2,4,6: Sunday, Tuesday, Thursday, Saturday.
         assert_eq!(days, [Weekday::Thu, Weekday::Sat, Weekday::Sun, Weekday::Tue]);
-        assert_eq!(expand_days_of_week("0,6").unwrap(), "SUN,SAT");
+        assert_eq!(parse_field("0,6", &FIELDS[4]).unwrap().into_iter().collect::<Vec<_>>(), [0, 6]);
+        assert_eq!(parse_field("20/15", &FIELDS[0]).unwrap().into_iter().collect::<Vec<_>>(), [20, 35, 50]);
+        assert_eq!(parse_field("MON-fri", &FIELDS[4]).unwrap().len(), 5);
+        assert_eq!(parse_field("jan,DEC", &FIELDS[3]).unwrap().into_iter().collect::<Vec<_>>(), [1, 12]);
     }
 
     #[test]
@@ -181,8 +281,8 @@ mod tests {
     fn bad_schedules_say_what_to_write() {
         let error = CronSchedule::parse("0 0 6 * * 5").unwrap_err();
         assert!(error.contains("6 fields") && error.contains("\"0 6 * * 5\""), "{error}");
-        assert!(CronSchedule::parse("0 6 * * 8").unwrap_err().contains("out of range 0-7"));
-        assert!(CronSchedule::parse("0 6 * * FUN").unwrap_err().contains("not a day of week"));
-        assert!(CronSchedule::parse("61 6 * * 5").unwrap_err().contains("not a valid schedule"));
+        assert!(CronSchedule::parse("0 6 * * 8").unwrap_err().contains("out of range; day-of-week takes 0-6"));
+        assert!(CronSchedule::parse("0 6 * * FUN").unwrap_err().contains("not a number or a day name"));
+        assert!(CronSchedule::parse("61 6 * * 5").unwrap_err().contains("minute field `61`"));
     }
 }

@@ -295,3 +295,224 @@ async fn chain_of_thought_asks_for_reasoning_first() {
     // The labeled demo has no reasoning: it is shown as not supplied, not invented.
     assert!(request.messages[2].content.contains("Not supplied for this particular example."));
 }
+
+// ---- Replies cut by max_tokens ----------------------------------------------------
+
+/// A remote model whose replies run to `full` and stop at `max_tokens`
+/// characters with finish_reason "length", as an OpenAI-compatible endpoint says.
+struct Budgeted {
+    full: fn(&promptloop::lm::LmRequest) -> String,
+}
+
+#[async_trait::async_trait]
+impl promptloop::lm::LanguageModel for Budgeted {
+    fn describe(&self) -> promptloop::lm::LmDescription {
+        promptloop::lm::LmDescription {
+            provider: "openai".into(),
+            model: "budgeted".into(),
+            endpoint: None,
+            constrained_decoding: false,
+            response_format: None,
+        }
+    }
+
+    async fn complete(
+        &self,
+        request: &promptloop::lm::LmRequest,
+    ) -> Result<promptloop::lm::LmResponse, promptloop::lm::LmError> {
+        let full = (self.full)(request);
+        let cut: String = full.chars().take(request.max_tokens as usize).collect();
+        let finish = if cut.len() < full.len() { "length" } else { "stop" };
+        Ok(promptloop::lm::LmResponse {
+            text: cut,
+            usage: promptloop::lm::TokenUsage { prompt_tokens: 10, completion_tokens: u64::from(request.max_tokens) },
+            finish_reason: Some(finish.into()),
+        })
+    }
+}
+
+fn budgeted(full: fn(&promptloop::lm::LmRequest) -> String, max_tokens: u32) -> PredictSettings {
+    PredictSettings {
+        lm: Lm::new(std::sync::Arc::new(Budgeted { full }), None, 1),
+        format: AdapterFormat::Chat,
+        temperature: 0.0,
+        max_tokens,
+    }
+}
+
+fn answer_predictor() -> Predictor {
+    Predictor {
+        name: "answer".into(),
+        module: Module::Predict,
+        signature: Signature {
+            inputs: vec![message()],
+            outputs: vec![Field::new("reply", FieldType::String, "what to tell the customer")],
+        },
+        instructions: "Answer the customer.".into(),
+        demos: vec![],
+    }
+}
+
+#[tokio::test]
+async fn a_reply_cut_by_max_tokens_fails_even_where_its_start_parses() {
+    // Cut in the middle of a free-text field: the start would parse as an
+    // answer, a wrong one.
+    let full = |_: &promptloop::lm::LmRequest| {
+        "[[ ## reply ## ]]\nYour card is on its way and should arrive within three working days.\n\n[[ ## completed ## ]]"
+            .to_string()
+    };
+    let inputs = obj(json!({"message": "where is my card?"}));
+    let call = answer_predictor().call(&budgeted(full, 40), &inputs, None).await.unwrap();
+    assert!(call.outputs.is_none() && call.cut && !call.format_error, "{call:?}");
+    assert_eq!(call.error.as_deref(), Some("reply cut at max_tokens = 40 before `reply` was complete"));
+    assert_eq!((call.lm_calls, call.format_retried), (1, false), "a cut is not retried in the other format");
+    assert_eq!(call.reply.as_deref(), Some("[[ ## reply ## ]]\nYour card is on its wa"));
+
+    // With room, the same reply is an answer.
+    let call = answer_predictor().call(&budgeted(full, 200), &inputs, None).await.unwrap();
+    assert!(!call.cut && call.outputs.is_some(), "{call:?}");
+
+    // A whole reply the model rambled on after is complete: taken as written.
+    let rambling = |_: &promptloop::lm::LmRequest| {
+        format!("[[ ## queue ## ]]\ntransfers\n\n[[ ## completed ## ]]\n{}", "and so on ".repeat(20))
+    };
+    let call = triage_predictor().call(&budgeted(rambling, 64), &inputs, None).await.unwrap();
+    assert_eq!(call.outputs.unwrap()["queue"], "transfers");
+    assert!(!call.cut);
+}
+
+#[test]
+fn a_cut_names_the_field_it_stopped_in() {
+    use promptloop::program::adapter::{cut_reason, reply_complete};
+    let two = [queue(), Field::new("urgent", FieldType::Bool, "")];
+    let chat = |reply: &str| cut_reason(AdapterFormat::Chat, &two, reply, 16);
+    assert_eq!(chat(""), "reply cut at max_tokens = 16 before `queue` was complete");
+    assert_eq!(chat("[[ ## que"), "reply cut at max_tokens = 16 before `queue` was complete");
+    assert_eq!(chat("[[ ## queue ## ]]\ntrans"), "reply cut at max_tokens = 16 before `queue` was complete");
+    assert_eq!(
+        chat("[[ ## queue ## ]]\ncards\n\n[[ ## urg"),
+        "reply cut at max_tokens = 16 before `urgent` was complete"
+    );
+    assert_eq!(
+        chat("[[ ## queue ## ]]\ncards\n\n[[ ## urgent ## ]]\ntrue\n\n[[ ## comp"),
+        "reply cut at max_tokens = 16 before its end marker"
+    );
+    let json = |reply: &str| cut_reason(AdapterFormat::Json, &two, reply, 9);
+    assert_eq!(json("{\"que"), "reply cut at max_tokens = 9 before `queue` was complete");
+    assert_eq!(
+        json("{\"queue\": \"cards\", \"urgent\": tr"),
+        "reply cut at max_tokens = 9 before `urgent` was complete"
+    );
+
+    assert!(reply_complete(
+        AdapterFormat::Chat,
+        &two,
+        "[[ ## queue ## ]]\ncards\n\n[[ ## urgent ## ]]\ntrue\n\n[[ ## completed ## ]]"
+    ));
+    assert!(!reply_complete(AdapterFormat::Chat, &two, "[[ ## queue ## ]]\ncards\n\n[[ ## completed ## ]]"));
+    assert!(reply_complete(AdapterFormat::Json, &two, "{\"queue\": \"cards\", \"urgent\": true}"));
+    assert!(!reply_complete(AdapterFormat::Json, &two, "{\"queue\": \"cards\", \"urgent\": true"));
+}
+
+#[tokio::test]
+async fn cut_replies_are_counted_apart_in_an_evaluation() {
+    use promptloop::dataset::Example;
+    use promptloop::eval::{EvalContext, evaluate};
+    use promptloop::program::Program;
+
+    // Long messages get long answers, which 60 characters cut.
+    let full = |request: &promptloop::lm::LmRequest| {
+        let message = common::last_input(request, "message");
+        format!("[[ ## reply ## ]]\n{message}\n\n[[ ## completed ## ]]")
+    };
+    let examples: Vec<Example> = (0..5)
+        .map(|i| Example {
+            id: format!("e{i}"),
+            inputs: obj(json!({"message": if i < 2 { "a very long message that goes on and on and on and on" } else { "short" }})),
+            outputs: obj(json!({"reply": "short"})),
+            extra: Map::new(),
+        })
+        .collect();
+    let ctx = EvalContext {
+        settings: budgeted(full, 60),
+        metric: promptloop::metric::build(&promptloop::config::MetricConfig::ExactMatch {
+            fields: vec!["reply".into()],
+        }),
+        concurrency: 2,
+        progress: false,
+    };
+    let program = Program { predictors: vec![answer_predictor()] };
+    let evaluation = evaluate(&program, &examples, &ctx, "test").await.unwrap();
+    let s = &evaluation.summary;
+    assert_eq!((s.n, s.failed, s.cut, s.format_errors, s.max_tokens), (5, 2, 2, 0, 60));
+    let cut = &evaluation.results[0];
+    assert!(cut.stats.cut && cut.trace[0].cut, "{cut:?}");
+    assert_eq!(cut.feedback, "answer: reply cut at max_tokens = 60 before `reply` was complete");
+    // In the per-example results `eval --results` writes, a cut is its own kind.
+    let line = serde_json::to_value(cut).unwrap();
+    assert_eq!((line["cut"].clone(), line["trace"][0]["cut"].clone()), (json!(true), json!(true)));
+    assert!(serde_json::to_value(&evaluation.results[3]).unwrap().get("cut").is_none());
+    insta::assert_snapshot!("failures_line_with_cut_replies", s.failures_text());
+    let failures = promptloop::report::Failures::of("production", s).unwrap();
+    insta::assert_snapshot!("report_failures_with_cut_replies", failures.text());
+}
+
+/// One OpenAI-compatible endpoint on 127.0.0.1 that answers every request
+/// with `body`; its base URL.
+async fn endpoint_answering(body: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                // Read the headers and the body they announce, then answer.
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{address}/v1")
+}
+
+#[tokio::test]
+async fn an_endpoint_that_stops_at_length_gives_a_cut_prediction() {
+    use promptloop::lm::openai::{OpenAiClient, OpenAiConfig};
+    let base_url = endpoint_answering(
+        r#"{"choices":[{"message":{"role":"assistant","content":"[[ ## queue ## ]]\ntrans"},"finish_reason":"length"}],"usage":{"prompt_tokens":50,"completion_tokens":8}}"#,
+    )
+    .await;
+    let client = OpenAiClient::new(OpenAiConfig { max_retries: 0, ..OpenAiConfig::new(base_url, "m") }).unwrap();
+    let settings = PredictSettings {
+        lm: Lm::new(std::sync::Arc::new(client), None, 1),
+        format: AdapterFormat::Chat,
+        temperature: 0.0,
+        max_tokens: 8,
+    };
+    let call = triage_predictor().call(&settings, &obj(json!({"message": "send money"})), None).await.unwrap();
+    assert!(call.cut && call.outputs.is_none(), "{call:?}");
+    assert_eq!(call.error.as_deref(), Some("reply cut at max_tokens = 8 before `queue` was complete"));
+}

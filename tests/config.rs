@@ -480,3 +480,52 @@ fn optimizer_sizes_are_bounded_at_load() {
             .is_ok()
     );
 }
+
+/// The worked example's pipeline with another `[lm]` table.
+fn support_triage_with(lm: &str) -> String {
+    let text = std::fs::read_to_string("pipelines/support-triage.toml").unwrap();
+    let start = text.find("[lm]\n").unwrap();
+    let end = start + text[start..].find("\n[source]").unwrap();
+    format!("{}[lm]\n{lm}\n{}", &text[..start], &text[end..])
+}
+
+#[test]
+fn a_max_tokens_too_small_for_the_reply_is_refused_at_load_with_the_minimum() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join(promptloop::lm::local::DEFAULT_MODEL_PATH);
+    assert!(model.is_file(), "no model at {}; run scripts/setup-model.sh", model.display());
+    let lm = |max_tokens: u32| format!("provider = \"embedded\"\nmodel = {:?}\nmax_tokens = {max_tokens}", model);
+    let load = |max_tokens| {
+        PipelineConfig::parse(&support_triage_with(&lm(max_tokens)), Path::new("pipelines/support-triage.toml"))
+    };
+    // Counted with the model's own tokenizer: the two field markers and the
+    // shortest queue name. 16 leaves room for them (a longer queue name may
+    // still be cut, and is then counted); 8 cannot hold any reply.
+    assert!(load(16).is_ok());
+    let err = load(8).unwrap_err().to_string();
+    insta::assert_snapshot!("max_tokens_too_small_with_the_tokenizer", err);
+    let needed: u32 = err.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(load(needed).is_ok(), "the minimum it names is enough to load");
+    assert!(load(needed - 1).is_err());
+
+    // Chain of thought adds the reasoning marker; the teacher is checked too.
+    let cot = support_triage_with(&lm(64)).replace("module = \"predict\"", "module = \"chain_of_thought\"");
+    let teacher = cot.replace(
+        "[optimizer]\n",
+        &format!("[optimizer]\nteacher = {{ provider = \"embedded\", model = {model:?}, max_tokens = 20 }}\n"),
+    );
+    let err = PipelineConfig::parse(&teacher, Path::new("pipelines/support-triage.toml")).unwrap_err().to_string();
+    assert!(err.starts_with("pipelines/support-triage.toml: [optimizer.teacher] max_tokens = 20 is too small for the reply of predictor `route`"), "{err}");
+
+    // Without the model file: a lower bound from the reply's bytes, which
+    // refuses only budgets nothing could fit in.
+    let missing = |max_tokens: u32| {
+        let lm = format!("provider = \"embedded\"\nmodel = \"no/such/model.gguf\"\nmax_tokens = {max_tokens}");
+        PipelineConfig::parse(&support_triage_with(&lm), Path::new("pipelines/support-triage.toml"))
+    };
+    assert!(missing(16).is_ok());
+    insta::assert_snapshot!("max_tokens_too_small_without_the_tokenizer", missing(2).unwrap_err().to_string());
+
+    // A remote model may answer with the bare value: one token can be enough.
+    let openai = "provider = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\nmax_tokens = 1";
+    assert!(PipelineConfig::parse(&support_triage_with(openai), Path::new("pipelines/support-triage.toml")).is_ok());
+}

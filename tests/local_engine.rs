@@ -299,12 +299,8 @@ fn ask_ticket(format: AdapterFormat, message: &str, max_tokens: u32) -> (String,
     ask_ticket_at(format, message, max_tokens, 0.0)
 }
 
-fn ask_ticket_at(
-    format: AdapterFormat,
-    message: &str,
-    max_tokens: u32,
-    temperature: f32,
-) -> (String, Option<String>, Map<String, Value>) {
+/// The ticket request as the predictor renders it, and its output fields.
+fn ticket_request(format: AdapterFormat, message: &str) -> (LmRequest, Vec<Field>) {
     let inputs = [Field::new("message", FieldType::String, "the customer's message")];
     let outputs = ticket_outputs();
     let demo_in: Map<String, Value> =
@@ -328,10 +324,20 @@ fn ask_ticket_at(
         },
     );
     let mut request = LmRequest::new(rendered.messages);
-    request.max_tokens = max_tokens;
-    request.temperature = temperature;
     request.template = rendered.template;
     request.json_schema = rendered.json_schema;
+    (request, outputs)
+}
+
+fn ask_ticket_at(
+    format: AdapterFormat,
+    message: &str,
+    max_tokens: u32,
+    temperature: f32,
+) -> (String, Option<String>, Map<String, Value>) {
+    let (mut request, outputs) = ticket_request(format, message);
+    request.max_tokens = max_tokens;
+    request.temperature = temperature;
     let reply = engine().complete_blocking(&request).unwrap();
     println!(
         "{format:?}, max_tokens {max_tokens}, t={temperature}: {:?} ({:?}, {} tokens)",
@@ -366,87 +372,181 @@ fn nested_json_outputs_parse_in_both_formats() {
         }
         // Sampling weighs every allowed token, odd ones included.
         for message in &ORDERS[..2] {
-            let (text, _, parsed) = ask_ticket_at(format, message, 160, 1.0);
+            let (text, _, parsed) = ask_ticket_at(format, message, 256, 1.0);
             assert_valid_ticket(&parsed, &text);
         }
     }
 }
 
+/// The same request with `max_tokens` set.
+fn with_budget(request: &LmRequest, max_tokens: u32) -> LmRequest {
+    LmRequest { max_tokens, ..request.clone() }
+}
+
+/// Under any budget, greedy decoding gives the first tokens of the reply an
+/// ample budget gives, and says `length` when it stopped short: nothing is
+/// written for the model when the budget runs out.
+fn assert_budget_only_cuts(request: &LmRequest, budgets: &[u32]) {
+    let full = engine().complete_blocking(&with_budget(request, 400)).unwrap();
+    assert_eq!(full.finish_reason.as_deref(), Some("stop"), "{:?}", full.text);
+    for &max_tokens in budgets {
+        let reply = engine().complete_blocking(&with_budget(request, max_tokens)).unwrap();
+        assert!(reply.usage.completion_tokens <= u64::from(max_tokens), "{max_tokens}: {:?}", reply.usage);
+        if reply.text == full.text {
+            assert_eq!(reply.finish_reason.as_deref(), Some("stop"), "{max_tokens}: {:?}", reply.text);
+        } else {
+            assert!(
+                full.text.starts_with(&reply.text),
+                "max_tokens {max_tokens}: {:?} is not the start of {:?}",
+                reply.text,
+                full.text
+            );
+            assert_eq!(reply.finish_reason.as_deref(), Some("length"), "{max_tokens}: {:?}", reply.text);
+            assert_eq!(reply.usage.completion_tokens, u64::from(max_tokens), "{:?}", reply.text);
+        }
+    }
+}
+
+/// The worked example's reply template: one enum field, `cards` first (and shortest).
+fn triage_request(message: &str) -> LmRequest {
+    let queues = ["cards", "payments", "security", "transfers", "top_ups", "exchange", "account"];
+    let mut messages = banking(message);
+    messages[0].content = format!(
+        "Route the customer's message to the support queue that handles it: {}.\nReply in this format:\n[[ ## queue ## ]]\n{{queue}}\n\n[[ ## completed ## ]]",
+        queues.join(", ")
+    );
+    let mut request = LmRequest::new(messages);
+    request.template = Some(OutputTemplate {
+        segments: vec![
+            Segment::Literal { text: "[[ ## queue ## ]]\n".into() },
+            Segment::Choice { options: queues.iter().map(|s| s.to_string()).collect() },
+            Segment::Literal { text: "\n\n[[ ## completed ## ]]".into() },
+        ],
+    });
+    request
+}
+
 #[test]
-fn a_small_token_budget_still_yields_a_parseable_reply() {
+fn a_tiny_budget_cuts_the_reply_instead_of_answering_with_the_first_value() {
+    let marker = engine().encode("[[ ## queue ## ]]\n").len() as u32;
+    let mut checked = 0;
+    for message in [
+        "I sent money to my landlord yesterday and it has not arrived.",
+        "What is the exchange rate for dollars?",
+        "How do I top up my account with cash?",
+        "I want to close my account.",
+        "Someone stole my phone.",
+    ] {
+        let request = triage_request(message);
+        let full = engine().complete_blocking(&with_budget(&request, 64)).unwrap();
+        if full.text.contains("cards") {
+            // The model's own answer is `cards` here: nothing to tell apart.
+            continue;
+        }
+        checked += 1;
+        // Room for the marker and a little more: the old loop wrote the
+        // shortest completion here, `cards`, as if the model had chosen it.
+        for max_tokens in [1, marker, marker + 1, marker + 3] {
+            let reply = engine().complete_blocking(&with_budget(&request, max_tokens)).unwrap();
+            assert!(!reply.text.contains("cards"), "max_tokens {max_tokens}: {:?}", reply.text);
+            assert_eq!(reply.finish_reason.as_deref(), Some("length"), "{:?}", reply.text);
+        }
+        assert_budget_only_cuts(&request, &[1, marker, marker + 1, marker + 2, marker + 4, 16]);
+    }
+    assert!(checked >= 2, "only {checked} of the messages go to a queue other than `cards`");
+}
+
+#[test]
+fn a_small_budget_cuts_json_replies_and_reasoning_where_they_stand() {
     for format in [AdapterFormat::Json, AdapterFormat::Chat] {
-        for max_tokens in [1, 8, 24, 48] {
-            let (text, finish, parsed) = ask_ticket(format, ORDERS[0], max_tokens);
-            assert_valid_ticket(&parsed, &text);
-            if max_tokens <= 8 {
-                assert_eq!(finish.as_deref(), Some("length"), "{text}");
-            }
-        }
+        let (request, outputs) = ticket_request(format, ORDERS[0]);
+        assert_budget_only_cuts(&request, &[1, 8, 24, 48]);
+        let cut = engine().complete_blocking(&with_budget(&request, 24)).unwrap();
+        assert!(!promptloop::program::adapter::reply_complete(format, &outputs, &cut.text), "{:?}", cut.text);
     }
-}
-
-#[test]
-fn a_reply_cut_by_the_budget_is_forced_closed_and_counted() {
-    // Free text inside a JSON string would run on; the budget closes it.
+    // Free text inside a JSON string is not closed for the model either.
     let mut request = LmRequest::new(vec![ChatMessage::new(Role::User, "Write a long story about a dragon.")]);
-    request.max_tokens = 20;
     let schema = json!({
         "type": "object",
         "properties": {"story": {"type": "string"}, "moral": {"type": "string"}},
         "required": ["story", "moral"],
         "additionalProperties": false
     });
-    request.template = Some(OutputTemplate { segments: vec![Segment::Json { schema: schema.clone() }] });
-    let reply = engine().complete_blocking(&request).unwrap();
+    request.template = Some(OutputTemplate { segments: vec![Segment::Json { schema }] });
+    let reply = engine().complete_blocking(&with_budget(&request, 20)).unwrap();
     assert_eq!(reply.finish_reason.as_deref(), Some("length"), "{}", reply.text);
-    let value: Value = serde_json::from_str(&reply.text).unwrap_or_else(|e| panic!("{e}: {}", reply.text));
-    assert!(jsonschema::validator_for(&schema).unwrap().is_valid(&value), "{}", reply.text);
-    // The closing tokens are forced while they still fit, and counted.
-    assert!((18..=20).contains(&reply.usage.completion_tokens), "{:?}: {}", reply.usage, reply.text);
-    assert!(value["story"].as_str().is_some_and(|s| !s.is_empty()), "{}", reply.text);
-}
+    assert_eq!(reply.usage.completion_tokens, 20);
+    assert!(serde_json::from_str::<Value>(&reply.text).is_err(), "{}", reply.text);
 
-#[test]
-fn a_short_budget_ends_free_text_but_leaves_the_choice_to_the_model() {
-    // "x" is the shortest option: forcing the shortest completion would pick it.
-    let options: Vec<String> = ["x", "cards", "transfers", "top_ups"].iter().map(|s| s.to_string()).collect();
+    // Reasoning that runs past the budget leaves the answer unwritten, not chosen for the model.
     let mut messages = banking("I topped up 20 euros by card but my balance did not change.");
     messages[0].content.push_str(
         "\nReply in this format:\n[[ ## reasoning ## ]]\n{your reasoning}\n\n[[ ## queue ## ]]\n{cards, transfers or top_ups}\n\n[[ ## completed ## ]]",
     );
     let mut request = LmRequest::new(messages);
-    request.max_tokens = 30;
     request.template = Some(OutputTemplate {
         segments: vec![
             Segment::Literal { text: "[[ ## reasoning ## ]]\n".into() },
             Segment::Text { until: "\n\n[[ ##".into() },
             Segment::Literal { text: "\n\n[[ ## queue ## ]]\n".into() },
-            Segment::Choice { options: options.clone() },
+            choice(),
             Segment::Literal { text: "\n\n[[ ## completed ## ]]".into() },
         ],
     });
-    let reply = engine().complete_blocking(&request).unwrap();
-    assert_eq!(reply.finish_reason.as_deref(), Some("length"), "{:?}", reply.text);
-    let rest = reply.text.strip_prefix("[[ ## reasoning ## ]]\n").expect("starts with the reasoning header");
-    let (reasoning, rest) = rest.split_once("\n\n[[ ## queue ## ]]\n").expect("has the queue header");
-    assert!(!reasoning.is_empty(), "{:?}", reply.text);
-    let queue = rest.strip_suffix("\n\n[[ ## completed ## ]]").expect("ends with the completed marker");
-    assert!(QUEUES.contains(&queue), "the model's choice, not the shortest option: {queue:?}");
-    assert!(reply.usage.completion_tokens <= 30, "{:?}", reply.usage);
+    assert_budget_only_cuts(&request, &[10, 30]);
+}
 
-    // The same in a JSON reply: the reasoning string ends, the model picks the queue.
-    let mut request = LmRequest::new(banking("I topped up 20 euros by card but my balance did not change."));
-    request.max_tokens = 30;
-    let schema = json!({
-        "type": "object",
-        "properties": {"reasoning": {"type": "string"}, "queue": {"enum": options}},
-        "required": ["reasoning", "queue"],
-        "additionalProperties": false
-    });
-    request.template = Some(OutputTemplate { segments: vec![Segment::Json { schema }] });
-    let reply = engine().complete_blocking(&request).unwrap();
-    let value: Value = serde_json::from_str(&reply.text).unwrap_or_else(|e| panic!("{e}: {}", reply.text));
-    assert!(value["reasoning"].as_str().is_some_and(|r| !r.is_empty()), "{}", reply.text);
-    assert!(QUEUES.contains(&value["queue"].as_str().unwrap()), "{}", reply.text);
-    assert_eq!(reply.finish_reason.as_deref(), Some("length"), "{}", reply.text);
+/// Calls the shared engine through the `LanguageModel` trait.
+struct Shared;
+
+#[async_trait::async_trait]
+impl LanguageModel for Shared {
+    fn describe(&self) -> promptloop::lm::LmDescription {
+        engine().describe()
+    }
+
+    async fn complete(&self, request: &LmRequest) -> Result<promptloop::lm::LmResponse, LmError> {
+        engine().complete_blocking(request)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prediction_cut_by_the_budget_fails_with_the_reason() {
+    use promptloop::config::Module;
+    use promptloop::lm::Lm;
+    use promptloop::program::predictor::{PredictSettings, Predictor};
+    use promptloop::program::signature::Signature;
+
+    let queues = ["cards", "payments", "security", "transfers", "top_ups", "exchange", "account"];
+    let predictor = Predictor {
+        name: "route".into(),
+        module: Module::Predict,
+        signature: Signature {
+            inputs: vec![Field::new("message", FieldType::String, "the customer's message")],
+            outputs: vec![Field::new(
+                "queue",
+                FieldType::Enum { values: queues.iter().map(|s| s.to_string()).collect() },
+                "the queue",
+            )],
+        },
+        instructions: "Route the customer's message to the support queue that handles it.".into(),
+        demos: vec![],
+    };
+    let lm = Lm::new(std::sync::Arc::new(Shared), None, 1);
+    let inputs: Map<String, Value> =
+        json!({"message": "I sent money to my landlord and it has not arrived."}).as_object().unwrap().clone();
+    let marker = engine().encode("[[ ## queue ## ]]\n").len() as u32;
+    let settings =
+        |max_tokens| PredictSettings { lm: lm.clone(), format: AdapterFormat::Chat, temperature: 0.0, max_tokens };
+    let call = predictor.call(&settings(marker + 1), &inputs, None).await.unwrap();
+    assert!(call.cut && call.outputs.is_none(), "{call:?}");
+    assert_eq!(
+        call.error.as_deref(),
+        Some(format!("reply cut at max_tokens = {} before `queue` was complete", marker + 1).as_str())
+    );
+    // A cut is not a format problem: the other format is not tried.
+    assert_eq!((call.lm_calls, call.format_retried, call.format_error), (1, false, false));
+    // With room, the model's own answer.
+    let call = predictor.call(&settings(64), &inputs, None).await.unwrap();
+    assert!(!call.cut && call.outputs.is_some(), "{call:?}");
 }

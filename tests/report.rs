@@ -9,7 +9,7 @@ use promptloop::optimize::{ProposalRecord, ReflectionRecord};
 use promptloop::program::artifact::CandidateScore;
 use promptloop::report::history::Entry;
 use promptloop::report::markdown::{self, GITHUB_BODY_LIMIT};
-use promptloop::report::{Cost, DatasetSize, Flip, Headline, Outcome, RunReport, Scores, Slice};
+use promptloop::report::{Cost, DatasetSize, Failures, Flip, Headline, Outcome, RunReport, Scores, Slice};
 use promptloop::report::{RoleUse, SearchSummary};
 use serde_json::{Map, Value, json};
 
@@ -109,6 +109,7 @@ fn run(flips: Vec<Flip>, program_diff: String) -> RunReport {
             entry(27, 0.432, 0.494, Decision::Promote),
         ],
         search: Some(search()),
+        failures: vec![],
     }
 }
 
@@ -264,6 +265,32 @@ fn a_hold_with_no_candidate_reports_production_alone() {
     assert!(!body.contains("Examples that flipped"), "{body}");
     assert!(!body.contains("What changed in the prompts"), "{body}");
     insta::assert_snapshot!(body);
+}
+
+#[test]
+fn replies_cut_by_max_tokens_are_counted_in_the_headline() {
+    let mut report = run(vec![], String::new());
+    let cut = |program: &str, failed, unparseable, cut| Failures {
+        program: program.into(),
+        n: 162,
+        failed,
+        unparseable,
+        cut,
+        max_tokens: 16,
+    };
+    report.failures = vec![cut("production", 12, 0, 12), cut("candidate", 15, 2, 12)];
+    let body = markdown::report(&report);
+    let headline_section = body.split("| split |").next().unwrap();
+    assert!(
+        headline_section.contains("production: 12 of 162 replies cut at max_tokens = 16; raise [lm] max_tokens"),
+        "{headline_section}"
+    );
+    // The PR body keeps it however much else is cut.
+    let flips: Vec<Flip> = (0..3000).map(|i| flip(i, true, &"long text ".repeat(100))).collect();
+    report.flipped = flips;
+    let body = markdown::pr_body(&report, MARKER, REPORT_PATH, 20_000);
+    assert!(body.contains("candidate: 12 of 162 replies cut at max_tokens = 16"), "{}", &body[..2000]);
+    insta::assert_snapshot!(headline_section);
 }
 
 /// What a hostile log line would do on GitHub: close an issue, ping a team,

@@ -54,6 +54,12 @@ pub struct EvalSummary {
     pub failed: usize,
     /// Of those, replies that could not be parsed.
     pub format_errors: usize,
+    /// Of those, replies `max_tokens` cut before they were complete.
+    #[serde(default)]
+    pub cut: usize,
+    /// The `max_tokens` the replies were asked with.
+    #[serde(default)]
+    pub max_tokens: u32,
     /// Predictions the metric could not score (counted as 0).
     #[serde(default)]
     pub metric_errors: usize,
@@ -70,6 +76,34 @@ pub struct EvalSummary {
 pub struct Evaluation {
     pub summary: EvalSummary,
     pub results: Vec<ExampleResult>,
+}
+
+impl EvalSummary {
+    /// `12 of 162 replies cut at max_tokens = 16; raise [lm] max_tokens`,
+    /// when any reply was cut.
+    pub fn cut_text(&self) -> Option<String> {
+        (self.cut > 0).then(|| cut_text(self.cut, self.n, self.max_tokens))
+    }
+
+    /// `14 failed predictions (2 unparseable replies); 3 replies re-asked in
+    /// the other format`, and the cut replies when there were any.
+    pub fn failures_text(&self) -> String {
+        let mut text = format!(
+            "{} failed predictions ({} unparseable replies); {} replies re-asked in the other format",
+            self.failed, self.format_errors, self.format_retries
+        );
+        if let Some(cut) = self.cut_text() {
+            text.push_str("; ");
+            text.push_str(&cut);
+        }
+        text
+    }
+}
+
+/// `12 of 162 replies cut at max_tokens = 16; raise [lm] max_tokens`.
+pub fn cut_text(cut: usize, n: usize, max_tokens: u32) -> String {
+    let replies = if n == 1 { "reply" } else { "replies" };
+    format!("{cut} of {n} {replies} cut at max_tokens = {max_tokens}; raise [lm] max_tokens")
 }
 
 impl Evaluation {
@@ -107,12 +141,13 @@ pub async fn evaluate(
         .await
         .inspect_err(|_| bar.abandon())?;
     bar.finish_and_clear();
-    let mut summary = EvalSummary { n: results.len(), ..Default::default() };
+    let mut summary = EvalSummary { n: results.len(), max_tokens: ctx.settings.max_tokens, ..Default::default() };
     for r in &results {
         let stats = &r.stats;
         summary.mean += r.score;
         summary.failed += usize::from(stats.error.is_some());
         summary.format_errors += usize::from(stats.format_error);
+        summary.cut += usize::from(stats.cut);
         summary.metric_errors += usize::from(r.metric_error);
         summary.format_retries += u64::from(stats.format_retries);
         summary.lm_calls += u64::from(stats.lm_calls);

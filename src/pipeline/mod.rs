@@ -349,8 +349,9 @@ pub(crate) fn check_predictions(evaluation: &crate::eval::Evaluation, what: &str
             .flat_map(|r| r.trace.iter())
             .find_map(|step| step.error.clone())
             .unwrap_or_else(|| "no reason recorded".into());
+        let cut = if s.cut > 0 { format!(", {} cut at max_tokens = {}", s.cut, s.max_tokens) } else { String::new() };
         bail!(
-            "every prediction of {what} failed ({} of {}, {} unparseable); the first: {reason}",
+            "every prediction of {what} failed ({} of {}, {} unparseable{cut}); the first: {reason}",
             s.failed,
             s.n,
             s.format_errors

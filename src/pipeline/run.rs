@@ -18,7 +18,7 @@ use crate::logs::pull::{PullRequest, Since};
 use crate::metric;
 use crate::program::Program;
 use crate::program::artifact::{Artifact, Scores as ArtifactScores, SplitScore, write_atomically};
-use crate::report::{Cost, DatasetSize, Flip, Headline, Outcome, RunReport, Scores, Slice, history};
+use crate::report::{Cost, DatasetSize, Failures, Flip, Headline, Outcome, RunReport, Scores, Slice, history};
 
 /// `.promptloop/runs/<name>/`: what a run leaves for the stages after it
 /// (`report`, `publish`) and for people when nothing was published.
@@ -192,6 +192,10 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
         cost,
         history: past,
         search: Some(search),
+        failures: Failures::of("production", &production_test.summary)
+            .into_iter()
+            .chain(optimized.improved().then(|| Failures::of("candidate", &candidate_test.summary)).flatten())
+            .collect(),
     };
 
     // The artifact: the candidate on promote; production stays otherwise.

@@ -178,6 +178,59 @@ pub fn template(format: AdapterFormat, outputs: &[Field]) -> Option<OutputTempla
     Some(OutputTemplate { segments })
 }
 
+/// Whether `reply` holds the whole reply, not just its beginning: in the chat
+/// format the `[[ ## completed ## ]]` marker follows every field's marker, in
+/// the JSON format a whole object with every field parses. A reply the token
+/// budget stopped is taken as written only when it is complete.
+pub fn reply_complete(format: AdapterFormat, outputs: &[Field], reply: &str) -> bool {
+    match format {
+        AdapterFormat::Chat => {
+            let names: Vec<String> = MARKER.captures_iter(reply).map(|c| c[1].to_string()).collect();
+            let Some(end) = names.iter().position(|n| n == "completed") else {
+                return false;
+            };
+            outputs.iter().all(|f| names[..end].contains(&f.name))
+        }
+        AdapterFormat::Json => match extract_json(reply) {
+            Some(Value::Object(object)) => outputs.iter().all(|f| object.contains_key(&f.name)),
+            _ => false,
+        },
+    }
+}
+
+/// Why a reply the token budget stopped is not an answer: `reply cut at
+/// max_tokens = 16 before `queue` was complete`, naming the field it was
+/// writing (or about to write) when the budget ran out.
+pub fn cut_reason(format: AdapterFormat, outputs: &[Field], reply: &str, max_tokens: u32) -> String {
+    let field = match format {
+        AdapterFormat::Chat => {
+            // The field whose marker came last; the first if none came yet.
+            let last = MARKER.captures_iter(reply).filter_map(|c| outputs.iter().position(|f| f.name == c[1])).last();
+            match last {
+                // Its value is written and the next marker begun: the next field.
+                Some(i) if reply.rsplit_once("]]").is_some_and(|(_, tail)| tail.trim_start().contains("\n\n[")) => {
+                    outputs.get(i + 1).map(|f| f.name.as_str())
+                }
+                Some(i) => Some(outputs[i].name.as_str()),
+                None => outputs.first().map(|f| f.name.as_str()),
+            }
+        }
+        AdapterFormat::Json => {
+            // The field whose key came last; the first if none came yet.
+            outputs
+                .iter()
+                .filter_map(|f| reply.rfind(&format!("\"{}\"", f.name)).map(|at| (at, f.name.as_str())))
+                .max()
+                .map(|(_, name)| name)
+                .or_else(|| outputs.first().map(|f| f.name.as_str()))
+        }
+    };
+    match field {
+        Some(name) => format!("reply cut at max_tokens = {max_tokens} before `{name}` was complete"),
+        None => format!("reply cut at max_tokens = {max_tokens} before its end marker"),
+    }
+}
+
 static MARKER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\[\[\s*##\s*([A-Za-z0-9_]+)\s*##\s*\]\]").expect("valid regex"));
 

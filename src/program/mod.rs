@@ -31,9 +31,13 @@ pub struct TraceStep {
     pub reply: Option<String>,
     /// The parsed outputs; empty when the step failed.
     pub outputs: Map<String, Value>,
-    /// Why the step failed: the reply did not parse, or the prompt did not fit.
+    /// Why the step failed: the reply did not parse, the prompt did not fit,
+    /// or `max_tokens` cut the reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The reply was cut by `max_tokens` before it was complete.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cut: bool,
 }
 
 /// One run of the program on one example.
@@ -50,6 +54,9 @@ pub struct Run {
 pub struct RunStats {
     pub error: Option<String>,
     pub format_error: bool,
+    /// The failing reply was cut by `max_tokens` before it was complete.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cut: bool,
     /// Predictor calls whose first reply did not parse.
     pub format_retries: u32,
     pub usage: TokenUsage,
@@ -114,6 +121,7 @@ impl Program {
             let Some(outputs) = call.outputs else {
                 stats.error = call.error.as_ref().map(|e| format!("{}: {e}", predictor.name));
                 stats.format_error = call.format_error;
+                stats.cut = call.cut;
                 run.trace.push(TraceStep {
                     predictor: predictor.name.clone(),
                     inputs: step_inputs,
@@ -121,6 +129,7 @@ impl Program {
                     reply: call.reply,
                     outputs: Map::new(),
                     error: call.error,
+                    cut: call.cut,
                 });
                 return Ok(run);
             };
@@ -135,6 +144,7 @@ impl Program {
                 reply: call.reply,
                 outputs,
                 error: None,
+                cut: false,
             });
         }
         run.prediction = Some(prediction);

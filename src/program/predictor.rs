@@ -55,6 +55,8 @@ pub struct PredictorCall {
     pub error: Option<String>,
     /// The reply could not be parsed (as opposed to the LM failing).
     pub format_error: bool,
+    /// The reply was cut by `max_tokens` before it was complete.
+    pub cut: bool,
     /// The first reply did not parse and the other format was tried.
     pub format_retried: bool,
     pub usage: TokenUsage,
@@ -81,6 +83,8 @@ impl Predictor {
 
     /// Runs the predictor once. A reply that does not parse is retried once in
     /// the other format; if that fails too, the call fails with both reasons.
+    /// A reply `max_tokens` cut before it was complete fails the call at once
+    /// (`cut`), whatever of it parses.
     /// An LM that fails (after its retries) is an error for the whole run —
     /// scoring it as wrong answers would hide an outage — except a prompt too
     /// long for the model, which fails this prediction alone.
@@ -128,6 +132,16 @@ impl Predictor {
             result.cache_hits += u32::from(completion.cache_hit);
             result.usage.prompt_tokens += completion.response.usage.prompt_tokens;
             result.usage.completion_tokens += completion.response.usage.completion_tokens;
+            // Stopped by the token budget before the reply was whole: not an
+            // answer, and not a format problem another format would fix.
+            let stopped = completion.response.finish_reason.as_deref() == Some("length");
+            if stopped && !adapter::reply_complete(format, &reply_fields, &completion.response.text) {
+                result.cut = true;
+                result.error =
+                    Some(adapter::cut_reason(format, &reply_fields, &completion.response.text, settings.max_tokens));
+                result.reply = Some(completion.response.text);
+                return Ok(result);
+            }
             let parsed = adapter::parse(format, &reply_fields, &completion.response.text);
             result.reply = Some(completion.response.text);
             match parsed {

@@ -126,6 +126,19 @@ fn headline(run: &RunReport, out: &mut String) {
     let reasons = h.reasons.join("; ");
     out.push_str(&format!("**Gate: {verdict}** — {reasons}.\n\n"));
     out.push_str(&format!("Production: {}. Optimizer: {}.\n\n", run.production, run.optimizer));
+    failures(run, out);
+}
+
+/// Failed test predictions, next to the scores they count in (as 0).
+fn failures(run: &RunReport, out: &mut String) {
+    if run.failures.is_empty() {
+        return;
+    }
+    out.push_str("**Failed predictions on test** (each scores 0):\n\n");
+    for f in &run.failures {
+        out.push_str(&format!("- ⚠️ {}\n", f.text()));
+    }
+    out.push('\n');
 }
 
 fn score_table(run: &RunReport, out: &mut String) {

@@ -109,6 +109,62 @@ pub struct RunReport {
     /// How the optimizer searched (absent from runs saved before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<SearchSummary>,
+    /// Each program's failed test predictions, when it had any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<Failures>,
+}
+
+/// How many of one program's test predictions failed, and why: a score with
+/// many failures is not the model's answers, and a reply cut by `max_tokens`
+/// is fixed in the pipeline file, not in the prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failures {
+    /// `production` or `candidate`.
+    pub program: String,
+    /// Predictions made.
+    pub n: usize,
+    pub failed: usize,
+    /// Of those, replies that could not be parsed.
+    pub unparseable: usize,
+    /// Of those, replies `max_tokens` cut before they were complete.
+    pub cut: usize,
+    pub max_tokens: u32,
+}
+
+impl Failures {
+    /// The failures of one evaluation, or `None` when nothing failed.
+    pub fn of(program: &str, summary: &crate::eval::EvalSummary) -> Option<Failures> {
+        (summary.failed > 0).then(|| Failures {
+            program: program.to_string(),
+            n: summary.n,
+            failed: summary.failed,
+            unparseable: summary.format_errors,
+            cut: summary.cut,
+            max_tokens: summary.max_tokens,
+        })
+    }
+
+    /// `production: 12 of 162 replies cut at max_tokens = 16; raise [lm]
+    /// max_tokens; 2 more of 162 predictions failed (1 unparseable reply)`.
+    pub fn text(&self) -> String {
+        let mut parts = Vec::new();
+        if self.cut > 0 {
+            parts.push(crate::eval::cut_text(self.cut, self.n, self.max_tokens));
+        }
+        let other = self.failed - self.cut.min(self.failed);
+        if other > 0 {
+            let more = if self.cut > 0 { " more" } else { "" };
+            let predictions = if other == 1 { "prediction" } else { "predictions" };
+            let mut text = format!("{other}{more} of {} {predictions} failed", self.n);
+            match self.unparseable {
+                0 => {}
+                1 => text.push_str(" (1 unparseable reply)"),
+                k => text.push_str(&format!(" ({k} unparseable replies)")),
+            }
+            parts.push(text);
+        }
+        format!("{}: {}", self.program, parts.join("; "))
+    }
 }
 
 /// How the optimizer searched: what it tried, what it concluded, what it used.

@@ -11,7 +11,9 @@
 //! A JSON segment follows its schema's grammar ([`super::json_constrain`]); a
 //! schema the grammar cannot enforce leaves that segment free text.
 //! [`Constraint::completion`] gives the shortest text that finishes the whole
-//! template, which the decoding loop forces when `max_tokens` runs short.
+//! template: from the start, the shortest complete reply, which is what
+//! `[lm] max_tokens` must at least leave room for. Decoding never writes it
+//! for the model: a reply the budget cuts stays cut.
 
 use std::sync::Arc;
 
@@ -82,24 +84,17 @@ fn number_state(s: &[u8], integer: bool) -> Option<bool> {
     Some(i > frac_start)
 }
 
-/// The shortest text of a whole segment; `roomy`: with the longest option of a choice.
-fn segment_min_text(segment: &Segment, grammar: Option<&Arc<JsonGrammar>>, roomy: bool) -> Vec<u8> {
+/// The shortest text of a whole segment.
+fn segment_min_text(segment: &Segment, grammar: Option<&Arc<JsonGrammar>>) -> Vec<u8> {
     match segment {
         Segment::Literal { text } => text.as_bytes().to_vec(),
         Segment::Choice { options } => {
-            pick_option(options.iter(), roomy).map(|o| o.as_bytes().to_vec()).unwrap_or_default()
+            options.iter().min_by_key(|o| o.len()).map(|o| o.as_bytes().to_vec()).unwrap_or_default()
         }
         Segment::Number { .. } => b"0".to_vec(),
         Segment::Text { .. } => Vec::new(),
-        Segment::Json { .. } => {
-            grammar.map(|g| if roomy { g.roomy_value().to_vec() } else { g.min_value().to_vec() }).unwrap_or_default()
-        }
+        Segment::Json { .. } => grammar.map(|g| g.min_value().to_vec()).unwrap_or_default(),
     }
-}
-
-/// The shortest option, or (`roomy`) the longest.
-fn pick_option<'a>(options: impl Iterator<Item = &'a String>, roomy: bool) -> Option<&'a String> {
-    if roomy { options.max_by_key(|o| o.len()) } else { options.min_by_key(|o| o.len()) }
 }
 
 impl Constraint {
@@ -235,28 +230,21 @@ impl Constraint {
 
     /// The shortest bytes that make the current segment complete (empty if it is).
     pub fn segment_completion(&self) -> Vec<u8> {
-        self.segment_completion_with(false)
-    }
-
-    fn segment_completion_with(&self, roomy: bool) -> Vec<u8> {
         match self.current() {
             None => Vec::new(),
             Some(Segment::Literal { text }) => text.as_bytes().to_vec(),
-            Some(Segment::Choice { options }) => {
-                pick_option(options.iter().filter(|o| o.as_bytes().starts_with(&self.text)), roomy)
-                    .map(|o| o.as_bytes()[self.text.len()..].to_vec())
-                    .unwrap_or_default()
-            }
+            Some(Segment::Choice { options }) => options
+                .iter()
+                .filter(|o| o.as_bytes().starts_with(&self.text))
+                .min_by_key(|o| o.len())
+                .map(|o| o.as_bytes()[self.text.len()..].to_vec())
+                .unwrap_or_default(),
             Some(Segment::Number { integer }) => match number_state(&self.text, *integer) {
                 Some(true) | None => Vec::new(),
                 Some(false) => b"0".to_vec(),
             },
             Some(Segment::Text { .. }) => Vec::new(),
-            Some(Segment::Json { .. }) => match &self.json {
-                Some(j) if roomy => j.roomy_completion(),
-                Some(j) => j.completion(),
-                None => Vec::new(),
-            },
+            Some(Segment::Json { .. }) => self.json.as_ref().map(JsonState::completion).unwrap_or_default(),
         }
     }
 
@@ -265,28 +253,18 @@ impl Constraint {
     /// shortest (literals verbatim, the shortest choice, `0`, no text, the
     /// schema's smallest value).
     pub fn completion(&self) -> Vec<u8> {
-        self.completion_with(false)
-    }
-
-    /// Like [`Constraint::completion`], but with the longest option wherever
-    /// the model chooses among fixed texts (choices, JSON `enum`s and
-    /// booleans): what finishing the template takes when free text stops but
-    /// the model still picks those values.
-    pub fn roomy_completion(&self) -> Vec<u8> {
-        self.completion_with(true)
-    }
-
-    fn completion_with(&self, roomy: bool) -> Vec<u8> {
-        let mut out = self.segment_completion_with(roomy);
+        let mut out = self.segment_completion();
         for (segment, grammar) in self.segments.iter().zip(&self.grammars).skip(self.index + 1) {
-            out.extend(segment_min_text(segment, grammar.as_ref(), roomy));
+            out.extend(segment_min_text(segment, grammar.as_ref()));
         }
         out
     }
 
-    /// Inside a string of a JSON segment: the shortest bytes that end it.
-    pub fn json_string_end(&self) -> Option<Vec<u8>> {
-        self.json.as_ref().and_then(JsonState::string_end)
+    /// The segments of the template and, for each JSON segment, the shortest
+    /// value its schema accepts (`None` elsewhere, and for a schema decoded as
+    /// free text): what the fewest tokens of a complete reply are counted on.
+    pub fn shortest_parts(&self) -> Vec<(&Segment, Option<&[u8]>)> {
+        self.segments.iter().zip(&self.grammars).map(|(s, g)| (s, g.as_ref().map(|g| g.min_value()))).collect()
     }
 
     /// For a text segment: where its `until` marker starts in the segment's text.
@@ -500,27 +478,6 @@ mod tests {
         c.push(b"3.");
         assert_eq!(c.segment_completion(), b"0");
         assert_eq!(c.completion(), b"0\nC: \nD: {\"k\": true}");
-    }
-
-    #[test]
-    fn roomy_completion_takes_the_longest_options() {
-        let mut c = Constraint::new(&template(vec![
-            Segment::Literal { text: "R: ".into() },
-            Segment::Text { until: "\n".into() },
-            Segment::Literal { text: "\nQ: ".into() },
-            choice(&["x", "cards", "transfers"]),
-            Segment::Literal { text: "\nJ: ".into() },
-            json(serde_json::json!({"type": "object", "properties": {"k": {"enum": ["a", "bbb"]}}, "required": ["k"]})),
-        ]));
-        assert_eq!(c.completion(), b"R: \nQ: x\nJ: {\"k\": \"a\"}");
-        assert_eq!(c.roomy_completion(), b"R: \nQ: transfers\nJ: {\"k\": \"bbb\"}");
-        c.step();
-        c.push(b"thinking");
-        assert_eq!(c.json_string_end(), None);
-        c.finish_segment();
-        c.step();
-        c.push(b"c");
-        assert_eq!(c.roomy_completion(), b"ards\nJ: {\"k\": \"bbb\"}");
     }
 
     #[test]

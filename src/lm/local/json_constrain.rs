@@ -306,9 +306,6 @@ pub struct JsonGrammar {
     origin: Vec<(String, Option<&'static str>)>,
     /// The shortest text of each node (empty for a node that accepts nothing).
     min_text: Vec<Vec<u8>>,
-    /// The same with the longest option wherever a value is one of fixed texts
-    /// (`enum`, `const`, booleans): room for the model to pick any of them.
-    roomy_text: Vec<Vec<u8>>,
     /// Whether each node accepts some value.
     productive: Vec<bool>,
     root: NodeId,
@@ -713,14 +710,8 @@ impl JsonGrammar {
             depth: 0,
         };
         let root = c.compile(schema, "")?;
-        let mut g = JsonGrammar {
-            nodes: c.nodes,
-            origin: c.origin,
-            min_text: Vec::new(),
-            roomy_text: Vec::new(),
-            productive: Vec::new(),
-            root,
-        };
+        let mut g =
+            JsonGrammar { nodes: c.nodes, origin: c.origin, min_text: Vec::new(), productive: Vec::new(), root };
         let enums = c.enums;
         g.collapse_aliases()?;
         let enums: Vec<(NodeId, NodeId)> = enums.iter().map(|&(l, b)| (g.alias_target(l), g.alias_target(b))).collect();
@@ -799,7 +790,7 @@ impl JsonGrammar {
         text.iter().all(|&b| feed(self, &mut stack, b)) && self.complete(&stack)
     }
 
-    fn min_of(&self, id: usize, min: &[Option<Vec<u8>>], roomy: bool) -> Option<Vec<u8>> {
+    fn min_of(&self, id: usize, min: &[Option<Vec<u8>>]) -> Option<Vec<u8>> {
         let text = match &self.nodes[id] {
             Node::Pending | Node::Never => None,
             Node::Alt(branches) => {
@@ -812,7 +803,6 @@ impl JsonGrammar {
                 t
             }),
             Node::Number { .. } => Some(b"0".to_vec()),
-            Node::Literals(values) if roomy => values.iter().max_by_key(|v| v.len()).cloned(),
             Node::Literals(values) => values.iter().min_by_key(|v| v.len()).cloned(),
             Node::Object(o) => {
                 let mut t = vec![b'{'];
@@ -853,14 +843,13 @@ impl JsonGrammar {
         text.filter(|t| t.len() <= MAX_MIN_TEXT)
     }
 
-    /// The shortest text of every node (least fixpoint: recursion converges),
-    /// with the shortest or (`roomy`) the longest of fixed texts.
-    fn shortest_texts(&self, roomy: bool) -> Vec<Option<Vec<u8>>> {
+    /// The shortest text of every node (least fixpoint: recursion converges).
+    fn shortest_texts(&self) -> Vec<Option<Vec<u8>>> {
         let mut min: Vec<Option<Vec<u8>>> = vec![None; self.nodes.len()];
         loop {
             let mut changed = false;
             for id in 0..self.nodes.len() {
-                if let Some(t) = self.min_of(id, &min, roomy) {
+                if let Some(t) = self.min_of(id, &min) {
                     if min[id].as_ref().is_none_or(|old| t.len() < old.len()) {
                         min[id] = Some(t);
                         changed = true;
@@ -874,11 +863,10 @@ impl JsonGrammar {
     }
 
     fn compute_min_texts(&mut self) {
-        let min = self.shortest_texts(false);
+        let min = self.shortest_texts();
         // Unproductive nodes keep an empty text; `check_reachable` rejects any the root reaches.
         self.productive = min.iter().map(Option::is_some).collect();
         self.min_text = min.into_iter().map(Option::unwrap_or_default).collect();
-        self.roomy_text = self.shortest_texts(true).into_iter().map(Option::unwrap_or_default).collect();
     }
 }
 
@@ -941,12 +929,6 @@ impl JsonGrammar {
         &self.min_text[self.root as usize]
     }
 
-    /// [`JsonGrammar::min_value`] with the longest option wherever a value is
-    /// one of fixed texts.
-    pub fn roomy_value(&self) -> &[u8] {
-        &self.roomy_text[self.root as usize]
-    }
-
     /// A fresh automaton at the start of a value.
     pub fn start(self: &Arc<Self>) -> JsonState {
         let mut state = JsonState {
@@ -993,32 +975,28 @@ impl JsonGrammar {
         }
     }
 
-    fn texts(&self, roomy: bool) -> &[Vec<u8>] {
-        if roomy { &self.roomy_text } else { &self.min_text }
-    }
-
-    fn write_prop(&self, p: &Prop, roomy: bool, out: &mut Vec<u8>) {
+    fn write_prop(&self, p: &Prop, out: &mut Vec<u8>) {
         out.extend_from_slice(&p.key);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(&self.texts(roomy)[p.node as usize]);
+        out.extend_from_slice(&self.min_text[p.node as usize]);
     }
 
     /// The shortest end of an object: the required properties from `next` on
     /// (`first`: no value written yet since `{` or `, `), then `}`.
-    fn write_object_rest(&self, o: &ObjectNode, next: u16, mut first: bool, roomy: bool, out: &mut Vec<u8>) {
+    fn write_object_rest(&self, o: &ObjectNode, next: u16, mut first: bool, out: &mut Vec<u8>) {
         for p in o.props[next as usize..].iter().filter(|p| p.required) {
             if !first {
                 out.extend_from_slice(b", ");
             }
             first = false;
-            self.write_prop(p, roomy, out);
+            self.write_prop(p, out);
         }
         out.push(b'}');
     }
 
-    fn object_rest_len(&self, o: &ObjectNode, next: u16, first: bool, roomy: bool) -> usize {
+    fn object_rest_len(&self, o: &ObjectNode, next: u16, first: bool) -> usize {
         let mut out = Vec::new();
-        self.write_object_rest(o, next, first, roomy, &mut out);
+        self.write_object_rest(o, next, first, &mut out);
         out.len()
     }
 
@@ -1031,9 +1009,9 @@ impl JsonGrammar {
     }
 
     /// After `, ` in an object: the shortest way to write one more property and close it.
-    fn write_next_property(&self, o: &ObjectNode, next: u16, roomy: bool, out: &mut Vec<u8>) {
+    fn write_next_property(&self, o: &ObjectNode, next: u16, out: &mut Vec<u8>) {
         if o.required_left(next) {
-            self.write_object_rest(o, next, true, roomy, out);
+            self.write_object_rest(o, next, true, out);
             return;
         }
         let mut best: Option<Vec<u8>> = None;
@@ -1044,14 +1022,14 @@ impl JsonGrammar {
         };
         for p in &o.props[next as usize..] {
             let mut text = Vec::new();
-            self.write_prop(p, roomy, &mut text);
+            self.write_prop(p, &mut text);
             text.push(b'}');
             consider(text);
         }
         if let Some(additional) = o.additional {
             let mut text = self.fresh_key(o);
             text.extend_from_slice(b": ");
-            text.extend_from_slice(&self.texts(roomy)[additional as usize]);
+            text.extend_from_slice(&self.min_text[additional as usize]);
             text.push(b'}');
             consider(text);
         }
@@ -1059,9 +1037,9 @@ impl JsonGrammar {
     }
 
     /// The shortest bytes that finish the top frame (for an object or array,
-    /// the whole of it); `roomy`: with the longest of fixed texts.
-    fn finish_frame(&self, frame: Frame, roomy: bool) -> Vec<u8> {
-        let texts = self.texts(roomy);
+    /// the whole of it).
+    fn finish_frame(&self, frame: Frame) -> Vec<u8> {
+        let texts = &self.min_text;
         let mut out = Vec::new();
         match frame {
             Frame::Value { node } => out.extend_from_slice(&texts[node as usize]),
@@ -1110,7 +1088,7 @@ impl JsonGrammar {
                             let cost = rest.len()
                                 + 2
                                 + texts[p.node as usize].len()
-                                + self.object_rest_len(o, k as u16 + 1, false, roomy);
+                                + self.object_rest_len(o, k as u16 + 1, false);
                             consider(cost, rest);
                         }
                     }
@@ -1142,21 +1120,21 @@ impl JsonGrammar {
             Frame::Obj { node, next, pending, phase } => {
                 let Some(o) = self.object(node) else { return out };
                 match phase {
-                    ObjPhase::Open => self.write_object_rest(o, next, true, roomy, &mut out),
-                    ObjPhase::AfterValue => self.write_object_rest(o, next, false, roomy, &mut out),
+                    ObjPhase::Open => self.write_object_rest(o, next, true, &mut out),
+                    ObjPhase::AfterValue => self.write_object_rest(o, next, false, &mut out),
                     ObjPhase::Colon | ObjPhase::ColonSpace => {
                         out.extend_from_slice(if phase == ObjPhase::Colon { b": " } else { b" " });
                         let child = if pending == NONE { o.additional } else { Some(o.props[pending as usize].node) };
                         if let Some(child) = child {
                             out.extend_from_slice(&texts[child as usize]);
                         }
-                        self.write_object_rest(o, next, false, roomy, &mut out);
+                        self.write_object_rest(o, next, false, &mut out);
                     }
                     ObjPhase::Comma | ObjPhase::NeedKey => {
                         if phase == ObjPhase::Comma {
                             out.push(b' ');
                         }
-                        self.write_next_property(o, next, roomy, &mut out);
+                        self.write_next_property(o, next, &mut out);
                     }
                     ObjPhase::InKey | ObjPhase::InValue => {}
                 }
@@ -1843,25 +1821,18 @@ impl JsonState {
 
     /// The shortest bytes that make the text a whole accepted value (empty if it is one).
     pub fn completion(&self) -> Vec<u8> {
-        self.complete_with(false)
-    }
-
-    /// Like [`JsonState::completion`], but each value that is one of fixed
-    /// texts (an `enum`, a boolean) at its longest: what the model needs to
-    /// finish while still choosing those values itself.
-    pub fn roomy_completion(&self) -> Vec<u8> {
-        self.complete_with(true)
+        self.complete()
     }
 
     /// Inside a string: the shortest bytes that end it (to `minLength`, then `"`).
     pub fn string_end(&self) -> Option<Vec<u8>> {
         match self.stack.last() {
-            Some(&top @ Frame::Str { .. }) if !self.dead => Some(self.grammar.finish_frame(top, false)),
+            Some(&top @ Frame::Str { .. }) if !self.dead => Some(self.grammar.finish_frame(top)),
             _ => None,
         }
     }
 
-    fn complete_with(&self, roomy: bool) -> Vec<u8> {
+    fn complete(&self) -> Vec<u8> {
         let mut out = Vec::new();
         if self.dead {
             return out;
@@ -1878,7 +1849,7 @@ impl JsonState {
                 pop_value(&mut stack);
                 continue;
             }
-            let piece = g.finish_frame(top, roomy);
+            let piece = g.finish_frame(top);
             if piece.is_empty() || !piece.iter().all(|&b| feed(g, &mut stack, b)) {
                 debug_assert!(false, "no completion for {top:?}");
                 break;
@@ -2278,7 +2249,7 @@ mod tests {
     }
 
     #[test]
-    fn roomy_completions_leave_room_for_every_option() {
+    fn shortest_values_and_string_ends() {
         let schema = json!({
             "type": "object",
             "properties": {
@@ -2290,11 +2261,10 @@ mod tests {
         });
         let g = grammar(schema);
         assert_eq!(g.min_value(), br#"{"why": "", "queue": "x", "ok": true}"#);
-        assert_eq!(g.roomy_value(), br#"{"why": "", "queue": "transfers", "ok": false}"#);
         let mut s = g.start();
         s.push(br#"{"why": "because"#);
         assert_eq!(s.string_end().as_deref(), Some(&b"\""[..]));
-        assert_eq!(s.roomy_completion(), br#"", "queue": "transfers", "ok": false}"#);
+        assert_eq!(s.completion(), br#"", "queue": "x", "ok": true}"#);
         s.push(br#"", "queue": "c"#);
         assert_eq!(s.string_end(), None);
         assert_eq!(s.completion(), br#"ards", "ok": true}"#);

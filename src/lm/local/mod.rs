@@ -26,8 +26,10 @@ use sha2::{Digest, Sha256};
 use self::constrain::{Constraint, Ending, Step};
 pub use self::gguf_model::PrefixStats;
 use self::gguf_model::{LlamaModel, ModelOptions};
-use self::tokenizer::Tokenizer;
-use super::{ChatMessage, LanguageModel, LmDescription, LmError, LmRequest, LmResponse, Segment, TokenUsage};
+pub use self::tokenizer::Tokenizer;
+use super::{
+    ChatMessage, LanguageModel, LmDescription, LmError, LmRequest, LmResponse, OutputTemplate, Segment, TokenUsage,
+};
 
 /// Where `scripts/setup-model.sh` puts the default model, relative to the project root.
 pub const DEFAULT_MODEL_PATH: &str = ".promptloop/models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -303,6 +305,23 @@ impl Reply {
         self.produced += 1;
     }
 
+    /// Appends `tokens` one by one while the budget lasts: `Some("length")`
+    /// when it ran out first, `Some("stop")` when a stop string appeared,
+    /// `None` when all were written.
+    fn write(&mut self, tokenizer: &Tokenizer, tokens: &[u32], stops: &[String]) -> Option<&'static str> {
+        for &token in tokens {
+            if self.out_of_budget() {
+                return Some("length");
+            }
+            let before = self.bytes.len();
+            self.push(tokenizer, token);
+            if find_stop(&self.bytes, stops, before).is_some() {
+                return Some("stop");
+            }
+        }
+        None
+    }
+
     fn reply_tokens(&self) -> usize {
         self.seq.len() - self.prompt_len
     }
@@ -404,7 +423,12 @@ impl Engine {
         }
     }
 
-    /// Decoding that follows the reply template segment by segment.
+    /// Decoding that follows the reply template segment by segment, within
+    /// `max_tokens`. Literals and the bytes a JSON grammar leaves no choice
+    /// about are written as they are; everything else the model picks. When
+    /// the budget runs out before the template is complete, the reply stops
+    /// there (finish reason `length`): nothing is filled in for the model, so
+    /// a value it did not choose never reads as its answer.
     fn run_template(
         &mut self,
         tokenizer: &Tokenizer,
@@ -415,50 +439,15 @@ impl Engine {
     ) -> Result<&'static str> {
         // Where the current segment's tokens start in the reply.
         let mut segment_start = 0usize;
-        // The budget is running out: free text ends as soon as it can.
-        let mut closing = false;
         loop {
             if constraint.is_done() {
-                let cut = closing || reply.produced > reply.budget;
-                return Ok(if cut { "length" } else { "stop" });
-            }
-            // When the tokens left only just cover the shortest way to finish the
-            // template, write that: a reply cut by `max_tokens` still parses. The
-            // forced tokens count as produced, even past the budget.
-            let left = reply.budget.saturating_sub(reply.produced);
-            let completion = constraint.completion();
-            if completion.is_empty() {
-                if left == 0 {
-                    return Ok("length");
-                }
-            } else {
-                let tokens = tokenizer.encode_bytes(&completion);
-                if left <= tokens.len() + BUDGET_MARGIN {
-                    for token in tokens {
-                        reply.push(tokenizer, token);
-                    }
-                    return Ok("length");
-                }
-            }
-            // A little earlier, when the tokens left only cover finishing with the
-            // longest option of each choice still to come, free text (a text
-            // segment, a JSON string) ends, so the budget goes to the values the
-            // model still chooses rather than to whichever option is shortest.
-            if !closing {
-                let roomy = constraint.roomy_completion();
-                closing = roomy != completion && left <= tokenizer.encode_bytes(&roomy).len() + BUDGET_MARGIN;
+                return Ok("stop");
             }
             match constraint.step() {
                 Step::Done => return Ok("stop"),
                 Step::Force(text) => {
-                    // Whole, even should the budget run out in it: the check above
-                    // then forces the rest, and the reply still parses.
-                    for token in tokenizer.encode(&text) {
-                        let before = reply.bytes.len();
-                        reply.push(tokenizer, token);
-                        if find_stop(&reply.bytes, &request.stop, before).is_some() {
-                            return Ok("stop");
-                        }
+                    if let Some(finish) = reply.write(tokenizer, &tokenizer.encode(&text), &request.stop) {
+                        return Ok(finish);
                     }
                     segment_start = reply.reply_tokens();
                     continue;
@@ -466,35 +455,24 @@ impl Engine {
                 Step::Pick => {}
             }
             let is_text = matches!(constraint.current(), Some(Segment::Text { .. }));
-            if (!is_text && constraint.is_complete() && !constraint.can_continue()) || (closing && is_text) {
+            if !is_text && constraint.is_complete() && !constraint.can_continue() {
                 constraint.finish_segment();
                 segment_start = reply.reply_tokens();
-                continue;
-            }
-            if let Some(end) = constraint.json_string_end().filter(|_| closing) {
-                let before = reply.bytes.len();
-                for token in tokenizer.encode_bytes(&end) {
-                    reply.push(tokenizer, token);
-                }
-                constraint.push(&end);
-                if find_stop(&reply.bytes, &request.stop, before).is_some() {
-                    return Ok("stop");
-                }
                 continue;
             }
             // Bytes the grammar leaves no choice about (an object's only key, the
             // `": "` after it) are written like a literal, without asking the model.
             let determined = constraint.determined();
             if !determined.is_empty() {
-                let before = reply.bytes.len();
-                for token in tokenizer.encode_bytes(&determined) {
-                    reply.push(tokenizer, token);
+                let written = reply.write(tokenizer, &tokenizer.encode_bytes(&determined), &request.stop);
+                if let Some(finish) = written {
+                    return Ok(finish);
                 }
                 constraint.push(&determined);
-                if find_stop(&reply.bytes, &request.stop, before).is_some() {
-                    return Ok("stop");
-                }
                 continue;
+            }
+            if reply.out_of_budget() {
+                return Ok("length");
             }
             let logits = self.model.logits_after(&reply.seq)?;
             let pick = if is_text {
@@ -519,24 +497,21 @@ impl Engine {
             };
             let token = match pick {
                 Some(Pick::Token(t)) if !tokenizer.is_control(t) => t,
-                // End of turn inside a text segment, or the model prefers ending here.
-                // (Should nothing be allowed mid-segment, the segment is finished
-                // at its shortest, so the reply still parses.)
-                _ => {
-                    for token in tokenizer.encode_bytes(&constraint.segment_completion()) {
-                        reply.push(tokenizer, token);
-                    }
+                // End of turn inside a text segment, or the model prefers ending a
+                // segment that is complete here.
+                Some(_) if is_text || constraint.is_complete() => {
                     constraint.finish_segment();
                     segment_start = reply.reply_tokens();
                     continue;
                 }
+                // No token of the vocabulary continues the segment: the reply stops
+                // where it is rather than being finished for the model.
+                _ => return Ok("stop"),
             };
-            let before = reply.bytes.len();
-            reply.push(tokenizer, token);
-            constraint.push(tokenizer.token_bytes(token));
-            if find_stop(&reply.bytes, &request.stop, before).is_some() {
-                return Ok("stop");
+            if let Some(finish) = reply.write(tokenizer, &[token], &request.stop) {
+                return Ok(finish);
             }
+            constraint.push(tokenizer.token_bytes(token));
             if let Some(cut) = constraint.until_position() {
                 // The marker ends the text. Withdraw the tokens from the one the
                 // marker starts in, and re-emit that token's bytes before the marker.
@@ -548,8 +523,9 @@ impl Engine {
                     keep += 1;
                 }
                 reply.truncate(keep);
-                for token in tokenizer.encode_bytes(&segment_text[kept_bytes..cut]) {
-                    reply.push(tokenizer, token);
+                let rest = tokenizer.encode_bytes(&segment_text[kept_bytes..cut]);
+                if let Some(finish) = reply.write(tokenizer, &rest, &request.stop) {
+                    return Ok(finish);
                 }
                 constraint.finish_segment();
                 segment_start = reply.reply_tokens();
@@ -557,10 +533,6 @@ impl Engine {
         }
     }
 }
-
-/// Tokens kept in hand beyond the shortest completion of the template: when
-/// fewer are left, decoding stops and writes that completion.
-const BUDGET_MARGIN: usize = 2;
 
 /// The model's score for ending the current segment: its best token that
 /// starts the following literal, or its end-of-turn token.
@@ -575,6 +547,85 @@ fn ending_score(tokenizer: &Tokenizer, logits: &[f32], ending: &Ending) -> f32 {
             .map(|t| logits[t as usize])
             .fold(f32::NEG_INFINITY, f32::max),
     }
+}
+
+/// Bytes per token assumed when no tokenizer is at hand: a lower bound on
+/// tokens is the reply's bytes over this. BPE vocabularies of chat models
+/// average about four bytes per token on English text; their tokens longer
+/// than this are runs of spaces or of code, which a reply's field markers and
+/// values do not contain. So the bound errs low: it never refuses a budget
+/// that would fit, only misses some that do not.
+pub const MAX_BYTES_PER_TOKEN: usize = 16;
+
+/// The fewest tokens a complete reply of `template` can take from the
+/// embedded engine, and whether the count is exact for the template's
+/// literals (`tokenizer` given) or only the byte-based lower bound.
+///
+/// With the tokenizer: literals count as the engine writes them (their
+/// encoding), a choice as its option spelled in the fewest vocabulary tokens,
+/// a number one token, free text none, a JSON value its schema's shortest
+/// value over the longest token (the grammar lets a model reach a longer
+/// value in fewer tokens, so no tighter bound holds for all schemas).
+/// Without it: the shortest reply's bytes over [`MAX_BYTES_PER_TOKEN`].
+pub fn min_reply_tokens(template: &OutputTemplate, tokenizer: Option<&Tokenizer>) -> usize {
+    let constraint = Constraint::new(template);
+    let Some(tokenizer) = tokenizer else {
+        return constraint.completion().len().div_ceil(MAX_BYTES_PER_TOKEN);
+    };
+    let vocab: std::collections::HashSet<&[u8]> = (0..tokenizer.vocab_size() as u32)
+        .filter(|&t| !tokenizer.is_control(t))
+        .map(|t| tokenizer.token_bytes(t))
+        .filter(|b| !b.is_empty())
+        .collect();
+    let longest = vocab.iter().map(|b| b.len()).max().unwrap_or(1);
+    // The fewest vocabulary tokens whose bytes, one after another, are `text`.
+    let fewest = |text: &[u8]| -> usize {
+        let mut best = vec![usize::MAX; text.len() + 1];
+        best[0] = 0;
+        for i in 0..text.len() {
+            if best[i] == usize::MAX {
+                continue;
+            }
+            for j in i + 1..=text.len().min(i + longest) {
+                if vocab.contains(&text[i..j]) {
+                    best[j] = best[j].min(best[i] + 1);
+                }
+            }
+        }
+        best[text.len()]
+    };
+    constraint
+        .shortest_parts()
+        .into_iter()
+        .map(|(segment, json_min)| match segment {
+            Segment::Literal { text } => tokenizer.encode(text).len(),
+            Segment::Choice { options } => options.iter().map(|o| fewest(o.as_bytes())).min().unwrap_or(0),
+            Segment::Number { .. } => 1,
+            Segment::Text { .. } => 0,
+            Segment::Json { .. } => json_min.map_or(0, |m| m.len().div_ceil(longest)),
+        })
+        .sum()
+}
+
+/// The tokenizer of the GGUF model at `path`, read from its metadata alone
+/// (not the weights), or `None` when there is no readable model there. Kept
+/// per file (and its size and modification time), so loading many pipelines
+/// reads it once.
+pub fn read_tokenizer(path: &Path) -> Option<Arc<Tokenizer>> {
+    type Stamp = (PathBuf, u64, Option<std::time::SystemTime>);
+    static READ: Mutex<Vec<(Stamp, Arc<Tokenizer>)>> = Mutex::new(Vec::new());
+    let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+    let stamp: Stamp = (path.to_path_buf(), meta.len(), meta.modified().ok());
+    let mut read = READ.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, tokenizer)) = read.iter().find(|(s, _)| *s == stamp) {
+        return Some(tokenizer.clone());
+    }
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).ok()?);
+    let content = gguf_file::Content::read(&mut file).ok()?;
+    let tokenizer = Arc::new(Tokenizer::from_gguf(&content).ok()?);
+    read.retain(|(s, _)| s.0 != stamp.0);
+    read.push((stamp, tokenizer.clone()));
+    Some(tokenizer)
 }
 
 /// The default model location under a project root.
