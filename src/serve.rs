@@ -73,9 +73,9 @@ pub struct ServeOptions {
     /// Most requests waiting for their turn while the model generates another
     /// reply; one more is refused with 503 and a Retry-After.
     pub max_queue: usize,
-    /// Host names accepted in the `Host` header besides `localhost`, loopback
-    /// addresses and the address listened on (e.g. the machine's name when
-    /// listening beyond loopback).
+    /// Host names accepted in the `Host` header, with any port, besides
+    /// `localhost`, loopback addresses and the address listened on (e.g. the
+    /// machine's name when listening beyond loopback, or behind a proxy).
     pub allowed_hosts: Vec<String>,
 }
 
@@ -284,17 +284,21 @@ impl HostCheck {
         Self { local, names: names.iter().map(|n| n.trim().to_ascii_lowercase()).collect() }
     }
 
-    /// Whether `host` (a `Host` header's value) names this server: `localhost`,
-    /// a loopback address, the address listened on (any address when
-    /// listening on all of them) or an allowed name, with the server's port
-    /// (which may be left out only when it is 80).
+    /// Whether `host` (a `Host` header's value) names this server: an allowed
+    /// name, with any port (a proxy or a port mapping may stand in front), or
+    /// `localhost`, a loopback address or the address listened on (any
+    /// address when listening on all of them), with the server's port (which
+    /// may be left out only when it is 80).
     fn allows(&self, host: &str) -> bool {
         let Some((name, port)) = split_host(host) else { return false };
+        let name = name.to_ascii_lowercase();
+        if self.names.contains(&name) {
+            return true;
+        }
         if port.unwrap_or(80) != self.local.port() {
             return false;
         }
-        let name = name.to_ascii_lowercase();
-        if name == "localhost" || self.names.contains(&name) {
+        if name == "localhost" {
             return true;
         }
         match name.parse::<IpAddr>() {
@@ -1156,7 +1160,7 @@ mod tests {
         assert!(HostCheck::new("127.0.0.1:80".parse().unwrap(), &[]).allows("localhost"));
 
         let everywhere = HostCheck::new("0.0.0.0:9000".parse().unwrap(), &["Box.lan".to_string()]);
-        for ok in ["192.168.1.20:9000", "[fe80::1]:9000", "box.lan:9000", "localhost:9000"] {
+        for ok in ["192.168.1.20:9000", "[fe80::1]:9000", "box.lan:9000", "box.lan:443", "BOX.LAN", "localhost:9000"] {
             assert!(everywhere.allows(ok), "{ok}");
         }
         assert!(!everywhere.allows("evil.example:9000"));
