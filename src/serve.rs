@@ -378,10 +378,10 @@ async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next)
         let retry_after = state.recent_ms.load(Ordering::Relaxed).div_ceil(1000).clamp(1, 60);
         let mut response = ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            message: format!(
-                "The server is busy: {} requests already wait for the model (the limit). Retry after {retry_after} s",
-                state.options.max_queue
-            ),
+            message: match state.options.max_queue {
+                1 => format!("The server is busy: a request already waits for the model, its limit. Retry after {retry_after} s"),
+                n => format!("The server is busy: {n} requests already wait for the model, its limit. Retry after {retry_after} s"),
+            },
             kind: "server_error",
             param: None,
             code: Some("server_overloaded"),
@@ -931,8 +931,8 @@ async fn complete_chat(
     let prompt_bytes: usize = call.messages.iter().map(|m| m.content.len()).sum();
     if prompt_bytes > state.options.max_prompt_bytes {
         return Err(ApiError::context_overflow(format!(
-            "The messages hold {prompt_bytes} bytes of text, over this server's limit of {} bytes (far more than \
-             the model's context of {} tokens holds). Shorten the messages.",
+            "The messages hold {prompt_bytes} bytes of text, over this server's limit of {} bytes (the model's \
+             context is {} tokens). Shorten the messages.",
             state.options.max_prompt_bytes,
             state.engine.context_size()
         )));

@@ -767,6 +767,7 @@ async fn a_client_that_goes_away_stops_its_generation_and_leaves_the_queue() {
     assert!(refused.header("retry-after").and_then(|s| s.parse::<u64>().ok()).is_some_and(|s| s >= 1), "{refused:?}");
     assert_error(StatusCode::SERVICE_UNAVAILABLE, &refused.body, StatusCode::SERVICE_UNAVAILABLE, None);
     assert_eq!(refused.body["error"]["code"], "server_overloaded");
+    insta::assert_snapshot!("queue_full", refused.body["error"]["message"].as_str().unwrap());
     assert_eq!(server.requests().await, 2);
 
     // The waiting client goes away: its request leaves the queue.
@@ -814,6 +815,7 @@ async fn oversized_prompts_and_bodies_are_refused_before_they_queue() {
     assert_eq!(value["error"]["code"], "context_length_exceeded");
     let message = value["error"]["message"].as_str().unwrap();
     assert!(message.contains("4200 bytes") && message.contains("limit of 4096 bytes"), "{message}");
+    insta::assert_snapshot!("prompt_over_the_limit", message);
 
     let huge = json!({"messages": user(&"x".repeat(100 * 1024))});
     let response = server.http.post(server.url("/v1/chat/completions")).json(&huge).send().await.unwrap();
@@ -821,6 +823,7 @@ async fn oversized_prompts_and_bodies_are_refused_before_they_queue() {
     let value: Value = response.json().await.unwrap();
     assert_error(status, &value, StatusCode::PAYLOAD_TOO_LARGE, None);
     assert!(value["error"]["message"].as_str().unwrap().contains("limit of 65536 bytes"), "{value}");
+    insta::assert_snapshot!("body_over_the_limit", value["error"]["message"].as_str().unwrap());
 
     assert!(!busy.is_finished());
     go_on.cancel();
@@ -851,6 +854,10 @@ async fn a_host_header_naming_another_server_is_refused() {
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains(&format!("`{host}`")) && message.contains(&format!("localhost:{port}")), "{message}");
     }
+    let response = get(format!("evil.example:{port}")).await.unwrap();
+    let body: Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap().replace(&port, "PORT");
+    insta::assert_snapshot!("host_refused", message);
     let response = server
         .http
         .post(server.url("/v1/chat/completions"))
