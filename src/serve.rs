@@ -14,17 +14,28 @@
 //! context window leaves after the prompt; a prompt that fills the window is a
 //! 400 `context_length_exceeded`.
 //!
-//! The engine generates one reply at a time: requests queue for their turn
-//! (one that disconnects while queued is dropped). A streamed request is
-//! generated whole first, then sent as Server-Sent Events in OpenAI's chunk
-//! shape. Each request is logged at info level (method, path, status, tokens,
-//! milliseconds); message contents never are.
+//! The engine generates one reply at a time: requests queue for their turn.
+//! Work is bounded before a request joins the queue: at most
+//! [`ServeOptions::max_queue`] requests wait (beyond that, 503 with
+//! Retry-After), a body is read only once admitted and only up to
+//! [`ServeOptions::max_body_bytes`] (413), and the messages' text may not
+//! exceed [`ServeOptions::max_prompt_bytes`] (400); the prompt is tokenized
+//! only when its turn comes. A client that disconnects leaves the queue, or,
+//! if its reply is being generated, stops the generation at the next token. A
+//! streamed request is generated whole first, then sent as Server-Sent Events
+//! in OpenAI's chunk shape. Each request is logged at info level (method,
+//! path, status, tokens, milliseconds); message contents never are.
 //!
 //! There is no authentication: bind a loopback address (see [`bind_address`]).
+//! Against DNS rebinding (a web page whose name resolves to 127.0.0.1), the
+//! `Host` header must name the server: `localhost`, a loopback address or the
+//! address it listens on, with its port, or one of
+//! [`ServeOptions::allowed_hosts`]; any other is refused with a 403.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, bail};
@@ -32,7 +43,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HOST, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -41,8 +52,8 @@ use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::lm::local::LocalEngine;
 use crate::lm::local::constrain::validate_schema;
+use crate::lm::local::{Cancel, LocalEngine};
 use crate::lm::{ChatMessage, LanguageModel, LmError, LmRequest, LmResponse, OutputTemplate, Role, Segment};
 
 /// How the server answers.
@@ -56,11 +67,30 @@ pub struct ServeOptions {
     pub default_max_tokens: u32,
     /// Largest request body accepted (larger ones get 413).
     pub max_body_bytes: usize,
+    /// Most bytes of text the messages of one request may hold together,
+    /// checked before the prompt is tokenized (more gets 400).
+    pub max_prompt_bytes: usize,
+    /// Most requests waiting for their turn while the model generates another
+    /// reply; one more is refused with 503 and a Retry-After.
+    pub max_queue: usize,
+    /// Host names accepted in the `Host` header, with any port, besides
+    /// `localhost`, loopback addresses and the address listened on (e.g. the
+    /// machine's name when listening beyond loopback, or behind a proxy).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ServeOptions {
+    /// The model's 8,192-token context holds far less than 256 KiB of text,
+    /// and a request carrying that much fits in 1 MiB of JSON.
     fn default() -> Self {
-        Self { model_id: "smollm2".into(), default_max_tokens: 256, max_body_bytes: 8 * 1024 * 1024 }
+        Self {
+            model_id: "smollm2".into(),
+            default_max_tokens: 256,
+            max_body_bytes: 1024 * 1024,
+            max_prompt_bytes: 256 * 1024,
+            max_queue: 32,
+            allowed_hosts: Vec::new(),
+        }
     }
 }
 
@@ -102,7 +132,8 @@ pub async fn serve_with_shutdown(
     if !engine.describe().constrained_decoding {
         tracing::warn!("constrained decoding is off: JSON response formats are accepted but not enforced");
     }
-    axum::serve(listener, router(engine, options)).with_graceful_shutdown(shutdown).await?;
+    let local = listener.local_addr()?;
+    axum::serve(listener, router(engine, options, local)).with_graceful_shutdown(shutdown).await?;
     Ok(())
 }
 
@@ -136,26 +167,44 @@ struct AppState {
     options: ServeOptions,
     /// When the server started: the model's `created` time.
     started: u64,
-    /// One generation at a time; waiting here (not in the engine's lock) lets
-    /// a request whose client went away leave the queue.
-    turn: tokio::sync::Semaphore,
+    /// One generation at a time. Waiting here (not in the engine's lock) lets
+    /// a request whose client went away leave the queue; the permit then goes
+    /// with the generation, so the next request starts when the model is free.
+    turn: Arc<tokio::sync::Semaphore>,
+    /// Chat requests admitted and not yet answered: the one generating and
+    /// those waiting.
+    admitted: AtomicUsize,
+    /// How long recent generations took, in milliseconds (a moving average):
+    /// what a refused client is told to wait.
+    recent_ms: AtomicU64,
 }
 
-/// The HTTP application: routes, body limit, request log, OpenAI-shaped 404 and 405.
-pub fn router(engine: Arc<LocalEngine>, options: ServeOptions) -> Router {
+/// The HTTP application: routes, body limit, `Host` check, request log,
+/// OpenAI-shaped 404 and 405. `local` is the address the server listens on.
+pub fn router(engine: Arc<LocalEngine>, options: ServeOptions, local: SocketAddr) -> Router {
     let limit = options.max_body_bytes;
-    let state = Arc::new(AppState { engine, options, started: unix_now(), turn: tokio::sync::Semaphore::new(1) });
+    let hosts = Arc::new(HostCheck::new(local, &options.allowed_hosts));
+    let state = Arc::new(AppState {
+        engine,
+        options,
+        started: unix_now(),
+        turn: Arc::new(tokio::sync::Semaphore::new(1)),
+        admitted: AtomicUsize::new(0),
+        recent_ms: AtomicU64::new(0),
+    });
+    let chat = post(chat_completions).layer(middleware::from_fn_with_state(state.clone(), admit));
     Router::new()
         .route("/health", get(health))
         .route("/v1/models", get(list_models))
         .route("/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
         .route("/models/{id}", get(get_model))
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/chat/completions", post(chat_completions))
+        .route("/v1/chat/completions", chat.clone())
+        .route("/chat/completions", chat)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(hosts, check_host))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }
@@ -216,6 +265,132 @@ impl ApiError {
     fn context_overflow(message: String) -> Self {
         Self::invalid(message, Some("messages")).with_code("context_length_exceeded")
     }
+}
+
+// ---------------------------------------------------------------------------
+// Host check
+
+/// Which `Host` headers name this server (against DNS rebinding: a page on
+/// another name whose address moved to ours carries that name).
+#[derive(Debug)]
+struct HostCheck {
+    local: SocketAddr,
+    /// Further names, lowercase.
+    names: Vec<String>,
+}
+
+impl HostCheck {
+    fn new(local: SocketAddr, names: &[String]) -> Self {
+        Self { local, names: names.iter().map(|n| n.trim().to_ascii_lowercase()).collect() }
+    }
+
+    /// Whether `host` (a `Host` header's value) names this server: an allowed
+    /// name, with any port (a proxy or a port mapping may stand in front), or
+    /// `localhost`, a loopback address or the address listened on (any
+    /// address when listening on all of them), with the server's port (which
+    /// may be left out only when it is 80).
+    fn allows(&self, host: &str) -> bool {
+        let Some((name, port)) = split_host(host) else { return false };
+        let name = name.to_ascii_lowercase();
+        if self.names.contains(&name) {
+            return true;
+        }
+        if port.unwrap_or(80) != self.local.port() {
+            return false;
+        }
+        if name == "localhost" {
+            return true;
+        }
+        match name.parse::<IpAddr>() {
+            Ok(ip) => ip.is_loopback() || ip == self.local.ip() || self.local.ip().is_unspecified(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// A `Host` value's name (brackets removed from an IPv6 address) and port.
+fn split_host(host: &str) -> Option<(&str, Option<u16>)> {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let (name, after) = rest.split_once(']')?;
+        match after {
+            "" => (name, None),
+            _ => (name, Some(after.strip_prefix(':')?)),
+        }
+    } else {
+        match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        }
+    };
+    if name.is_empty() {
+        return None;
+    }
+    let port = match port {
+        Some(port) => Some(port.parse::<u16>().ok()?),
+        None => None,
+    };
+    Some((name, port))
+}
+
+async fn check_host(State(hosts): State<Arc<HostCheck>>, request: Request, next: Next) -> Response {
+    // HTTP/1.0 may leave it out; a browser never does.
+    let Some(host) = request.headers().get(HOST) else { return next.run(request).await };
+    match host.to_str() {
+        Ok(value) if hosts.allows(value) => next.run(request).await,
+        value => {
+            let shown = value.map(|v| format!("`{v}`")).unwrap_or_else(|_| "not text".to_string());
+            ApiError::invalid(
+                format!(
+                    "The Host header {shown} does not name this server, so the request is refused (a web page \
+                     could otherwise reach it through a name that resolves to this machine). Use \
+                     http://localhost:{port} or http://{local}",
+                    port = hosts.local.port(),
+                    local = hosts.local,
+                ),
+                None,
+            )
+            .with_status(StatusCode::FORBIDDEN)
+            .with_code("host_not_allowed")
+            .into_response()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Admission
+
+/// A chat request's place among those admitted; given back when dropped.
+struct Admitted<'a>(&'a AtomicUsize);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Admits a chat request before its body is read, or refuses it with 503 when
+/// `max_queue` requests already wait behind the one generating.
+async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let limit = state.options.max_queue.saturating_add(1);
+    let before = state.admitted.fetch_add(1, Ordering::SeqCst);
+    let _admitted = Admitted(&state.admitted);
+    if before >= limit {
+        let retry_after = state.recent_ms.load(Ordering::Relaxed).div_ceil(1000).clamp(1, 60);
+        let mut response = ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: match state.options.max_queue {
+                1 => format!("The server is busy: a request already waits for the model, its limit. Retry after {retry_after} s"),
+                n => format!("The server is busy: {n} requests already wait for the model, its limit. Retry after {retry_after} s"),
+            },
+            kind: "server_error",
+            param: None,
+            code: Some("server_overloaded"),
+        }
+        .into_response();
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after));
+        return response;
+    }
+    next.run(request).await
 }
 
 impl IntoResponse for ApiError {
@@ -281,8 +456,9 @@ async fn log_request(request: Request, next: Next) -> Response {
 // ---------------------------------------------------------------------------
 // Small routes
 
-async fn health() -> Response {
-    axum::Json(json!({"status": "ok"})).into_response()
+/// `requests`: chat requests admitted and not yet answered (generating or waiting).
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({"status": "ok", "requests": state.admitted.load(Ordering::SeqCst)})).into_response()
 }
 
 fn model_object(state: &AppState) -> Value {
@@ -729,7 +905,7 @@ async fn chat_completions(
 }
 
 async fn complete_chat(
-    state: &AppState,
+    state: &Arc<AppState>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -752,40 +928,46 @@ async fn complete_chat(
     })?;
     let call = parse_chat_request(headers, &body)?;
     drop(body);
-
-    let engine = state.engine.clone();
-    let messages = call.messages.clone();
-    let prompt_tokens = tokio::task::spawn_blocking(move || engine.prompt_tokens(&messages).0.len())
-        .await
-        .map_err(|e| ApiError::server(format!("tokenizing the prompt failed: {e}")))?;
-    let context = state.engine.context_size();
-    if prompt_tokens >= context {
+    let prompt_bytes: usize = call.messages.iter().map(|m| m.content.len()).sum();
+    if prompt_bytes > state.options.max_prompt_bytes {
         return Err(ApiError::context_overflow(format!(
-            "This model's maximum context length is {context} tokens, but the messages take {prompt_tokens} tokens, \
-             which leaves no room for a reply. Shorten the messages."
+            "The messages hold {prompt_bytes} bytes of text, over this server's limit of {} bytes (the model's \
+             context is {} tokens). Shorten the messages.",
+            state.options.max_prompt_bytes,
+            state.engine.context_size()
         )));
     }
-    let room = u32::try_from(context - prompt_tokens).unwrap_or(u32::MAX);
-    let max_tokens = call.max_tokens.unwrap_or(state.options.default_max_tokens).min(room);
 
     let mut request = LmRequest::new(call.messages);
     request.temperature = call.temperature;
-    request.max_tokens = max_tokens;
     request.stop = call.stop;
     request.rollout = rollout(call.seed, call.temperature);
     if let Some(schema) = call.schema {
         request.template = Some(OutputTemplate { segments: vec![Segment::Json { schema: schema.clone() }] });
         request.json_schema = Some(schema);
     }
+    let wanted = call.max_tokens.unwrap_or(state.options.default_max_tokens);
 
-    let reply = {
-        let _turn = state.turn.acquire().await.map_err(|_| ApiError::server("the server is shutting down"))?;
-        state.engine.complete(&request).await
-    };
-    let reply = reply.map_err(|e| match e {
-        LmError::ContextOverflow { .. } => ApiError::context_overflow(e.to_string()),
-        other => ApiError::server(format!("The model failed: {other}")),
-    })?;
+    // Should this future be dropped (the client went away), the guard stops
+    // the generation at its next token, or before it starts.
+    let cancel = Cancel::new();
+    let guard = cancel.on_drop();
+    let turn = state.turn.clone().acquire_owned().await.map_err(|_| ApiError::server("the server is shutting down"))?;
+    let worker = state.clone();
+    let reply = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        let started = Instant::now();
+        let reply = generate(&worker, request, wanted, &cancel);
+        let ms = started.elapsed().as_millis() as u64;
+        let recent = worker.recent_ms.load(Ordering::Relaxed);
+        let average = if recent == 0 { ms } else { (recent * 3 + ms) / 4 };
+        worker.recent_ms.store(average, Ordering::Relaxed);
+        reply
+    })
+    .await
+    .map_err(|e| ApiError::server(format!("The model's worker failed: {e}")))?;
+    guard.disarm();
+    let reply = reply?;
 
     let id = completion_id();
     let created = unix_now();
@@ -799,6 +981,30 @@ async fn complete_chat(
         .extensions_mut()
         .insert(Logged { tokens: Some((reply.usage.prompt_tokens, reply.usage.completion_tokens)), error: None });
     Ok(response)
+}
+
+/// A request's turn with the model, on a blocking thread: the prompt is
+/// tokenized and checked against the context, then the reply generated.
+fn generate(state: &AppState, mut request: LmRequest, wanted: u32, cancel: &Cancel) -> Result<LmResponse, ApiError> {
+    let gone = || ApiError::invalid("The client went away", None).with_code("cancelled");
+    if cancel.is_cancelled() {
+        return Err(gone());
+    }
+    let prompt_tokens = state.engine.prompt_tokens(&request.messages).0.len();
+    let context = state.engine.context_size();
+    if prompt_tokens >= context {
+        return Err(ApiError::context_overflow(format!(
+            "This model's maximum context length is {context} tokens, but the messages take {prompt_tokens} tokens, \
+             which leaves no room for a reply. Shorten the messages."
+        )));
+    }
+    let room = u32::try_from(context - prompt_tokens).unwrap_or(u32::MAX);
+    request.max_tokens = wanted.min(room);
+    state.engine.complete_blocking_cancellable(&request, cancel).map_err(|e| match e {
+        _ if cancel.is_cancelled() => gone(),
+        LmError::ContextOverflow { .. } => ApiError::context_overflow(e.to_string()),
+        other => ApiError::server(format!("The model failed: {other}")),
+    })
 }
 
 fn completion_id() -> String {
@@ -928,6 +1134,38 @@ mod tests {
         assert!(err.contains("--allow-remote"), "{err}");
         assert!(bind_address("0.0.0.0", 8080, true).is_ok());
         assert!(bind_address("example.com", 8080, true).is_err());
+    }
+
+    #[test]
+    fn host_headers_must_name_the_server() {
+        let loopback = HostCheck::new("127.0.0.1:8080".parse().unwrap(), &[]);
+        for ok in ["localhost:8080", "LocalHost:8080", "127.0.0.1:8080", "[::1]:8080", "127.0.0.2:8080"] {
+            assert!(loopback.allows(ok), "{ok}");
+        }
+        for refused in [
+            "evil.example:8080",
+            "localhost.evil.example:8080",
+            "localhost:8081",
+            "localhost",
+            "127.0.0.1",
+            "192.168.1.20:8080",
+            "[::1",
+            "[::1]8080",
+            ":8080",
+            "localhost:port",
+            "",
+        ] {
+            assert!(!loopback.allows(refused), "{refused}");
+        }
+        assert!(HostCheck::new("127.0.0.1:80".parse().unwrap(), &[]).allows("localhost"));
+
+        let everywhere = HostCheck::new("0.0.0.0:9000".parse().unwrap(), &["Box.lan".to_string()]);
+        for ok in ["192.168.1.20:9000", "[fe80::1]:9000", "box.lan:9000", "box.lan:443", "BOX.LAN", "localhost:9000"] {
+            assert!(everywhere.allows(ok), "{ok}");
+        }
+        assert!(!everywhere.allows("evil.example:9000"));
+        let one = HostCheck::new("192.168.1.20:9000".parse().unwrap(), &[]);
+        assert!(one.allows("192.168.1.20:9000") && !one.allows("192.168.1.21:9000"));
     }
 
     #[test]

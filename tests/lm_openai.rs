@@ -1,18 +1,29 @@
 //! The OpenAI-compatible client against a stub chat-completions server on
 //! 127.0.0.1. The stub checks every request against the published request
 //! shape and answers from a script, counting the requests it receives.
+//!
+//! No test waits on the clock: the client's waits go through a sleeper that
+//! records them, and an attempt's time limit runs out exactly when the stub
+//! holds a request unanswered.
+
+#[path = "common/closing_port.rs"]
+mod closing_port;
+#[path = "common/waits.rs"]
+mod waits;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use promptloop::lm::openai::{OpenAiClient, OpenAiConfig, SchemaStyle};
+use closing_port::ClosingPort;
+use promptloop::lm::openai::{OpenAiClient, OpenAiConfig, SchemaStyle, Sleeper};
 use promptloop::lm::{ChatMessage, LanguageModel, LmError, LmRequest, LmResponse, Role, TokenUsage};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
+use waits::Waits;
 
 const KEY: &str = "sk-test-0123456789-SECRET";
 
@@ -21,7 +32,8 @@ const KEY: &str = "sk-test-0123456789-SECRET";
 enum Reply {
     /// Answer with this status, extra headers and body.
     Send { status: u16, headers: Vec<(&'static str, String)>, body: String },
-    /// Never answer; keep the connection open until the stub is dropped.
+    /// Never answer; keep the connection open until the stub is dropped. The
+    /// attempt's time limit then runs out (see [`client`]).
     Hang,
 }
 
@@ -58,6 +70,9 @@ struct Stub {
     hits: Arc<AtomicUsize>,
     violations: Arc<Mutex<Vec<String>>>,
     bodies: Arc<Mutex<Vec<Value>>>,
+    /// A permit for each request held unanswered.
+    hanging: Arc<Semaphore>,
+    waits: Waits,
     shutdown: watch::Sender<bool>,
     accept: JoinHandle<()>,
 }
@@ -72,11 +87,12 @@ impl Stub {
         let hits = Arc::new(AtomicUsize::new(0));
         let violations = Arc::new(Mutex::new(Vec::new()));
         let bodies = Arc::new(Mutex::new(Vec::new()));
+        let hanging = Arc::new(Semaphore::new(0));
         let (shutdown, _) = watch::channel(false);
         let expected_auth = key.map(|k| format!("Bearer {k}"));
         let accept = {
-            let (hits, violations, bodies, shutdown) =
-                (hits.clone(), violations.clone(), bodies.clone(), shutdown.clone());
+            let (hits, violations, bodies, hanging, shutdown) =
+                (hits.clone(), violations.clone(), bodies.clone(), hanging.clone(), shutdown.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else { return };
@@ -86,13 +102,28 @@ impl Stub {
                         hits: hits.clone(),
                         violations: violations.clone(),
                         bodies: bodies.clone(),
+                        hanging: hanging.clone(),
                         shutdown: shutdown.subscribe(),
                     };
                     tokio::spawn(conn.serve(stream));
                 }
             })
         };
-        Stub { base_url: format!("http://127.0.0.1:{port}/v1"), hits, violations, bodies, shutdown, accept }
+        Stub {
+            base_url: format!("http://127.0.0.1:{port}/v1"),
+            hits,
+            violations,
+            bodies,
+            hanging,
+            waits: Waits::new(),
+            shutdown,
+            accept,
+        }
+    }
+
+    /// A client of this stub, its waits recorded in [`Stub::waits`].
+    fn client(&self, config: OpenAiConfig) -> OpenAiClient {
+        client(config, &self.waits, self.hanging.clone())
     }
 
     fn hits(&self) -> usize {
@@ -122,6 +153,7 @@ struct Conn {
     hits: Arc<AtomicUsize>,
     violations: Arc<Mutex<Vec<String>>>,
     bodies: Arc<Mutex<Vec<Value>>>,
+    hanging: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -167,6 +199,7 @@ impl Conn {
         let mut stream = reader.into_inner();
         match reply {
             Reply::Hang => {
+                self.hanging.add_permits(1);
                 let _ = self.shutdown.wait_for(|stop| *stop).await;
             }
             Reply::Send { status, headers, body } => {
@@ -286,12 +319,15 @@ fn check_request(request_line: &str, headers: &[(String, String)], body: &[u8], 
     problems
 }
 
+/// An attempt's time limit in these tests; a real one only should the stub fail.
+const ATTEMPT_LIMIT: Duration = Duration::from_secs(120);
+
 fn config(base_url: &str) -> OpenAiConfig {
     OpenAiConfig {
         base_url: base_url.to_string(),
         model: "test-model".into(),
         api_key: Some(KEY.into()),
-        timeout_secs: 5.0,
+        timeout_secs: ATTEMPT_LIMIT.as_secs_f64(),
         max_retries: 3,
         initial_backoff_ms: 1,
         max_backoff_ms: 10,
@@ -320,15 +356,38 @@ fn schema() -> Value {
     })
 }
 
-/// A call that must finish well within the test's patience.
+/// A client whose waits between attempts are recorded in `waits` and return at
+/// once, and whose attempts run out of time exactly when the stub holds a
+/// request unanswered (a permit in `hanging`).
+fn client(config: OpenAiConfig, waits: &Waits, hanging: Arc<Semaphore>) -> OpenAiClient {
+    let limit = Duration::from_secs_f64(config.timeout_secs);
+    let waits = waits.clone();
+    let sleeper = Sleeper::new(move |wait| {
+        let (waits, hanging) = (waits.clone(), hanging.clone());
+        async move {
+            if wait == limit {
+                hanging.acquire().await.expect("the stub's semaphore stays open").forget();
+            } else {
+                waits.record(wait);
+            }
+        }
+    });
+    OpenAiClient::new(config).unwrap().with_sleeper(sleeper)
+}
+
+/// A client for an endpoint without a stub.
+fn client_without_stub(config: OpenAiConfig) -> OpenAiClient {
+    client(config, &Waits::new(), Arc::new(Semaphore::new(0)))
+}
+
 async fn call(client: &OpenAiClient, request: &LmRequest) -> Result<LmResponse, LmError> {
-    tokio::time::timeout(Duration::from_secs(20), client.complete(request)).await.expect("the call hung")
+    client.complete(request).await
 }
 
 #[tokio::test]
 async fn success_parses_text_usage_and_finish_reason() {
     let stub = Stub::start(vec![ok("6")], Some(KEY)).await;
-    let client = OpenAiClient::new(config(&stub.base_url)).unwrap();
+    let client = stub.client(config(&stub.base_url));
     let mut req = request();
     req.stop = vec!["\n\n".into()];
     req.rollout = Some(3);
@@ -356,7 +415,7 @@ async fn success_parses_text_usage_and_finish_reason() {
 async fn usage_may_be_absent_and_no_key_means_no_authorization() {
     let body = json!({"choices": [{"message": {"role": "assistant", "content": "hi"}}]}).to_string();
     let stub = Stub::start(vec![raw_200(&body)], None).await;
-    let client = OpenAiClient::new(OpenAiConfig { api_key: None, ..config(&stub.base_url) }).unwrap();
+    let client = stub.client(OpenAiConfig { api_key: None, ..config(&stub.base_url) });
     let response = call(&client, &request()).await.unwrap();
     assert_eq!(response.text, "hi");
     assert_eq!(response.usage, TokenUsage::default());
@@ -374,12 +433,12 @@ async fn rate_limit_is_retried_after_the_servers_retry_after() {
         body: r#"{"error":{"message":"slow down"}}"#.into(),
     };
     let stub = Stub::start(vec![limited, ok("fine")], Some(KEY)).await;
-    let client = OpenAiClient::new(config(&stub.base_url)).unwrap();
-    let start = Instant::now();
+    let client = stub.client(config(&stub.base_url));
     let response = call(&client, &request()).await.unwrap();
     assert_eq!(response.text, "fine");
     assert_eq!(stub.hits(), 2);
-    assert!(start.elapsed() >= Duration::from_millis(950), "waited only {:?}", start.elapsed());
+    // The backoff is at most 10 ms: the second's wait is the server's.
+    assert_eq!(stub.waits.recorded(), [Duration::from_secs(1)]);
     stub.assert_well_formed();
 }
 
@@ -387,18 +446,19 @@ async fn rate_limit_is_retried_after_the_servers_retry_after() {
 async fn persistent_rate_limit_gives_up_and_says_after_how_many_attempts() {
     let limited = Reply::Send { status: 429, headers: vec![("retry-after-ms", "5".into())], body: "{}".into() };
     let stub = Stub::start(vec![limited], Some(KEY)).await;
-    let client = OpenAiClient::new(OpenAiConfig { max_retries: 2, ..config(&stub.base_url) }).unwrap();
+    let client = stub.client(OpenAiConfig { max_retries: 2, ..config(&stub.base_url) });
     let error = call(&client, &request()).await.unwrap_err();
     assert!(matches!(error, LmError::RateLimited { retry_after_secs: Some(s), .. } if (s - 0.005).abs() < 1e-9));
     let message = error.to_string();
     assert!(message.contains("429") && message.contains("after 3 attempts"), "{message}");
     assert_eq!(stub.hits(), 3);
+    assert_eq!(stub.waits.recorded(), [Duration::from_millis(5); 2]);
 }
 
 #[tokio::test]
 async fn server_errors_are_retried() {
     let stub = Stub::start(vec![status(500, "boom"), status(503, "overloaded"), ok("third time")], Some(KEY)).await;
-    let client = OpenAiClient::new(config(&stub.base_url)).unwrap();
+    let client = stub.client(config(&stub.base_url));
     let response = call(&client, &request()).await.unwrap();
     assert_eq!(response.text, "third time");
     assert_eq!(stub.hits(), 3);
@@ -414,13 +474,13 @@ async fn bodies_that_are_not_completions_are_retried() {
         ok("at last"),
     ];
     let stub = Stub::start(script, Some(KEY)).await;
-    let client = OpenAiClient::new(config(&stub.base_url)).unwrap();
+    let client = stub.client(config(&stub.base_url));
     let response = call(&client, &request()).await.unwrap();
     assert_eq!(response.text, "at last");
     assert_eq!(stub.hits(), 4);
 
     let stub = Stub::start(vec![raw_200("not json at all")], Some(KEY)).await;
-    let client = OpenAiClient::new(OpenAiConfig { max_retries: 1, ..config(&stub.base_url) }).unwrap();
+    let client = stub.client(OpenAiConfig { max_retries: 1, ..config(&stub.base_url) });
     let error = call(&client, &request()).await.unwrap_err();
     assert!(matches!(error, LmError::BadResponse { .. }), "{error:?}");
     let message = error.to_string();
@@ -431,32 +491,25 @@ async fn bodies_that_are_not_completions_are_retried() {
 #[tokio::test]
 async fn a_slow_reply_times_out_and_is_retried() {
     let stub = Stub::start(vec![Reply::Hang, ok("quick now")], Some(KEY)).await;
-    let client = OpenAiClient::new(OpenAiConfig { timeout_secs: 0.3, ..config(&stub.base_url) }).unwrap();
+    let client = stub.client(config(&stub.base_url));
     let response = call(&client, &request()).await.unwrap();
     assert_eq!(response.text, "quick now");
     assert_eq!(stub.hits(), 2);
+    assert_eq!(stub.waits.recorded().len(), 1, "one wait between the two attempts");
 
     let stub = Stub::start(vec![Reply::Hang], Some(KEY)).await;
-    let client =
-        OpenAiClient::new(OpenAiConfig { timeout_secs: 0.3, max_retries: 1, ..config(&stub.base_url) }).unwrap();
-    let start = Instant::now();
+    let client = stub.client(OpenAiConfig { max_retries: 1, ..config(&stub.base_url) });
     let error = call(&client, &request()).await.unwrap_err();
     assert!(matches!(error, LmError::Timeout { .. }), "{error:?}");
     assert!(error.to_string().contains("after 2 attempts"), "{error}");
     assert_eq!(stub.hits(), 2);
-    assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
-}
-
-/// A port that was just free: nobody listens there.
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test]
 async fn an_endpoint_that_is_down_fails_clearly_after_the_retries() {
-    let port = closed_port();
-    let base_url = format!("http://127.0.0.1:{port}/v1");
-    let client = OpenAiClient::new(OpenAiConfig { max_retries: 2, ..config(&base_url) }).unwrap();
+    let down = ClosingPort::start();
+    let base_url = format!("http://127.0.0.1:{}/v1", down.port());
+    let client = client_without_stub(OpenAiConfig { max_retries: 2, ..config(&base_url) });
     let error = call(&client, &request()).await.unwrap_err();
     assert!(matches!(error, LmError::Connect { .. }), "{error:?}");
     let message = error.to_string();
@@ -466,7 +519,7 @@ async fn an_endpoint_that_is_down_fails_clearly_after_the_retries() {
 #[tokio::test]
 async fn a_client_error_is_not_retried_and_is_reported_with_its_body() {
     let stub = Stub::start(vec![status(400, r#"{"error":{"message":"max_tokens is too large"}}"#)], Some(KEY)).await;
-    let client = OpenAiClient::new(config(&stub.base_url)).unwrap();
+    let client = stub.client(config(&stub.base_url));
     let error = call(&client, &request()).await.unwrap_err();
     assert!(matches!(error, LmError::Http { status: 400, .. }), "{error:?}");
     assert!(!error.is_retryable());
@@ -480,7 +533,7 @@ async fn a_client_error_is_not_retried_and_is_reported_with_its_body() {
 #[tokio::test]
 async fn long_error_bodies_are_truncated() {
     let stub = Stub::start(vec![status(400, &"x".repeat(5000))], Some(KEY)).await;
-    let client = OpenAiClient::new(config(&stub.base_url)).unwrap();
+    let client = stub.client(config(&stub.base_url));
     let message = call(&client, &request()).await.unwrap_err().to_string();
     assert!(message.len() < 800, "{} chars", message.len());
     assert!(message.contains("5000 bytes"), "{message}");
@@ -490,14 +543,14 @@ async fn long_error_bodies_are_truncated() {
 async fn the_api_key_never_shows() {
     let echo = format!(r#"{{"error":{{"message":"Incorrect API key provided: {KEY}"}}}}"#);
     let stub = Stub::start(vec![status(401, &echo)], Some(KEY)).await;
-    let client = OpenAiClient::new(config(&stub.base_url)).unwrap();
+    let client = stub.client(config(&stub.base_url));
     let error = call(&client, &request()).await.unwrap_err();
     let shown = format!("{error} {error:?}");
     assert!(shown.contains("401") && shown.contains("[redacted]"), "{shown}");
     assert!(!shown.contains(KEY) && !shown.contains("0123456789-SECRET"), "{shown}");
 
     let stub = Stub::start(vec![status(502, &echo)], Some(KEY)).await;
-    let client = OpenAiClient::new(OpenAiConfig { max_retries: 1, ..config(&stub.base_url) }).unwrap();
+    let client = stub.client(OpenAiConfig { max_retries: 1, ..config(&stub.base_url) });
     let error = call(&client, &request()).await.unwrap_err();
     assert!(!format!("{error} {error:?}").contains(KEY));
     assert_eq!(stub.hits(), 2);
@@ -520,7 +573,7 @@ async fn response_format_follows_the_schema_style() {
     let mut req = request();
     req.json_schema = Some(schema());
     for style in [SchemaStyle::OpenAi, SchemaStyle::JsonObject, SchemaStyle::None] {
-        let client = OpenAiClient::new(OpenAiConfig { schema_style: style, ..config(&stub.base_url) }).unwrap();
+        let client = stub.client(OpenAiConfig { schema_style: style, ..config(&stub.base_url) });
         assert_eq!(call(&client, &req).await.unwrap().text, r#"{"answer": 6}"#);
     }
     stub.assert_well_formed();
@@ -548,15 +601,16 @@ fn bad_configs_are_refused() {
 async fn a_key_in_the_base_urls_query_is_sent_but_never_shown() {
     // The query stays on the request, after the path.
     let stub = Stub::start(vec![ok("cards")], Some(KEY)).await;
-    let client = OpenAiClient::new(config(&format!("{}?api-version=2024-10-21", stub.base_url))).unwrap();
+    let client = stub.client(config(&format!("{}?api-version=2024-10-21", stub.base_url)));
     call(&client, &request()).await.unwrap();
     stub.assert_well_formed();
     assert_eq!(client.describe().endpoint.as_deref(), Some(stub.base_url.as_str()));
 
-    // Nobody listens: the connect error names the endpoint without the query.
-    let port = closed_port();
+    // Nobody answers: the connect error names the endpoint without the query.
+    let down = ClosingPort::start();
+    let port = down.port();
     let base_url = format!("http://127.0.0.1:{port}/v1?api_key=QUERY-SECRET-42");
-    let client = OpenAiClient::new(OpenAiConfig { max_retries: 0, ..config(&base_url) }).unwrap();
+    let client = client_without_stub(OpenAiConfig { max_retries: 0, ..config(&base_url) });
     let error = call(&client, &request()).await.unwrap_err();
     let shown = format!("{error} {error:?} {client:?} {}", serde_json::to_string(&client.describe()).unwrap());
     assert!(matches!(error, LmError::Connect { .. }), "{error:?}");

@@ -3,30 +3,46 @@
 //! permission, rate limits, validation, outages) told with its fix — against a
 //! stub that checks each request against GitHub's REST description.
 
+#[path = "common/closing_port.rs"]
+mod closing_port;
 #[path = "common/github_stub.rs"]
 mod github_stub;
+#[path = "common/waits.rs"]
+mod waits;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use closing_port::ClosingPort;
 use github_stub::{Fault, GitHubStub};
 use promptloop::publish::Secret;
 use promptloop::publish::github::{
     GitHubConfig, GitHubError, PullRequestAction, PullRequestSpec, marker, offline_text, open_or_update,
     parse_repository,
 };
+use waits::Waits;
 
 const OWNER: &str = "octo-org";
 const REPO: &str = "support-bot";
 const TOKEN: &str = "ghp_FAKEtoken0000publishGitHubTest42";
 const BRANCH: &str = "promptloop/support-triage";
 
-fn config(stub: &GitHubStub) -> GitHubConfig {
+/// The stub's config, its waits (rate limits, retries) recorded in `waits` instead of waited.
+fn recorded(stub: &GitHubStub, waits: &Waits) -> GitHubConfig {
     GitHubConfig {
         api_url: stub.base_url(),
-        retry_delay: Duration::from_millis(10),
+        sleeper: waits.sleeper(),
         ..GitHubConfig::new(OWNER, REPO, Secret::new(TOKEN))
     }
 }
+
+/// The stub's config, none of its waits waited for.
+fn config(stub: &GitHubStub) -> GitHubConfig {
+    recorded(stub, &Waits::new())
+}
+
+/// The moment a faked rate limit is answered at (its `Date` header), and that header.
+const SERVER_NOW: i64 = 1_700_000_030;
+const SERVER_DATE: &str = "Tue, 14 Nov 2023 22:13:50 GMT";
 
 fn spec(title: &str, body: &str) -> PullRequestSpec {
     PullRequestSpec {
@@ -252,15 +268,20 @@ async fn labels_refused_after_the_pull_request_opened_is_a_partial_publish() {
 #[tokio::test]
 async fn a_primary_rate_limit_is_waited_out_until_the_reset() {
     let stub = GitHubStub::start().await;
-    let reset = chrono::Utc::now().timestamp() + 1;
-    stub.push_fault(Fault::primary_rate_limit(reset).on("GET", "/pulls"));
-    let started = Instant::now();
-    let outcome = open_or_update(&config(&stub), &first_spec()).await.unwrap();
+    // The limit resets 30 s after the moment GitHub answered (its clock, not ours).
+    let limit = Fault::primary_rate_limit(SERVER_NOW + 30).header("date", SERVER_DATE);
+    stub.push_fault(limit.on("GET", "/pulls"));
+    let waits = Waits::new();
+    let outcome = open_or_update(&recorded(&stub, &waits), &first_spec()).await.unwrap();
 
     assert_eq!(outcome.action, PullRequestAction::Created);
-    assert!(outcome.rate_limit_wait <= Duration::from_secs(1), "{:?}", outcome.rate_limit_wait);
-    assert!(started.elapsed() >= outcome.rate_limit_wait);
-    assert!(outcome.notes.iter().any(|n| n.contains("primary rate limit")), "{:?}", outcome.notes);
+    assert_eq!(waits.recorded(), [Duration::from_secs(30)]);
+    assert_eq!(outcome.rate_limit_wait, Duration::from_secs(30));
+    assert!(
+        outcome.notes.iter().any(|n| n.contains("primary rate limit") && n.contains("30.0 s")),
+        "{:?}",
+        outcome.notes
+    );
     assert_eq!(stub.requests_to("GET", "/pulls").len(), 2, "retried after the reset");
     assert_eq!(stub.pulls().len(), 1);
     assert_conforms(&stub);
@@ -269,16 +290,15 @@ async fn a_primary_rate_limit_is_waited_out_until_the_reset() {
 #[tokio::test]
 async fn a_rate_limit_resetting_too_late_says_when() {
     let stub = GitHubStub::start().await;
-    let reset = chrono::Utc::now().timestamp() + 3600;
-    stub.push_fault(Fault::primary_rate_limit(reset));
-    let started = Instant::now();
-    let error = open_or_update(&config(&stub), &first_spec()).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(5), "it did not wait for an hour-away reset");
+    let reset = SERVER_NOW + 3600;
+    stub.push_fault(Fault::primary_rate_limit(reset).header("date", SERVER_DATE));
+    let waits = Waits::new();
+    let error = open_or_update(&recorded(&stub, &waits), &first_spec()).await.unwrap_err();
+    assert_eq!(waits.recorded(), Vec::<Duration>::new(), "it did not wait for an hour-away reset");
 
     let text = assert_no_token(&error);
-    let when = chrono::DateTime::from_timestamp(reset, 0).unwrap().format("%Y-%m-%d %H:%M:%S UTC").to_string();
     assert!(matches!(error, GitHubError::RateLimited { .. }), "{error:?}");
-    assert!(text.contains(&format!("resets at {when}")), "{text}");
+    assert!(text.contains("resets at 2023-11-14 23:13:50 UTC"), "{text}");
     assert!(text.contains("in 60 min") && text.contains("15 min") && text.contains("Rerun after the reset"), "{text}");
     assert_eq!(stub.requests().len(), 1);
     assert_conforms(&stub);
@@ -288,10 +308,12 @@ async fn a_rate_limit_resetting_too_late_says_when() {
 async fn a_secondary_rate_limit_is_retried_after_retry_after() {
     let stub = GitHubStub::start().await;
     stub.push_fault(Fault::secondary_rate_limit(0).on("GET", "/pulls"));
-    stub.push_fault(Fault::secondary_rate_limit(1).on("POST", "/pulls"));
-    let outcome = open_or_update(&config(&stub), &first_spec()).await.unwrap();
+    stub.push_fault(Fault::secondary_rate_limit(90).on("POST", "/pulls"));
+    let waits = Waits::new();
+    let outcome = open_or_update(&recorded(&stub, &waits), &first_spec()).await.unwrap();
     assert_eq!(outcome.action, PullRequestAction::Created);
-    assert_eq!(outcome.rate_limit_wait, Duration::from_secs(1));
+    assert_eq!(waits.recorded(), [Duration::ZERO, Duration::from_secs(90)]);
+    assert_eq!(outcome.rate_limit_wait, Duration::from_secs(90));
     assert_eq!(outcome.notes.iter().filter(|n| n.contains("secondary rate limit")).count(), 2);
     assert_eq!(stub.requests_to("POST", "/pulls").len(), 2);
     assert_eq!(stub.pulls().len(), 1);
@@ -325,10 +347,12 @@ async fn a_bad_gateway_is_retried() {
     let stub = GitHubStub::start().await;
     stub.push_fault(Fault::server_error(502).on("GET", "/pulls"));
     stub.push_fault(Fault::server_error(503).on("PATCH", "/pulls/1"));
-    let outcome = open_or_update(&config(&stub), &first_spec()).await.unwrap();
+    let waits = Waits::new();
+    let outcome = open_or_update(&recorded(&stub, &waits), &first_spec()).await.unwrap();
     assert_eq!(outcome.action, PullRequestAction::Created);
     assert!(outcome.notes.iter().any(|n| n.contains("502")), "{:?}", outcome.notes);
     assert_eq!(stub.requests_to("GET", "/pulls").len(), 2);
+    assert_eq!(waits.recorded(), [Duration::from_secs(1)], "a second before the retry");
 
     let outcome = open_or_update(&config(&stub), &spec("new title", "new body")).await.unwrap();
     assert_eq!(outcome.action, PullRequestAction::Updated);
@@ -366,7 +390,10 @@ async fn an_outage_gives_up_after_a_couple_of_retries() {
     for _ in 0..3 {
         stub.push_fault(Fault::server_error(500));
     }
-    let error = open_or_update(&config(&stub), &first_spec()).await.unwrap_err();
+    let waits = Waits::new();
+    let error = open_or_update(&recorded(&stub, &waits), &first_spec()).await.unwrap_err();
+    // One second, then two: the delay doubles.
+    assert_eq!(waits.recorded(), [Duration::from_secs(1), Duration::from_secs(2)]);
     let text = assert_no_token(&error);
     assert!(matches!(error, GitHubError::Server { status: 500, attempts: 3, .. }), "{error:?}");
     assert!(text.contains("rerun later"), "{text}");
@@ -376,10 +403,13 @@ async fn an_outage_gives_up_after_a_couple_of_retries() {
 
 #[tokio::test]
 async fn an_unreachable_server_is_a_transport_error() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
-    let config = GitHubConfig { api_url: url.clone(), ..GitHubConfig::new(OWNER, REPO, Secret::new(TOKEN)) };
+    let down = ClosingPort::start();
+    let url = format!("http://{}", down.addr());
+    let config = GitHubConfig {
+        api_url: url.clone(),
+        sleeper: Waits::new().sleeper(),
+        ..GitHubConfig::new(OWNER, REPO, Secret::new(TOKEN))
+    };
     let error = open_or_update(&config, &first_spec()).await.unwrap_err();
     let text = assert_no_token(&error);
     assert!(matches!(error, GitHubError::Transport { .. }), "{error:?}");

@@ -3,10 +3,16 @@
 //! Slack's published description, through 5xx answers, rate limits and error codes, without
 //! a secret ever leaking into an error.
 
+#[path = "common/closing_port.rs"]
+mod closing_port;
 #[path = "common/slack_stub.rs"]
 mod slack_stub;
+#[path = "common/waits.rs"]
+mod waits;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use closing_port::ClosingPort;
 
 use promptloop::eval::gate::Decision;
 use promptloop::publish::Secret;
@@ -14,6 +20,7 @@ use promptloop::publish::slack::{self, Links, Posted, Retry, SlackError, SlackMe
 use promptloop::report::{Cost, Headline};
 use serde_json::{Value, json};
 use slack_stub::SlackStub;
+use waits::Waits;
 
 fn promote() -> Headline {
     Headline {
@@ -73,14 +80,14 @@ fn webhook(stub: &SlackStub) -> SlackTarget {
     SlackTarget::webhook(Secret::new(stub.webhook_url()))
 }
 
-/// Quick backoff, so retry tests do not wait a second per try.
+/// The default tries, with the waits between them recorded in `waits` instead of waited.
+fn recorded(waits: &Waits) -> Retry {
+    Retry { sleeper: waits.sleeper(), ..Retry::default() }
+}
+
+/// The default tries, none of them waited for.
 fn fast() -> Retry {
-    Retry {
-        attempts: 3,
-        backoff: Duration::from_millis(10),
-        max_wait: Duration::from_secs(5),
-        timeout: Duration::from_secs(10),
-    }
+    recorded(&Waits::new())
 }
 
 fn pretty(message: &SlackMessage) -> String {
@@ -246,8 +253,8 @@ async fn a_bot_post_lands_with_channel_blocks_text_and_bearer_token() {
     let posted = slack::post_with(&bot(&stub), &message, &fast()).await.unwrap();
 
     let Posted::Bot { channel, ts } = posted else { panic!("a bot post answers with channel and ts: {posted:?}") };
-    assert_eq!(channel, "C0000000001");
-    assert_eq!(ts, "1700000000.000001");
+    assert_eq!(channel.as_deref(), Some("C0000000001"));
+    assert_eq!(ts.as_deref(), Some("1700000000.000001"));
     let received = stub.received();
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].path, "/api/chat.postMessage");
@@ -258,6 +265,31 @@ async fn a_bot_post_lands_with_channel_blocks_text_and_bearer_token() {
     assert_eq!(messages[0]["text"], to_json(&message)["text"]);
     assert_eq!(messages[0]["blocks"], to_json(&message)["blocks"]);
     assert_eq!(stub.violations(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_bot_post_answered_with_only_ok_channel_and_ts_is_sent() {
+    // `ok: true` is what says the message landed; the posted `message` Slack usually
+    // echoes back is not needed, and its absence does not make the post a failure.
+    let stub = SlackStub::start();
+    stub.fail_next(200, &[], r#"{"ok":true,"channel":"C1","ts":"1.2"}"#);
+    let message = slack::message(&promote(), &cost(), &links(), None);
+    let posted = slack::post_with(&bot(&stub), &message, &fast()).await.unwrap();
+    assert_eq!(posted, Posted::Bot { channel: Some("C1".into()), ts: Some("1.2".into()) });
+    assert_eq!(stub.received().len(), 1, "a post that landed is not repeated");
+
+    // Even `{"ok":true}` alone is a message sent.
+    let stub = SlackStub::start();
+    stub.fail_next(200, &[], r#"{"ok":true}"#);
+    let posted = slack::post_with(&bot(&stub), &message, &fast()).await.unwrap();
+    assert_eq!(posted, Posted::Bot { channel: None, ts: None });
+
+    // And `ok: false` is a refusal even without an error code.
+    let stub = SlackStub::start();
+    stub.fail_next(200, &[], r#"{"ok":false}"#);
+    let err = slack::post_with(&bot(&stub), &message, &fast()).await.unwrap_err();
+    assert!(matches!(err, SlackError::Rejected { .. }), "{err:?}");
+    assert_eq!(stub.received().len(), 1);
 }
 
 #[tokio::test]
@@ -278,8 +310,11 @@ async fn server_errors_are_retried() {
     stub.fail_next(500, &[], r#"{"ok":false,"error":"internal_error"}"#);
     stub.fail_next(503, &[], "Service Unavailable");
     let message = slack::message(&promote(), &cost(), &links(), None);
-    let posted = slack::post_with(&bot(&stub), &message, &fast()).await.unwrap();
+    let waits = Waits::new();
+    let posted = slack::post_with(&bot(&stub), &message, &recorded(&waits)).await.unwrap();
     assert!(matches!(posted, Posted::Bot { .. }));
+    // The backoff doubles from one second.
+    assert_eq!(waits.recorded(), [Duration::from_secs(1), Duration::from_secs(2)]);
     assert_eq!(stub.received().len(), 3);
     assert_eq!(stub.messages().len(), 1);
     assert_eq!(stub.violations(), Vec::<String>::new());
@@ -310,22 +345,29 @@ async fn server_errors_that_persist_end_in_an_error_after_the_attempts() {
 #[tokio::test]
 async fn a_rate_limit_is_waited_out_as_retry_after_says() {
     let stub = SlackStub::start();
-    stub.fail_next(429, &[("retry-after", "1")], r#"{"ok":false,"error":"ratelimited"}"#);
+    stub.fail_next(429, &[("retry-after", "7")], r#"{"ok":false,"error":"ratelimited"}"#);
     let message = slack::message(&promote(), &cost(), &links(), None);
-    let started = Instant::now();
-    slack::post_with(&bot(&stub), &message, &fast()).await.unwrap();
-    // The backoff is 10 ms: only Retry-After explains a second's wait.
-    assert!(started.elapsed() >= Duration::from_secs(1), "retried after {:?}", started.elapsed());
+    let waits = Waits::new();
+    slack::post_with(&bot(&stub), &message, &recorded(&waits)).await.unwrap();
+    // The backoff is one second: the wait is Retry-After's.
+    assert_eq!(waits.recorded(), [Duration::from_secs(7)]);
     assert_eq!(stub.received().len(), 2);
     assert_eq!(stub.messages().len(), 1);
 
     // A webhook's rate limit answers in plain text.
     let stub = SlackStub::start();
-    stub.fail_next(429, &[("retry-after", "1")], "rate_limited");
-    let started = Instant::now();
-    slack::post_with(&webhook(&stub), &message, &fast()).await.unwrap();
-    assert!(started.elapsed() >= Duration::from_secs(1));
+    stub.fail_next(429, &[("retry-after", "7")], "rate_limited");
+    let waits = Waits::new();
+    slack::post_with(&webhook(&stub), &message, &recorded(&waits)).await.unwrap();
+    assert_eq!(waits.recorded(), [Duration::from_secs(7)]);
     assert_eq!(stub.messages().len(), 1);
+
+    // Without Retry-After, the backoff.
+    let stub = SlackStub::start();
+    stub.fail_next(429, &[], r#"{"ok":false,"error":"ratelimited"}"#);
+    let waits = Waits::new();
+    slack::post_with(&bot(&stub), &message, &recorded(&waits)).await.unwrap();
+    assert_eq!(waits.recorded(), [Duration::from_secs(1)]);
 }
 
 #[tokio::test]
@@ -333,8 +375,10 @@ async fn a_rate_limit_longer_than_allowed_fails_at_once() {
     let stub = SlackStub::start();
     stub.fail_next(429, &[("retry-after", "3600")], r#"{"ok":false,"error":"ratelimited"}"#);
     let message = slack::message(&promote(), &cost(), &links(), None);
-    let err = slack::post_with(&bot(&stub), &message, &fast()).await.unwrap_err();
+    let waits = Waits::new();
+    let err = slack::post_with(&bot(&stub), &message, &recorded(&waits)).await.unwrap_err();
     assert!(matches!(err, SlackError::RateLimited { attempts: 1, retry_after: Some(d), .. } if d.as_secs() == 3600));
+    assert_eq!(waits.recorded(), Vec::<Duration>::new(), "nothing was waited for");
     assert!(err.to_string().contains("3600s"), "{err}");
     assert_eq!(stub.received().len(), 1);
 }
@@ -441,9 +485,8 @@ async fn secrets_never_appear_in_errors_logs_or_debug_output() {
     }
 
     // A webhook nobody answers: the connection error names no path.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let down = ClosingPort::start();
+    let port = down.port();
     let unreachable = SlackTarget::webhook(Secret::new(format!(
         "http://127.0.0.1:{port}/services/T00000000/B00000000/{secret_path}"
     )));

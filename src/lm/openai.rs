@@ -8,8 +8,13 @@
 //! The API key is a secret: it is sent only in the `Authorization` header and
 //! never appears in `Debug` output, in [`LanguageModel::describe`], or in error
 //! messages (a server echoing it back gets it redacted).
+//!
+//! The waits between attempts and each attempt's time limit go through a
+//! [`Sleeper`]: tokio's timer, unless a test hands in one that records them.
 
 use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -93,6 +98,44 @@ impl fmt::Debug for OpenAiConfig {
     }
 }
 
+/// How a client waits: tokio's timer by default. A test substitutes one that
+/// records each wait and returns at once, so retries after a backoff or a
+/// Retry-After are checked without the clock.
+#[derive(Clone)]
+pub struct Sleeper(Arc<dyn Fn(Duration) -> futures::future::BoxFuture<'static, ()> + Send + Sync>);
+
+impl Sleeper {
+    /// Waits with `sleep`: it is handed each duration and its future awaited.
+    pub fn new<F, Fut>(sleep: F) -> Self
+    where
+        F: Fn(Duration) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Sleeper(Arc::new(move |duration| Box::pin(sleep(duration))))
+    }
+
+    /// Real time, through tokio's timer.
+    pub fn tokio() -> Self {
+        Self::new(tokio::time::sleep)
+    }
+
+    pub async fn sleep(&self, duration: Duration) {
+        (self.0)(duration).await
+    }
+}
+
+impl Default for Sleeper {
+    fn default() -> Self {
+        Self::tokio()
+    }
+}
+
+impl fmt::Debug for Sleeper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Sleeper")
+    }
+}
+
 /// A [`LanguageModel`] served by an OpenAI-compatible endpoint.
 pub struct OpenAiClient {
     config: OpenAiConfig,
@@ -102,6 +145,7 @@ pub struct OpenAiClient {
     /// The base URL without credentials: what error messages and `describe` show.
     endpoint: String,
     timeout: Duration,
+    sleeper: Sleeper,
 }
 
 impl fmt::Debug for OpenAiClient {
@@ -142,7 +186,14 @@ impl OpenAiClient {
             .connect_timeout(timeout)
             .build()
             .map_err(|e| anyhow::anyhow!("cannot set up the HTTP client: {e}"))?;
-        Ok(Self { config, http, url, endpoint, timeout })
+        Ok(Self { config, http, url, endpoint, timeout, sleeper: Sleeper::default() })
+    }
+
+    /// The same client, waiting (between attempts, and for an attempt's time
+    /// limit) with `sleeper`.
+    pub fn with_sleeper(mut self, sleeper: Sleeper) -> Self {
+        self.sleeper = sleeper;
+        self
     }
 
     pub fn config(&self) -> &OpenAiConfig {
@@ -187,9 +238,9 @@ impl OpenAiClient {
 
     /// One HTTP exchange, bounded by the timeout.
     async fn attempt(&self, body: &Value) -> Result<LmResponse, LmError> {
-        match tokio::time::timeout(self.timeout, self.exchange(body)).await {
-            Ok(result) => result,
-            Err(_) => Err(self.timeout_error()),
+        tokio::select! {
+            result = self.exchange(body) => result,
+            () = self.sleeper.sleep(self.timeout) => Err(self.timeout_error()),
         }
     }
 
@@ -341,7 +392,7 @@ impl LanguageModel for OpenAiClient {
                 "{error}; retrying in {:.2}s",
                 delay.as_secs_f64()
             );
-            tokio::time::sleep(delay).await;
+            self.sleeper.sleep(delay).await;
         }
     }
 }

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Secret;
+use crate::lm::openai::Sleeper;
 
 /// github.com's REST API root.
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
@@ -46,6 +47,8 @@ pub struct GitHubConfig {
     pub server_error_retries: u32,
     /// The wait before the first retry after a 5xx; doubled for each further one.
     pub retry_delay: Duration,
+    /// How the waits (rate limits, retries) are waited: tokio's timer unless a test records them.
+    pub sleeper: Sleeper,
 }
 
 impl GitHubConfig {
@@ -59,6 +62,7 @@ impl GitHubConfig {
             max_rate_limit_wait: Duration::from_secs(15 * 60),
             server_error_retries: 2,
             retry_delay: Duration::from_secs(1),
+            sleeper: Sleeper::default(),
         }
     }
 
@@ -402,7 +406,7 @@ impl<'a> Client<'a> {
                         seconds(delay)
                     ));
                     tracing::warn!(status, %message, "creating the pull request failed; retrying");
-                    tokio::time::sleep(delay).await;
+                    self.config.sleeper.sleep(delay).await;
                 }
                 Err(e) => return Err(e),
                 Ok(pull) => return Ok((pull, PullRequestAction::Created, Vec::new())),
@@ -554,7 +558,7 @@ impl<'a> Client<'a> {
                     call.action,
                     seconds(delay)
                 ));
-                tokio::time::sleep(delay).await;
+                self.config.sleeper.sleep(delay).await;
                 continue;
             }
             return Err(self.error(call, path, status, &headers, message, server_errors + 1));
@@ -582,7 +586,7 @@ impl<'a> Client<'a> {
         );
         tracing::warn!("{note}");
         self.notes.push(note);
-        tokio::time::sleep(limit.wait).await;
+        self.config.sleeper.sleep(limit.wait).await;
         Ok(())
     }
 

@@ -17,11 +17,13 @@
 use std::time::Duration;
 
 use reqwest::Url;
-use slack_morphism::errors::SlackClientError;
+use serde::Deserialize;
+use slack_morphism::errors::{SlackClientApiError, SlackClientError};
 use slack_morphism::prelude::*;
 
 use super::Secret;
 use crate::eval::gate::Decision;
+use crate::lm::openai::Sleeper;
 use crate::report::{Cost, Headline};
 
 /// Slack's Web API; GovSlack and tests point [`SlackTarget::Bot`] elsewhere.
@@ -351,12 +353,26 @@ impl SlackTarget {
 /// What Slack said when the message landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Posted {
-    /// The channel's ID and the message's timestamp (its ID within the channel).
+    /// The channel's ID and the message's timestamp (its ID within the channel), as far as
+    /// Slack's answer gave them: `ok: true` is what says the message landed.
     Bot {
-        channel: String,
-        ts: String,
+        channel: Option<String>,
+        ts: Option<String>,
     },
     Webhook,
+}
+
+/// The part of `chat.postMessage`'s answer promptloop reads; whatever else Slack sends
+/// (the posted `message`, warnings, metadata) is ignored.
+#[derive(Debug, Deserialize)]
+struct PostMessageAnswer {
+    ok: bool,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    ts: Option<String>,
 }
 
 /// How hard to try before giving up.
@@ -370,6 +386,8 @@ pub struct Retry {
     pub max_wait: Duration,
     /// One try's limit.
     pub timeout: Duration,
+    /// How the waits between tries are waited: tokio's timer unless a test records them.
+    pub sleeper: Sleeper,
 }
 
 impl Default for Retry {
@@ -379,6 +397,7 @@ impl Default for Retry {
             backoff: Duration::from_secs(1),
             max_wait: Duration::from_secs(60),
             timeout: Duration::from_secs(30),
+            sleeper: Sleeper::default(),
         }
     }
 }
@@ -456,7 +475,7 @@ pub async fn post_with(target: &SlackTarget, message: &SlackMessage, retry: &Ret
                 wait
             }
         };
-        tokio::time::sleep(wait).await;
+        retry.sleeper.sleep(wait).await;
     }
 }
 
@@ -510,8 +529,16 @@ async fn send(client: &Client, target: &SlackTarget, message: &SlackMessage) -> 
         SlackTarget::Bot { token, channel, .. } => {
             let token = SlackApiToken::new(SlackApiTokenValue(token.expose().to_string()));
             let request = SlackApiChatPostMessageRequest::new(SlackChannelId(channel.clone()), message.content());
-            let response = client.open_session(&token).chat_post_message(&request).await?;
-            Ok(Posted::Bot { channel: response.channel.0, ts: response.ts.0 })
+            // Decoded here rather than as slack-morphism's full response, which requires fields
+            // (the posted `message`) that a successful answer need not carry.
+            let answer: PostMessageAnswer =
+                client.open_session(&token).http_session_api.http_post("chat.postMessage", &request, None).await?;
+            match (answer.ok, answer.error) {
+                (true, _) => Ok(Posted::Bot { channel: answer.channel, ts: answer.ts }),
+                (false, error) => Err(SlackClientError::ApiError(SlackClientApiError::new(
+                    error.unwrap_or_else(|| "ok_false_without_error".to_string()),
+                ))),
+            }
         }
         SlackTarget::Webhook { url } => {
             let url = Url::parse(url.expose()).expect("checked when the client was built");

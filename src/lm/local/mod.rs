@@ -6,6 +6,10 @@
 //! instructions and demos over many inputs) compute that prefix once. With a
 //! reply template and constrained decoding on, replies follow the template's
 //! segments by construction.
+//!
+//! A generation can be stopped: [`Cancel`] is checked before each token is
+//! computed, and the async [`LanguageModel::complete`] sets it when its future
+//! is dropped, so a caller that gives up stops the work it asked for.
 
 pub mod constrain;
 pub mod gguf_model;
@@ -14,7 +18,8 @@ pub mod kernels;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use async_trait::async_trait;
@@ -51,6 +56,83 @@ impl Default for LocalOptions {
     }
 }
 
+/// Asks a generation to stop. Once set, the generation ends before it computes
+/// its next token, with an error saying it was cancelled.
+#[derive(Clone, Default)]
+pub struct Cancel(Arc<(Mutex<bool>, Condvar)>);
+
+impl Cancel {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn cancel(&self) {
+        let (set, changed) = &*self.0;
+        *set.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        changed.notify_all();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        *self.0.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Blocks until cancelled or `timeout` has passed; whether it was cancelled.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let (set, changed) = &*self.0;
+        let guard = set.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = changed.wait_timeout_while(guard, timeout, |set| !*set).unwrap_or_else(|p| p.into_inner());
+        *guard
+    }
+
+    /// A guard that cancels when dropped, unless [`CancelOnDrop::disarm`]ed first.
+    pub fn on_drop(&self) -> CancelOnDrop {
+        CancelOnDrop(Some(self.clone()))
+    }
+}
+
+impl std::fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Cancel").field(&self.is_cancelled()).finish()
+    }
+}
+
+/// Cancels its [`Cancel`] when dropped: held by whatever waits for a
+/// generation, so that giving up the wait stops the generation.
+#[must_use = "dropping the guard cancels at once"]
+pub struct CancelOnDrop(Option<Cancel>);
+
+impl CancelOnDrop {
+    /// The wait ended normally: dropping the guard no longer cancels.
+    pub fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.0.take() {
+            cancel.cancel();
+        }
+    }
+}
+
+/// Called before each token a generation computes, with the number of reply
+/// tokens produced so far (0 at the first) and the generation's [`Cancel`]:
+/// lets a test watch, or hold, a generation between tokens.
+pub type StepHook = Arc<dyn Fn(usize, &Cancel) + Send + Sync>;
+
+/// The error a cancelled generation ends with.
+#[derive(Debug)]
+struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the generation was cancelled")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
 /// The embedded model. One generation runs at a time; concurrent calls queue.
 pub struct LocalEngine {
     inner: Arc<Mutex<Engine>>,
@@ -63,6 +145,9 @@ struct Engine {
     model: LlamaModel,
     tokenizer: Arc<Tokenizer>,
     constrained: bool,
+    /// The current generation's cancellation.
+    cancel: Cancel,
+    hook: Option<StepHook>,
 }
 
 impl LocalEngine {
@@ -110,6 +195,8 @@ impl LocalEngine {
                 model,
                 tokenizer: tokenizer.clone(),
                 constrained: options.constrained,
+                cancel: Cancel::new(),
+                hook: None,
             })),
             tokenizer,
             description,
@@ -148,7 +235,24 @@ impl LocalEngine {
 
     /// Runs one request on the calling thread.
     pub fn complete_blocking(&self, request: &LmRequest) -> Result<LmResponse, LmError> {
-        let mut engine = match self.inner.lock() {
+        self.complete_blocking_cancellable(request, &Cancel::new())
+    }
+
+    /// Runs one request on the calling thread until it ends or `cancel` is set
+    /// (checked before each token; a cancelled request is an error).
+    pub fn complete_blocking_cancellable(&self, request: &LmRequest, cancel: &Cancel) -> Result<LmResponse, LmError> {
+        let mut engine = self.lock();
+        engine.cancel = cancel.clone();
+        engine.generate(request)
+    }
+
+    /// Installs (or with `None` removes) the hook called before each token.
+    pub fn set_step_hook(&self, hook: Option<StepHook>) {
+        self.lock().hook = hook;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Engine> {
+        match self.inner.lock() {
             Ok(guard) => guard,
             Err(poisoned) => {
                 // A panic mid-generation may have left the cache half-written.
@@ -156,8 +260,7 @@ impl LocalEngine {
                 guard.model.clear();
                 guard
             }
-        };
-        engine.generate(request)
+        }
     }
 }
 
@@ -174,9 +277,14 @@ impl LanguageModel for LocalEngine {
         let context = self.context;
         let request = request.clone();
         let worker = LocalEngine { inner, tokenizer, description, context };
-        tokio::task::spawn_blocking(move || worker.complete_blocking(&request))
+        // Dropping this future (the caller gave up) stops the generation at its next token.
+        let cancel = Cancel::new();
+        let guard = cancel.on_drop();
+        let result = tokio::task::spawn_blocking(move || worker.complete_blocking_cancellable(&request, &cancel))
             .await
-            .map_err(|e| LmError::Engine(format!("the embedded model's worker failed: {e}")))?
+            .map_err(|e| LmError::Engine(format!("the embedded model's worker failed: {e}")))?;
+        guard.disarm();
+        result
     }
 }
 
@@ -378,7 +486,13 @@ impl Engine {
             Some(t) => self.run_template(&tokenizer, request, &mut reply, &mut sampler, Constraint::new(t)),
             None => self.run_free(&tokenizer, request, &mut reply, &mut sampler),
         }
-        .map_err(|e| LmError::Engine(format!("embedded model: {e:#}")))?;
+        .map_err(|e| match e.downcast_ref::<Cancelled>() {
+            Some(cancelled) => {
+                tracing::debug!(produced = reply.produced, "embedded model: generation cancelled");
+                LmError::Engine(format!("embedded model: {cancelled}"))
+            }
+            None => LmError::Engine(format!("embedded model: {e:#}")),
+        })?;
 
         let mut bytes = reply.bytes;
         let finish = match find_stop(&bytes, &request.stop, 0) {
@@ -395,6 +509,18 @@ impl Engine {
         })
     }
 
+    /// The model's scores for the token after `reply`, unless the generation
+    /// was cancelled (the step hook is called first).
+    fn next_logits(&mut self, reply: &Reply) -> Result<Vec<f32>> {
+        if let Some(hook) = &self.hook {
+            hook(reply.produced, &self.cancel);
+        }
+        if self.cancel.is_cancelled() {
+            return Err(Cancelled.into());
+        }
+        self.model.logits_after(&reply.seq)
+    }
+
     /// Unconstrained decoding: until end of turn, a stop string, or the budget.
     fn run_free(
         &mut self,
@@ -407,7 +533,7 @@ impl Engine {
             if reply.out_of_budget() {
                 return Ok("length");
             }
-            let logits = self.model.logits_after(&reply.seq)?;
+            let logits = self.next_logits(reply)?;
             let Some(Pick::Token(token)) = sampler.pick(&logits, |_| true, None) else {
                 return Ok("stop");
             };
@@ -474,7 +600,7 @@ impl Engine {
             if reply.out_of_budget() {
                 return Ok("length");
             }
-            let logits = self.model.logits_after(&reply.seq)?;
+            let logits = self.next_logits(reply)?;
             let pick = if is_text {
                 sampler.pick(
                     &logits,
