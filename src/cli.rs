@@ -182,6 +182,13 @@ pub struct ServeArgs {
     /// The model's name in /v1/models and in replies.
     #[arg(long, default_value = "smollm2")]
     pub model_id: String,
+    /// Most requests waiting behind the one being generated; one more gets 503 with Retry-After.
+    #[arg(long, default_value_t = 32)]
+    pub max_queue: usize,
+    /// A host name accepted in the Host header besides localhost, loopback addresses and the
+    /// listening address (a proxy's or the machine's name); repeat for more.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Cli {
@@ -431,7 +438,12 @@ async fn serve(root: &std::path::Path, args: ServeArgs) -> Result<()> {
             "listening on {local}, which is not a loopback address: anyone who can reach it can use the model"
         );
     }
-    let serve_options = crate::serve::ServeOptions { model_id: args.model_id, ..Default::default() };
+    let serve_options = crate::serve::ServeOptions {
+        model_id: args.model_id,
+        max_queue: args.max_queue,
+        allowed_hosts: args.allowed_hosts,
+        ..Default::default()
+    };
     println!("listening on http://{local}/v1");
     std::io::stdout().flush()?;
     // The first Ctrl-C or SIGTERM stops taking requests and lets those in

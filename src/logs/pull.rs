@@ -133,6 +133,10 @@ pub struct PullReport {
     pub added: BTreeMap<Split, usize>,
     pub inbox_added: usize,
     pub promoted: usize,
+    /// New records left out because their dataset line would pass the
+    /// dataset's line limit (`MAX_EXAMPLE_LINE_BYTES`).
+    #[serde(default)]
+    pub too_long: usize,
     pub examples: usize,
     pub inbox: usize,
     pub content_hash: String,
@@ -273,8 +277,9 @@ fn pull_blocking(request: PullRequest, runtime: tokio::runtime::Handle) -> Resul
         report.examples = snapshot.examples.len() + new_examples.len();
         report.inbox = snapshot.inbox.len() + new_inbox.len();
     } else {
-        let MergeOutcome { added, promoted, inbox_added, manifest, .. } =
+        let MergeOutcome { added, promoted, inbox_added, too_long, manifest } =
             store.merge(&snapshot, &new_examples, &new_inbox, until)?;
+        report.too_long = too_long;
         report.added = added;
         report.promoted = promoted;
         report.inbox_added = inbox_added;
@@ -702,6 +707,14 @@ impl std::fmt::Display for PullReport {
         let verb = if self.dry_run { "would add" } else { "added" };
         writeln!(f, "  {verb:<12} {}", join_counts(self.added.iter().map(|(s, n)| (s.name(), *n as u64))))?;
         writeln!(f, "  inbox        {} new, {} promoted to examples by a person", self.inbox_added, self.promoted)?;
+        if self.too_long > 0 {
+            writeln!(
+                f,
+                "  left out     {} records longer than a dataset line may be ({} KiB)",
+                self.too_long,
+                crate::dataset::MAX_EXAMPLE_LINE_BYTES / 1024
+            )?;
+        }
         write!(f, "  dataset      {} examples, {} in the inbox", self.examples, self.inbox)?;
         if self.dry_run {
             write!(f, " (dry run: nothing written)")?;
@@ -718,4 +731,17 @@ fn join_counts<'a>(counts: impl Iterator<Item = (&'a str, u64)>) -> String {
 fn breakdown<'a>(counts: impl Iterator<Item = (&'a str, u64)>) -> String {
     let parts: Vec<String> = counts.filter(|(_, v)| *v > 0).map(|(k, v)| format!("{k} {v}")).collect();
     if parts.is_empty() { String::new() } else { format!(" ({})", parts.join(", ")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_left_out_for_their_length_are_said_only_when_there_are_some() {
+        let mut report = PullReport { until: DateTime::<Utc>::UNIX_EPOCH, ..Default::default() };
+        assert!(!report.to_string().contains("left out"), "{report}");
+        report.too_long = 2;
+        assert!(report.to_string().contains("left out     2 records longer than a dataset line may be (1024 KiB)"), "{report}");
+    }
 }
