@@ -742,6 +742,9 @@ mod tests {
         let mut report = PullReport { until: DateTime::<Utc>::UNIX_EPOCH, ..Default::default() };
         assert!(!report.to_string().contains("left out"), "{report}");
         report.too_long = 2;
-        assert!(report.to_string().contains("left out     2 records longer than a dataset line may be (1024 KiB)"), "{report}");
+        assert!(
+            report.to_string().contains("left out     2 records longer than a dataset line may be (1024 KiB)"),
+            "{report}"
+        );
     }
 }
