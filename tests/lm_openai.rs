@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use closing_port::ClosingPort;
-use promptloop::lm::openai::{OpenAiClient, OpenAiConfig, SchemaStyle, Sleeper};
+use promptloop::clock::Sleeper;
+use promptloop::lm::openai::{OpenAiClient, OpenAiConfig, SchemaStyle};
 use promptloop::lm::{ChatMessage, LanguageModel, LmError, LmRequest, LmResponse, Role, TokenUsage};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

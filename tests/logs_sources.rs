@@ -9,12 +9,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use object_store::ObjectStore;
+use promptloop::clock::Sleeper;
 use promptloop::config::{FormatConfig, HttpSource, LogFormat, Paging, S3Source, SourceConfig, SourceLocation};
 use promptloop::logs::sources::{self, LineEvent, LineProblem, Lines, SourceError, Window};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -112,6 +113,8 @@ fn all_time() -> Window {
 struct Pull {
     units: Vec<(String, Vec<LineEvent>)>,
     error: Option<anyhow::Error>,
+    /// What the source asked to wait between tries.
+    waits: Vec<Duration>,
 }
 
 impl Pull {
@@ -142,9 +145,22 @@ impl Pull {
 
 /// Pulls everything, as the lead's pull does: from a blocking thread, with
 /// the async clients on `runtime`.
+/// The waits between tries are recorded in `Pull::waits`, not waited.
 fn pull(config: &SourceConfig, window: &Window, runtime: &Runtime) -> Pull {
+    let waits = Arc::new(Mutex::new(Vec::new()));
+    let recorded = waits.clone();
+    let sleeper = Sleeper::new(move |wait| {
+        recorded.lock().unwrap().push(wait);
+        std::future::ready(())
+    });
+    let mut pulled = pull_with(config, window, runtime, sleeper);
+    pulled.waits = waits.lock().unwrap().clone();
+    pulled
+}
+
+fn pull_with(config: &SourceConfig, window: &Window, runtime: &Runtime, sleeper: Sleeper) -> Pull {
     let mut pulled = Pull::default();
-    let units = match sources::open(config, window, runtime.handle().clone()) {
+    let units = match sources::open(config, window, runtime.handle().clone(), sleeper) {
         Ok(units) => units,
         Err(error) => {
             pulled.error = Some(error);
@@ -590,11 +606,13 @@ fn http_retries_a_server_error_before_the_body_then_gives_up_with_the_status() {
     assert!(pulled.error.is_none(), "{:?}", pulled.error);
     assert_eq!(pulled.texts(), ["{\"n\":1}"]);
     assert_eq!(server.requests().len(), 2);
+    assert_eq!(pulled.waits, [Duration::from_millis(250)]);
 
     let pulled = pull(&http(&format!("{}/down", server.base), None, Paging::None), &all_time(), &runtime);
     let error = pulled.error_text();
     assert!(error.contains("503") && error.contains("after 3 attempts"), "{error}");
     assert_eq!(server.requests().len(), 5);
+    assert_eq!(pulled.waits, [Duration::from_millis(250), Duration::from_millis(500)], "backoff doubles");
 }
 
 #[test]
@@ -608,6 +626,7 @@ fn http_waits_as_long_as_retry_after_asks_within_reason() {
     let pulled = pull(&http(&format!("{}/limited", server.base), None, Paging::None), &all_time(), &runtime);
     assert!(pulled.error.is_none(), "{:?}", pulled.error);
     assert_eq!(server.requests().len(), 2);
+    assert_eq!(pulled.waits, [Duration::ZERO], "Retry-After: 0 is taken as asked");
 
     // An hour's wait ends the pull at once instead of holding the run.
     let pulled = pull(&http(&format!("{}/maintenance", server.base), None, Paging::None), &all_time(), &runtime);
@@ -743,12 +762,20 @@ fn http_a_complete_body_holding_a_truncated_gzip_is_bad_input_not_a_failure() {
 #[test]
 fn http_a_connection_refused_is_retried_then_reported() {
     let runtime = runtime();
-    // A port that was free a moment ago: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A port bound for the whole test but not listening: connections are
+    // refused, and no other process can take the port meanwhile.
+    let socket = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        socket
+    });
+    let port = socket.local_addr().unwrap().port();
     let pulled = pull(&http(&format!("http://127.0.0.1:{port}/logs?key=v"), None, Paging::None), &all_time(), &runtime);
     let error = pulled.source_error();
     assert_eq!(error.unit(), format!("http://127.0.0.1:{port}/logs"));
     assert!(error.message().contains("cannot connect") && error.message().contains("after 3 attempts"), "{error}");
+    assert_eq!(pulled.waits.len(), 2);
+    drop(socket);
 }
 
 // ---------------------------------------------------------------------------
@@ -780,35 +807,40 @@ fn moto_python() -> PathBuf {
     venv
 }
 
+/// Starts moto on a port it picks itself (no port is bound, dropped and
+/// handed over), and reads the port from the line it prints once it listens:
+/// no polling. The rest of its output goes to `moto.log`.
 fn start_moto(log_dir: &Path) -> Moto {
+    use std::io::BufRead;
     let python = moto_python();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let log_path = log_dir.join("moto.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(&python)
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+    let mut child = Command::new(&python)
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", "0"])
         .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|error| panic!("cannot start moto with {}: {error}", python.display()));
-    let mut moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
-    // Poll until it accepts connections (a guard against hanging, not a timing assertion).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(status) = moto.child.try_wait().unwrap() {
-            panic!("moto exited ({status}): {}", std::fs::read_to_string(&log_path).unwrap_or_default());
+    let mut output = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let endpoint = loop {
+        let mut line = String::new();
+        if output.read_line(&mut line).unwrap() == 0 {
+            let status = child.wait().unwrap();
+            panic!("moto exited ({status}) before it listened: {seen}");
         }
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return moto;
+        seen.push_str(&line);
+        if let Some(at) = line.find("Running on http://127.0.0.1:") {
+            break line[at + "Running on ".len()..].trim().to_string();
         }
-        assert!(
-            Instant::now() < deadline,
-            "moto did not listen on {port}: {}",
-            std::fs::read_to_string(&log_path).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    // Keep draining its output, so moto never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut log = std::fs::File::create(&log_path).unwrap();
+        let _ = log.write_all(seen.as_bytes());
+        let _ = std::io::copy(&mut output, &mut log);
+    });
+    Moto { child, endpoint }
 }
 
 fn s3(endpoint: &str, bucket: &str, prefix: &str) -> SourceConfig {

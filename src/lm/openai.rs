@@ -10,11 +10,9 @@
 //! messages (a server echoing it back gets it redacted).
 //!
 //! The waits between attempts and each attempt's time limit go through a
-//! [`Sleeper`]: tokio's timer, unless a test hands in one that records them.
+//! [`Sleeper`](crate::clock::Sleeper): tokio's timer, unless a test hands in one that records them.
 
 use std::fmt;
-use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -24,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{LanguageModel, LmDescription, LmError, LmRequest, LmResponse, TokenUsage};
+use crate::clock::Sleeper;
 
 /// The longest Retry-After we are willing to wait, whatever the server asks.
 const MAX_RETRY_AFTER_SECS: f64 = 60.0;
@@ -95,44 +94,6 @@ impl fmt::Debug for OpenAiConfig {
             .field("max_backoff_ms", &self.max_backoff_ms)
             .field("schema_style", &self.schema_style)
             .finish()
-    }
-}
-
-/// How a client waits: tokio's timer by default. A test substitutes one that
-/// records each wait and returns at once, so retries after a backoff or a
-/// Retry-After are checked without the clock.
-#[derive(Clone)]
-pub struct Sleeper(Arc<dyn Fn(Duration) -> futures::future::BoxFuture<'static, ()> + Send + Sync>);
-
-impl Sleeper {
-    /// Waits with `sleep`: it is handed each duration and its future awaited.
-    pub fn new<F, Fut>(sleep: F) -> Self
-    where
-        F: Fn(Duration) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        Sleeper(Arc::new(move |duration| Box::pin(sleep(duration))))
-    }
-
-    /// Real time, through tokio's timer.
-    pub fn tokio() -> Self {
-        Self::new(tokio::time::sleep)
-    }
-
-    pub async fn sleep(&self, duration: Duration) {
-        (self.0)(duration).await
-    }
-}
-
-impl Default for Sleeper {
-    fn default() -> Self {
-        Self::tokio()
-    }
-}
-
-impl fmt::Debug for Sleeper {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Sleeper")
     }
 }
 

@@ -351,7 +351,7 @@ fn read_source(
         indicatif::ProgressStyle::with_template("{spinner} {msg} {pos} records ({per_sec})").expect("valid template"),
     );
     progress.set_message("pulling");
-    let mut units = open(source, window, runtime)?;
+    let mut units = open(source, window, runtime, crate::clock::Sleeper::default())?;
     let mut batch: Vec<(usize, u64, String)> = Vec::with_capacity(BATCH_LINES);
     let mut names: Vec<String> = Vec::new();
     while let Some(unit) = units.next().transpose()? {

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Secret;
-use crate::lm::openai::Sleeper;
+use crate::clock::Sleeper;
 
 /// github.com's REST API root.
 pub const DEFAULT_API_URL: &str = "https://api.github.com";

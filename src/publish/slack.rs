@@ -22,8 +22,8 @@ use slack_morphism::errors::{SlackClientApiError, SlackClientError};
 use slack_morphism::prelude::*;
 
 use super::Secret;
+use crate::clock::Sleeper;
 use crate::eval::gate::Decision;
-use crate::lm::openai::Sleeper;
 use crate::report::{Cost, Headline};
 
 /// Slack's Web API; GovSlack and tests point [`SlackTarget::Bot`] elsewhere.

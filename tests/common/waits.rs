@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use promptloop::lm::openai::Sleeper;
+use promptloop::clock::Sleeper;
 
 #[derive(Clone, Default)]
 pub struct Waits(Arc<Mutex<Vec<Duration>>>);

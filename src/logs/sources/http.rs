@@ -11,6 +11,7 @@ use reqwest::{StatusCode, Url};
 use tokio::runtime::Handle;
 
 use super::{SourceError, SourceUnit, Window, body_channel, decoded, pump};
+use crate::clock::Sleeper;
 use crate::config::{HttpSource, Paging};
 
 /// Attempts at one page before giving up, for connection errors, timeouts,
@@ -48,10 +49,12 @@ pub(super) struct HttpPages {
     requested: HashSet<Url>,
     /// An error found in a page's headers, reported after that page's body.
     pending_error: Option<SourceError>,
+    /// Waits between tries.
+    sleeper: Sleeper,
 }
 
 impl HttpPages {
-    pub(super) fn open(config: &HttpSource, window: &Window, runtime: Handle) -> Result<Self> {
+    pub(super) fn open(config: &HttpSource, window: &Window, runtime: Handle, sleeper: Sleeper) -> Result<Self> {
         let mut first_url = Url::parse(&config.url).map_err(|error| {
             anyhow::anyhow!("source.url is not a valid URL ({error}); write it as https://host/path")
         })?;
@@ -87,6 +90,7 @@ impl HttpPages {
             first_url,
             page: 0,
             pending_error: None,
+            sleeper,
         })
     }
 
@@ -103,7 +107,7 @@ impl HttpPages {
         for attempt in 1..=ATTEMPTS {
             if attempt > 1 {
                 let backoff = FIRST_BACKOFF * 2u32.pow(attempt - 2);
-                tokio::time::sleep(asked_wait.take().unwrap_or(backoff)).await;
+                self.sleeper.sleep(asked_wait.take().unwrap_or(backoff)).await;
             }
             let mut request =
                 self.client.get(url.clone()).header(ACCEPT, "application/x-ndjson, application/jsonl, */*;q=0.5");

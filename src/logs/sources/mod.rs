@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 pub use lines::{LineEvent, LineProblem, Lines};
 
+use crate::clock::Sleeper;
 use crate::config::{SourceConfig, SourceLocation};
 
 /// The time range one pull reads.
@@ -101,10 +102,13 @@ impl Iterator for Units {
 /// HTTP and S3 clients run on `runtime`, and their bytes reach the units'
 /// readers through a bounded channel, so memory stays bounded whatever the
 /// size of a page or an object.
-pub fn open(config: &SourceConfig, window: &Window, runtime: Handle) -> Result<Units> {
+/// An HTTP source waits between tries through `sleeper`.
+pub fn open(config: &SourceConfig, window: &Window, runtime: Handle, sleeper: Sleeper) -> Result<Units> {
     let inner = match &config.location {
         SourceLocation::Files { patterns } => UnitsInner::Files(files::FileUnits::open(patterns)?),
-        SourceLocation::Http(http) => UnitsInner::Http(Box::new(http::HttpPages::open(http, window, runtime)?)),
+        SourceLocation::Http(http) => {
+            UnitsInner::Http(Box::new(http::HttpPages::open(http, window, runtime, sleeper)?))
+        }
         SourceLocation::S3(s3) => UnitsInner::S3(Box::new(s3::S3Objects::open(s3, window, runtime)?)),
     };
     Ok(Units { inner })
