@@ -10,39 +10,9 @@ use promptloop::logs::anonymize::anonymous_id;
 use promptloop::logs::pull::{PullRequest, Since, pull};
 use serde_json::{Value, json};
 
-const PIPELINE: &str = r#"
-name = "triage"
-seed = 7
-
-[lm]
-provider = "embedded"
-model = "model.gguf"
-
-[dataset]
-path = "datasets/triage/examples.jsonl"
-
-[source]
-kind = "files"
-paths = ["logs/*.jsonl"]
-
-[signatures.triage]
-instructions = "Route the message."
-[signatures.triage.inputs]
-message = { type = "string" }
-[signatures.triage.outputs]
-queue = { type = "enum", values = ["cards", "payments", "security", "transfers"] }
-
-[[program.predictors]]
-name = "route"
-signature = "triage"
-
-[metric]
-kind = "exact_match"
-fields = ["queue"]
-
-[optimizer]
-kind = "none"
-"#;
+#[path = "common/pull_pipeline.rs"]
+mod pull_pipeline;
+use pull_pipeline::PULL_PIPELINE as PIPELINE;
 
 const EMAIL_ID: &str = "jane.doe@example.com";
 const KEY_ID: &str = "sk-proj-Q7vX2mN9pL4kR8tY1wZ6bC3dF5gH0jAs";

@@ -14,39 +14,9 @@ use promptloop::logs::pull::{PullReport, PullRequest, Since, pull};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-const PIPELINE: &str = r#"
-name = "triage"
-seed = 7
-
-[lm]
-provider = "embedded"
-model = "model.gguf"
-
-[dataset]
-path = "datasets/triage/examples.jsonl"
-
-[source]
-kind = "files"
-paths = ["logs/*.jsonl*"]
-
-[signatures.triage]
-instructions = "Route the message."
-[signatures.triage.inputs]
-message = { type = "string" }
-[signatures.triage.outputs]
-queue = { type = "enum", values = ["cards", "payments", "security", "transfers"] }
-
-[[program.predictors]]
-name = "route"
-signature = "triage"
-
-[metric]
-kind = "exact_match"
-fields = ["queue"]
-
-[optimizer]
-kind = "none"
-"#;
+#[path = "common/pull_pipeline.rs"]
+mod pull_pipeline;
+use pull_pipeline::PULL_PIPELINE as PIPELINE;
 
 const SEED_EXAMPLES: &str = r#"{"id": "seed-1", "inputs": {"message": "How do I activate my new card?"}, "outputs": {"queue": "cards"}}
 {"id": "seed-2", "inputs": {"message": "Why is my transfer still pending after three days?"}, "outputs": {"queue": "transfers"}}
