@@ -377,7 +377,15 @@ async fn judge_five_point_scale_is_mapped_to_0_1() {
     let s = score(&metric, &support_example(), json!({"reply": "Sorry, 5 days."})).await.unwrap();
     assert_eq!(s.value, 0.75);
     let schema = &stub.bodies.lock().unwrap()[0]["response_format"]["json_schema"]["schema"];
-    assert_eq!(schema["properties"]["score"], json!({"type": "integer", "minimum": 1, "maximum": 5}), "{schema}");
+    assert_eq!(schema["properties"]["score"], json!({"enum": [1, 2, 3, 4, 5]}), "{schema}");
+}
+
+#[test]
+fn the_verdict_schemas_are_ones_the_embedded_grammar_enforces() {
+    for scale in [JudgeScale::Unit, JudgeScale::FivePoint] {
+        let judge = Judge { field: None, rubric: "r".into(), scale, lm: Err("none".into()), max_tokens: 64 };
+        promptloop::lm::local::constrain::validate_schema(&judge.verdict_schema()).unwrap();
+    }
 }
 
 #[tokio::test]

@@ -208,7 +208,9 @@ fn parse_verdict(stdout: &[u8]) -> Result<Score, String> {
     let verdict = match parsed {
         Ok(Value::Object(verdict)) => verdict,
         Ok(_) => {
-            return Err("printed JSON that is not an object; it must print {\"score\": x, \"feedback\": \"...\"}".into());
+            return Err(
+                "printed JSON that is not an object; it must print {\"score\": x, \"feedback\": \"...\"}".into()
+            );
         }
         Err(e) => {
             return Err(format!(

@@ -25,11 +25,14 @@ pub struct Judge {
 }
 
 impl Judge {
-    /// The JSON Schema of a verdict on this judge's scale.
+    /// The JSON Schema of a verdict on this judge's scale. Only keywords the
+    /// embedded model's grammar enforces (no `minimum`/`maximum`): a 0-1 score's
+    /// range is checked when the verdict is read, and a verdict out of it is
+    /// asked for again.
     pub fn verdict_schema(&self) -> Value {
         let score = match self.scale {
-            JudgeScale::Unit => json!({"type": "number", "minimum": 0, "maximum": 1}),
-            JudgeScale::FivePoint => json!({"type": "integer", "minimum": 1, "maximum": 5}),
+            JudgeScale::Unit => json!({"type": "number"}),
+            JudgeScale::FivePoint => json!({"enum": [1, 2, 3, 4, 5]}),
         };
         json!({
             "type": "object",
