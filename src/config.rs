@@ -453,17 +453,92 @@ pub enum MetricConfig {
     ExactMatch { fields: Vec<String> },
     /// SQuAD-style token F1 on one free-text field.
     TokenF1 { field: String },
+    /// A JSON value (an object, or a list of objects matched one to one)
+    /// compared key by key: F1 over the matched items.
+    JsonMatch {
+        field: String,
+        /// The field's JSON Schema from the signature, when it has one: the
+        /// keys it requires and their types.
+        schema: Option<Value>,
+        /// Weight per key (default 1 each).
+        weights: IndexMap<String, f64>,
+    },
+    /// An LM grades the prediction against a rubric.
+    Judge {
+        /// The output field judged; none: the whole prediction.
+        field: Option<String>,
+        rubric: String,
+        scale: JudgeScale,
+        /// `[metric.lm]`: the judge's own model.
+        #[serde(skip)]
+        lm: Box<LmConfig>,
+    },
+    /// A program reads the example and the prediction as JSON on stdin and
+    /// writes `{"score": x, "feedback": "..."}` on stdout.
+    Command {
+        /// The output field it scores, which must then be present; none: any.
+        field: Option<String>,
+        /// argv, run without a shell; a relative program path resolves from `dir`.
+        command: Vec<String>,
+        /// Where it runs: the pipeline's root (the repository root).
+        dir: PathBuf,
+        timeout_secs: f64,
+    },
+    /// The weighted mean of other metrics.
+    Weighted { parts: Vec<MetricPart> },
+}
+
+/// One part of a weighted metric.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MetricPart {
+    /// What its feedback is headed with (default: the metric's name).
+    pub name: Option<String>,
+    pub weight: f64,
+    pub metric: MetricConfig,
+}
+
+/// The scale a judge answers on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum JudgeScale {
+    /// A number from 0 to 1.
+    #[serde(rename = "0-1")]
+    Unit,
+    /// An integer from 1 to 5, mapped to 0, 0.25, ..., 1.
+    #[serde(rename = "1-5")]
+    FivePoint,
 }
 
 impl MetricConfig {
-    /// The output fields the metric scores.
+    /// The output fields the metric scores: every prediction must carry them,
+    /// and some example of the dataset must.
     pub fn fields(&self) -> Vec<&str> {
-        match self {
+        let mut fields: Vec<&str> = match self {
             MetricConfig::ExactMatch { fields } => fields.iter().map(String::as_str).collect(),
-            MetricConfig::TokenF1 { field } => vec![field.as_str()],
+            MetricConfig::TokenF1 { field } | MetricConfig::JsonMatch { field, .. } => vec![field.as_str()],
+            MetricConfig::Judge { field, .. } | MetricConfig::Command { field, .. } => {
+                field.iter().map(String::as_str).collect()
+            }
+            MetricConfig::Weighted { parts } => parts.iter().flat_map(|p| p.metric.fields()).collect(),
+        };
+        let mut seen = std::collections::HashSet::new();
+        fields.retain(|f| seen.insert(*f));
+        fields
+    }
+
+    /// The judges' LM tables, nested parts included.
+    pub fn judge_lms(&self) -> Vec<&LmConfig> {
+        match self {
+            MetricConfig::Judge { lm, .. } => vec![lm],
+            MetricConfig::Weighted { parts } => parts.iter().flat_map(|p| p.metric.judge_lms()).collect(),
+            _ => Vec::new(),
         }
     }
 }
+
+/// The longest a metric command may be given per example: an hour.
+pub const MAX_METRIC_COMMAND_SECS: f64 = 3600.0;
+/// A metric command's time limit unless `timeout_secs` says otherwise.
+pub const DEFAULT_METRIC_COMMAND_SECS: f64 = 30.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -872,6 +947,200 @@ struct RawMetric {
     fields: Vec<String>,
     #[serde(default)]
     field: Option<String>,
+    // json_match
+    #[serde(default)]
+    weights: Option<IndexMap<String, f64>>,
+    // judge
+    #[serde(default)]
+    rubric: Option<String>,
+    #[serde(default)]
+    scale: Option<String>,
+    #[serde(default)]
+    lm: Option<LmConfig>,
+    // command
+    #[serde(default)]
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    timeout_secs: Option<f64>,
+    // weighted, and its parts
+    #[serde(default)]
+    parts: Vec<RawMetric>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    weight: Option<f64>,
+}
+
+const METRIC_KINDS: &str = "exact_match, token_f1, json_match, judge, command or weighted";
+
+/// `[metric]` (or one of its `[[metric.parts]]`, at `key`) checked and
+/// resolved; errors are `(key, message)`.
+fn parse_metric(
+    raw: RawMetric,
+    key: &str,
+    root: &Path,
+    output_type: &dyn Fn(&str) -> Option<FieldType>,
+) -> std::result::Result<MetricConfig, (String, String)> {
+    let at = |sub: &str| format!("{key}.{sub}");
+    let fail = |k: String, m: String| Err((k, m));
+    let kind = raw.kind.as_str();
+    // Settings that belong to other kinds are refused rather than ignored.
+    let set: [(&str, bool, &[&str]); 9] = [
+        ("fields", !raw.fields.is_empty(), &["exact_match"]),
+        ("field", raw.field.is_some(), &["exact_match", "token_f1", "json_match", "judge", "command"]),
+        ("weights", raw.weights.is_some(), &["json_match"]),
+        ("rubric", raw.rubric.is_some(), &["judge"]),
+        ("scale", raw.scale.is_some(), &["judge"]),
+        ("lm", raw.lm.is_some(), &["judge"]),
+        ("command", raw.command.is_some(), &["command"]),
+        ("timeout_secs", raw.timeout_secs.is_some(), &["command"]),
+        ("parts", !raw.parts.is_empty(), &["weighted"]),
+    ];
+    let known = ["exact_match", "token_f1", "json_match", "judge", "command", "weighted"];
+    if !known.contains(&kind) {
+        return fail(at("kind"), format!("unknown metric `{kind}`; use {METRIC_KINDS}"));
+    }
+    for (name, is_set) in [("name", raw.name.is_some()), ("weight", raw.weight.is_some())] {
+        if is_set {
+            return fail(
+                at(name),
+                format!("`{name}` belongs to the parts of a weighted metric ([[metric.parts]]); remove it here"),
+            );
+        }
+    }
+    for (name, is_set, kinds) in set {
+        if is_set && !kinds.contains(&kind) {
+            return fail(
+                at(name),
+                format!(
+                    "`{name}` is not a setting of kind = \"{kind}\" (it belongs to {}); remove it",
+                    kinds.join(", ")
+                ),
+            );
+        }
+    }
+    let need_field = |example: &str| -> std::result::Result<String, (String, String)> {
+        match &raw.field {
+            Some(f) if !f.trim().is_empty() => Ok(f.clone()),
+            _ => Err((at("field"), format!("{kind} needs the output field it scores, e.g. field = \"{example}\""))),
+        }
+    };
+    Ok(match kind {
+        "exact_match" => {
+            let fields = if raw.fields.is_empty() { raw.field.into_iter().collect() } else { raw.fields };
+            if fields.is_empty() {
+                return fail(
+                    at("fields"),
+                    "exact_match needs the output fields to compare, e.g. fields = [\"label\"]".into(),
+                );
+            }
+            MetricConfig::ExactMatch { fields }
+        }
+        "token_f1" => MetricConfig::TokenF1 { field: need_field("answer")? },
+        "json_match" => {
+            let field = need_field("action_items")?;
+            let schema = match output_type(&field) {
+                Some(FieldType::Json { schema }) => Some(schema),
+                Some(FieldType::List { items }) => match *items {
+                    FieldType::Json { schema } => Some(serde_json::json!({"type": "array", "items": schema})),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let weights = raw.weights.unwrap_or_default();
+            for (k, w) in &weights {
+                if !(w.is_finite() && *w > 0.0) {
+                    return fail(
+                        at(&format!("weights.{k}")),
+                        format!("weight {w} must be a number above 0; leave the key out for the default 1"),
+                    );
+                }
+            }
+            MetricConfig::JsonMatch { field, schema, weights }
+        }
+        "judge" => {
+            let rubric = raw.rubric.unwrap_or_default();
+            if rubric.trim().is_empty() {
+                return fail(at("rubric"), "a judge needs the rubric it grades by, e.g. rubric = \"Score 1 when the reply answers the question and cites the policy\"".into());
+            }
+            let scale = match raw.scale.as_deref() {
+                None | Some("0-1") => JudgeScale::Unit,
+                Some("1-5") => JudgeScale::FivePoint,
+                Some(other) => {
+                    return fail(at("scale"), format!("unknown scale `{other}`; use \"0-1\" (the default) or \"1-5\""));
+                }
+            };
+            let Some(mut lm) = raw.lm else {
+                return fail(
+                    at("lm"),
+                    format!("a judge needs its own model: add a [{key}.lm] table, shaped like [lm]"),
+                );
+            };
+            let lm_key = at("lm");
+            validate_lm(&lm, &lm_key).map_err(|m| (lm_key.clone(), m))?;
+            if lm.provider == Provider::Embedded {
+                lm.model = root.join(&lm.model).to_string_lossy().into_owned();
+            }
+            MetricConfig::Judge { field: raw.field, rubric, scale, lm: Box::new(lm) }
+        }
+        "command" => {
+            let command = raw.command.unwrap_or_default();
+            if command.first().is_none_or(|p| p.trim().is_empty()) {
+                return fail(
+                    at("command"),
+                    "command needs the program and its arguments, e.g. command = [\"python3\", \"scripts/rubric.py\"]"
+                        .into(),
+                );
+            }
+            let timeout_secs = raw.timeout_secs.unwrap_or(DEFAULT_METRIC_COMMAND_SECS);
+            if !(timeout_secs > 0.0 && timeout_secs <= MAX_METRIC_COMMAND_SECS) {
+                return fail(
+                    at("timeout_secs"),
+                    format!(
+                        "timeout_secs = {timeout_secs} is outside (0, {MAX_METRIC_COMMAND_SECS}] (seconds per example); leave it out for {DEFAULT_METRIC_COMMAND_SECS}"
+                    ),
+                );
+            }
+            MetricConfig::Command { field: raw.field, command, dir: root.to_path_buf(), timeout_secs }
+        }
+        _ => {
+            if raw.parts.is_empty() {
+                return fail(
+                    at("parts"),
+                    format!(
+                        "weighted needs its parts: one [[{key}.parts]] table per metric, each with a weight and a kind"
+                    ),
+                );
+            }
+            let mut parts = Vec::new();
+            for (i, mut part) in raw.parts.into_iter().enumerate() {
+                let part_key = format!("{key}.parts[{i}]");
+                if part.kind == "weighted" {
+                    return fail(
+                        format!("{part_key}.kind"),
+                        "a part cannot itself be weighted; list its parts here instead".into(),
+                    );
+                }
+                let weight = part.weight.take();
+                let name = part.name.take();
+                let weight = match weight {
+                    Some(w) if w.is_finite() && w > 0.0 => w,
+                    Some(w) => {
+                        return fail(format!("{part_key}.weight"), format!("weight {w} must be a number above 0"));
+                    }
+                    None => {
+                        return fail(
+                            format!("{part_key}.weight"),
+                            "each part needs a weight above 0, e.g. weight = 1.0".into(),
+                        );
+                    }
+                };
+                let metric = parse_metric(part, &part_key, root, output_type)?;
+                parts.push(MetricPart { name, weight, metric });
+            }
+            MetricConfig::Weighted { parts }
+        }
+    })
 }
 
 /// The largest pipeline file read: a few kilobytes is typical.
@@ -1085,34 +1354,14 @@ impl PipelineConfig {
             .iter()
             .flat_map(|p| signatures[&p.signature].signature.outputs.iter().map(|f| f.name.as_str()))
             .collect();
-        let metric = match raw.metric.kind.as_str() {
-            "exact_match" => {
-                let fields = if raw.metric.fields.is_empty() {
-                    raw.metric.field.into_iter().collect()
-                } else {
-                    raw.metric.fields
-                };
-                if fields.is_empty() {
-                    return Err(err(
-                        "metric.fields",
-                        "exact_match needs the output fields to compare, e.g. fields = [\"label\"]".into(),
-                    ));
-                }
-                MetricConfig::ExactMatch { fields }
-            }
-            "token_f1" => match raw.metric.field {
-                Some(field) => MetricConfig::TokenF1 { field },
-                None => {
-                    return Err(err(
-                        "metric.field",
-                        "token_f1 needs the free-text output field, e.g. field = \"answer\"".into(),
-                    ));
-                }
-            },
-            other => {
-                return Err(err("metric.kind", format!("unknown metric `{other}`; use exact_match or token_f1")));
-            }
+        let output_type = |name: &str| -> Option<FieldType> {
+            predictors
+                .iter()
+                .flat_map(|p| signatures[&p.signature].signature.outputs.iter())
+                .find(|f| f.name == name)
+                .map(|f| f.ty.clone())
         };
+        let metric = parse_metric(raw.metric, "metric", &root, &output_type).map_err(|(key, m)| err(&key, m))?;
         for field in metric.fields() {
             if !all_outputs.contains(&field) {
                 return Err(err(

@@ -529,3 +529,146 @@ fn a_max_tokens_too_small_for_the_reply_is_refused_at_load_with_the_minimum() {
     let openai = "provider = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\nmax_tokens = 1";
     assert!(PipelineConfig::parse(&support_triage_with(openai), Path::new("pipelines/support-triage.toml")).is_ok());
 }
+
+// ---- [metric] kinds ----------------------------------------------------------
+
+/// A pipeline with a `list<json>` output `action_items` and the `[metric]` table given.
+fn with_metric(metric: &str) -> String {
+    common::triage_toml("d.jsonl", "provider = \"openai\"\nmodel = \"m\"\nbase_url = \"http://127.0.0.1:9/v1\"", "kind = \"none\"")
+        .replace(
+            "[signatures.triage.outputs]\n",
+            "[signatures.triage.outputs]\naction_items = { type = \"list<json>\", schema = { type = \"object\", properties = { action = { type = \"string\" }, owner = { type = \"string\" }, due_date = { type = [\"string\", \"null\"] } }, required = [\"action\", \"owner\", \"due_date\"] } }\n",
+        )
+        .replace("[metric]\nkind = \"exact_match\"\nfields = [\"queue\"]\n", metric)
+}
+
+#[test]
+fn every_metric_kind_parses() {
+    let config =
+        parse(&with_metric("[metric]\nkind = \"json_match\"\nfield = \"action_items\"\nweights = { owner = 2.0 }\n"))
+            .unwrap();
+    match &config.metric {
+        MetricConfig::JsonMatch { field, schema, weights } => {
+            assert_eq!(field, "action_items");
+            let schema = schema.as_ref().expect("the schema comes from the signature");
+            assert_eq!(schema["type"], "array");
+            assert_eq!(schema["items"]["required"][2], "due_date");
+            assert_eq!(weights["owner"], 2.0);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let config = parse(&with_metric(
+        "[metric]\nkind = \"judge\"\nfield = \"queue\"\nrubric = \"Right queue?\"\nscale = \"1-5\"\n[metric.lm]\nprovider = \"embedded\"\nmodel = \"judge.gguf\"\n",
+    ))
+    .unwrap();
+    match &config.metric {
+        MetricConfig::Judge { field, scale, lm, .. } => {
+            assert_eq!(field.as_deref(), Some("queue"));
+            assert_eq!(*scale, promptloop::config::JudgeScale::FivePoint);
+            assert_eq!(Path::new(&lm.model), Path::new("./judge.gguf"), "resolved from the repository root");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(config.metric.judge_lms().len(), 1);
+
+    let config =
+        parse(&with_metric("[metric]\nkind = \"command\"\ncommand = [\"python3\", \"scripts/rubric.py\"]\n")).unwrap();
+    match &config.metric {
+        MetricConfig::Command { field, command, dir, timeout_secs } => {
+            assert_eq!(field, &None);
+            assert_eq!(command, &["python3", "scripts/rubric.py"]);
+            assert_eq!(dir, Path::new("."), "commands run from the repository root");
+            assert_eq!(*timeout_secs, 30.0);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(config.metric.fields().is_empty(), "a command without a field requires none");
+
+    let config = parse(&with_metric(
+        r#"[metric]
+kind = "weighted"
+
+[[metric.parts]]
+kind = "exact_match"
+fields = ["queue"]
+weight = 2
+
+[[metric.parts]]
+name = "items"
+kind = "json_match"
+field = "action_items"
+weight = 1
+
+[[metric.parts]]
+kind = "command"
+field = "queue"
+command = ["./score"]
+timeout_secs = 5
+weight = 0.5
+"#,
+    ))
+    .unwrap();
+    let MetricConfig::Weighted { parts } = &config.metric else { panic!("{:?}", config.metric) };
+    assert_eq!(parts.len(), 3);
+    assert_eq!(parts[1].name.as_deref(), Some("items"));
+    assert_eq!(config.metric.fields(), ["queue", "action_items"], "each output the parts score, once");
+    assert_eq!(
+        promptloop::metric::name(&config.metric),
+        "weighted(2 × exact_match(queue), 1 × items, 0.5 × command(./score; queue))"
+    );
+}
+
+#[test]
+fn metric_config_errors_name_the_key_and_the_fix() {
+    let cases = [
+        ("unknown kind", "[metric]\nkind = \"bleu\"\nfield = \"queue\"\n"),
+        ("json_match without field", "[metric]\nkind = \"json_match\"\n"),
+        ("field not an output", "[metric]\nkind = \"json_match\"\nfield = \"items\"\n"),
+        (
+            "key weight not above 0",
+            "[metric]\nkind = \"json_match\"\nfield = \"action_items\"\nweights = { owner = 0 }\n",
+        ),
+        (
+            "judge without rubric",
+            "[metric]\nkind = \"judge\"\n[metric.lm]\nprovider = \"embedded\"\nmodel = \"j.gguf\"\n",
+        ),
+        ("judge without lm", "[metric]\nkind = \"judge\"\nrubric = \"Polite?\"\n"),
+        (
+            "judge lm invalid",
+            "[metric]\nkind = \"judge\"\nrubric = \"Polite?\"\n[metric.lm]\nprovider = \"openai\"\nmodel = \"gpt\"\n",
+        ),
+        (
+            "judge unknown scale",
+            "[metric]\nkind = \"judge\"\nrubric = \"Polite?\"\nscale = \"1-10\"\n[metric.lm]\nprovider = \"embedded\"\nmodel = \"j.gguf\"\n",
+        ),
+        ("empty command", "[metric]\nkind = \"command\"\ncommand = []\n"),
+        ("blank program", "[metric]\nkind = \"command\"\ncommand = [\" \", \"x.py\"]\n"),
+        ("timeout zero", "[metric]\nkind = \"command\"\ncommand = [\"./score\"]\ntimeout_secs = 0\n"),
+        ("timeout too long", "[metric]\nkind = \"command\"\ncommand = [\"./score\"]\ntimeout_secs = 86400\n"),
+        ("setting of another kind", "[metric]\nkind = \"token_f1\"\nfield = \"queue\"\nrubric = \"Polite?\"\n"),
+        ("weight outside parts", "[metric]\nkind = \"exact_match\"\nfields = [\"queue\"]\nweight = 1\n"),
+        ("weighted without parts", "[metric]\nkind = \"weighted\"\n"),
+        (
+            "part weight zero",
+            "[metric]\nkind = \"weighted\"\n[[metric.parts]]\nkind = \"exact_match\"\nfields = [\"queue\"]\nweight = 0\n",
+        ),
+        (
+            "part without weight",
+            "[metric]\nkind = \"weighted\"\n[[metric.parts]]\nkind = \"exact_match\"\nfields = [\"queue\"]\n",
+        ),
+        ("part with unknown kind", "[metric]\nkind = \"weighted\"\n[[metric.parts]]\nkind = \"rouge\"\nweight = 1\n"),
+        ("nested weighted", "[metric]\nkind = \"weighted\"\n[[metric.parts]]\nkind = \"weighted\"\nweight = 1\n"),
+        (
+            "part's field not an output",
+            "[metric]\nkind = \"weighted\"\n[[metric.parts]]\nkind = \"token_f1\"\nfield = \"answer\"\nweight = 1\n",
+        ),
+        ("unknown key", "[metric]\nkind = \"command\"\ncommand = [\"./score\"]\nshell = true\n"),
+    ];
+    let mut out = String::new();
+    for (what, metric) in cases {
+        let err = parse(&with_metric(metric)).expect_err(what);
+        out.push_str(&format!("{what}:\n  {}\n", format!("{err:#}").replace('\n', "\n  ")));
+    }
+    insta::assert_snapshot!("metric_config_errors", out);
+}

@@ -1,5 +1,5 @@
 //! One usage meter for a run, shared by every LM role (task, teacher,
-//! proposer), and the budget it enforces.
+//! proposer, judge), and the budget it enforces.
 //!
 //! Every [`super::Lm`] handle of a run records into the same [`Meter`] under
 //! its [`LmRole`], so cost and history count every call, whoever made it. While
@@ -29,16 +29,19 @@ pub enum LmRole {
     Teacher,
     /// Writing instructions and reflecting on failures (`[optimizer.proposer]`, else the task LM).
     Proposer,
+    /// Grading predictions for a `judge` metric (`[metric.lm]`).
+    Judge,
 }
 
 impl LmRole {
-    pub const ALL: [LmRole; 3] = [LmRole::Task, LmRole::Teacher, LmRole::Proposer];
+    pub const ALL: [LmRole; 4] = [LmRole::Task, LmRole::Teacher, LmRole::Proposer, LmRole::Judge];
 
     pub fn name(self) -> &'static str {
         match self {
             LmRole::Task => "task",
             LmRole::Teacher => "teacher",
             LmRole::Proposer => "proposer",
+            LmRole::Judge => "judge",
         }
     }
 }

@@ -306,7 +306,7 @@ pub async fn eval(request: &EvalRequest) -> Result<EvalOutcome> {
         EvalTarget::Artifact(path) => (Artifact::load(path)?.program(), path.display().to_string()),
     };
     let lm = build_lm(&config.lm, &config.state_dir(), request.use_cache)?;
-    let ctx = eval_context(&config, lm.clone(), request.progress);
+    let ctx = eval_context(&config, lm.clone(), request.use_cache, request.progress)?;
     let examples = dataset.split(request.split);
     let examples = &examples[..request.limit.unwrap_or(examples.len()).min(examples.len())];
     let evaluation = evaluate(&program, examples, &ctx, &format!("{}: {label}", request.split.name()))
@@ -360,14 +360,23 @@ pub(crate) fn check_predictions(evaluation: &crate::eval::Evaluation, what: &str
     Ok(())
 }
 
-/// How the pipeline's program is scored: its LM and adapter, its metric.
-pub(crate) fn eval_context(config: &PipelineConfig, lm: Lm, progress: bool) -> EvalContext {
-    EvalContext {
+/// How the pipeline's program is scored: its LM and adapter, its metric. A
+/// judge's LM records into the task LM's meter, in the judge role.
+pub(crate) fn eval_context(config: &PipelineConfig, lm: Lm, use_cache: bool, progress: bool) -> Result<EvalContext> {
+    let state = config.state_dir();
+    let meter = lm.meter().clone();
+    let judge_lm = |table: &crate::config::LmConfig| -> Result<Lm> {
+        let prices = crate::lm::budget::Prices { input: table.input_price, output: table.output_price };
+        Ok(build_lm(table, &state, use_cache)
+            .with_context(|| format!("{}: [metric.lm]", config.file.display()))?
+            .metered(meter.clone(), crate::lm::budget::LmRole::Judge, prices))
+    };
+    Ok(EvalContext {
         settings: predict_settings(&config.lm, lm, config.adapter),
-        metric: metric::build(&config.metric),
+        metric: metric::build_with(&config.metric, &judge_lm)?,
         concurrency: config.lm.concurrency,
         progress,
-    }
+    })
 }
 
 pub(crate) fn relative_to(path: &Path, root: &Path) -> String {

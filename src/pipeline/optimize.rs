@@ -35,7 +35,7 @@ pub fn models(config: &PipelineConfig, use_cache: bool, progress: bool) -> Resul
     let meter = Arc::new(Meter::new());
     let state = config.state_dir();
     let task = build_lm(&config.lm, &state, use_cache)?.metered(meter.clone(), LmRole::Task, prices(&config.lm));
-    let eval = super::eval_context(config, task.clone(), progress);
+    let eval = super::eval_context(config, task.clone(), use_cache, progress)?;
     let role = |table: &'_ Option<LmConfig>, role: LmRole| -> Result<(Lm, LmConfig)> {
         Ok(match table {
             Some(lm_config) => (

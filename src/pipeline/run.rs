@@ -312,7 +312,8 @@ fn dollars(config: &PipelineConfig, usage: &crate::lm::budget::UsageByRole) -> O
     let priced = |lm: &LmConfig| lm.input_price.is_some() || lm.output_price.is_some();
     let any = priced(&config.lm)
         || config.optimizer.teacher.as_ref().is_some_and(priced)
-        || config.optimizer.proposer.as_ref().is_some_and(priced);
+        || config.optimizer.proposer.as_ref().is_some_and(priced)
+        || config.metric.judge_lms().into_iter().any(priced);
     any.then(|| usage.total().dollars)
 }
 

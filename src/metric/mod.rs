@@ -2,8 +2,19 @@
 
 use serde_json::{Map, Value};
 
-use crate::config::MetricConfig;
+mod command;
+mod json_match;
+mod judge;
+mod weighted;
+
+pub use command::CommandMetric;
+pub use json_match::{JsonMatch, assign, normalize_date};
+pub use judge::Judge;
+pub use weighted::{Weighted, WeightedPart};
+
+use crate::config::{LmConfig, MetricConfig};
 use crate::dataset::Example;
+use crate::lm::Lm;
 
 use std::sync::Arc;
 
@@ -36,12 +47,53 @@ pub trait Metric: Send + Sync {
     async fn score(&self, example: &Example, prediction: &Map<String, Value>) -> Result<Score, MetricError>;
 }
 
-/// The metric a pipeline declares.
+/// Builds the LM a judge asks, from its `[metric.lm]` table.
+pub type JudgeLms<'a> = &'a dyn Fn(&LmConfig) -> anyhow::Result<Lm>;
+
+/// The metric a pipeline declares. A judge built here has no LM and fails
+/// every example; [`build_with`] gives it one.
 pub fn build(config: &MetricConfig) -> Arc<dyn Metric> {
-    match config {
+    make(config, None).expect("only building a judge's LM can fail")
+}
+
+/// The metric a pipeline declares, its judges asking the LMs `judge_lm` builds.
+pub fn build_with(config: &MetricConfig, judge_lm: JudgeLms<'_>) -> anyhow::Result<Arc<dyn Metric>> {
+    make(config, Some(judge_lm))
+}
+
+fn make(config: &MetricConfig, judge_lm: Option<JudgeLms<'_>>) -> anyhow::Result<Arc<dyn Metric>> {
+    Ok(match config {
         MetricConfig::ExactMatch { fields } => Arc::new(ExactMatch { fields: fields.clone() }),
         MetricConfig::TokenF1 { field } => Arc::new(TokenF1 { field: field.clone() }),
-    }
+        MetricConfig::JsonMatch { field, schema, weights } => {
+            Arc::new(JsonMatch::new(field.clone(), schema.clone(), weights.clone()))
+        }
+        MetricConfig::Judge { field, rubric, scale, lm } => Arc::new(Judge {
+            field: field.clone(),
+            rubric: rubric.clone(),
+            scale: *scale,
+            lm: match judge_lm {
+                Some(build) => Ok(build(lm)?),
+                None => Err("the judge was built without its LM".to_string()),
+            },
+            max_tokens: lm.max_tokens,
+        }),
+        MetricConfig::Command { field, command, dir, timeout_secs } => Arc::new(CommandMetric {
+            field: field.clone(),
+            command: command.clone(),
+            dir: dir.clone(),
+            timeout: std::time::Duration::from_secs_f64(*timeout_secs),
+        }),
+        MetricConfig::Weighted { parts } => {
+            let mut built = Vec::new();
+            for part in parts {
+                let metric = make(&part.metric, judge_lm)?;
+                let name = part.name.clone().unwrap_or_else(|| metric.name());
+                built.push(WeightedPart { name, weight: part.weight, metric });
+            }
+            Arc::new(Weighted { parts: built })
+        }
+    })
 }
 
 /// The name of the metric a pipeline declares, for reports.
@@ -110,7 +162,7 @@ impl Metric for TokenF1 {
     }
 }
 
-fn value_text(value: &Value) -> String {
+pub(crate) fn value_text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         other => other.to_string(),
