@@ -9,6 +9,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::lm::local::constrain::validate_schema;
+pub use crate::program::adapter::AdapterFormat;
+pub use crate::program::module::Module;
 use crate::program::signature::{Field, FieldType, Signature};
 
 /// A pipeline as the rest of the program sees it: paths resolved, types parsed.
@@ -26,7 +28,10 @@ pub struct PipelineConfig {
     pub adapter: AdapterFormat,
     pub dataset: DatasetConfig,
     pub signatures: IndexMap<String, SignatureConfig>,
+    /// Every predictor of the program, named by its dotted path, in graph order.
     pub predictors: Vec<PredictorConfig>,
+    /// How the predictors are wired: stages and routers over `predictors`.
+    pub graph: crate::program::graph::Graph,
     pub metric: MetricConfig,
     pub optimizer: OptimizerConfig,
     /// `[budget]`: the most LM use a run may take.
@@ -321,12 +326,6 @@ pub struct SignatureConfig {
     pub signature: Signature,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Module {
-    Predict,
-    ChainOfThought,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PredictorConfig {
@@ -335,14 +334,6 @@ pub struct PredictorConfig {
     pub module: Module,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AdapterFormat {
-    /// `[[ ## field ## ]]` markers.
-    Chat,
-    /// One JSON object.
-    Json,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -700,6 +691,17 @@ pub struct OptimizerConfig {
     pub mipro_v2: MiproConfig,
     #[serde(default, skip_serializing_if = "GepaConfig::is_default")]
     pub gepa: GepaConfig,
+    /// A handler behind a router is optimized only when at least this many
+    /// train examples are routed to it; otherwise it is kept as it is.
+    #[serde(default = "default_min_slice", skip_serializing_if = "is_default_min_slice")]
+    pub min_slice_examples: usize,
+}
+
+fn default_min_slice() -> usize {
+    10
+}
+fn is_default_min_slice(n: &usize) -> bool {
+    *n == default_min_slice()
 }
 
 /// `[optimizer.gepa]`: GEPA's settings.
@@ -923,7 +925,14 @@ struct RawField {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProgram {
+    /// Predictors in sequence: the short form of `stages` without routers.
+    #[serde(default)]
     predictors: Vec<RawPredictor>,
+    #[serde(default)]
+    stages: Vec<crate::program::graph::StageDecl>,
+    /// The fields a stage may read besides earlier outputs [default: any field no stage writes].
+    #[serde(default)]
+    inputs: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1331,24 +1340,38 @@ impl PipelineConfig {
             }
         }
 
-        let mut predictors = Vec::new();
-        for (i, p) in raw.program.predictors.into_iter().enumerate() {
-            let key = format!("program.predictors[{i}]");
-            if !signatures.contains_key(&p.signature) {
-                let known: Vec<_> = signatures.keys().cloned().collect();
+        let program = raw.program;
+        let (stages, key) = match (program.predictors.is_empty(), program.stages.is_empty()) {
+            (false, false) => {
                 return Err(err(
-                    &key,
-                    format!("signature `{}` is not defined; defined: {}", p.signature, known.join(", ")),
+                    "program",
+                    "declare the program as `predictors` (a sequence) or `stages`, not both".into(),
                 ));
             }
-            if predictors.iter().any(|q: &PredictorConfig| q.name == p.name) {
-                return Err(err(&key, format!("predictor name `{}` is used twice; names must be unique", p.name)));
+            (false, true) => {
+                let stages = program
+                    .predictors
+                    .into_iter()
+                    .map(|p| crate::program::graph::StageDecl {
+                        name: p.name,
+                        signature: Some(p.signature),
+                        module: Some(p.module),
+                        route_by: None,
+                        message: None,
+                        history: None,
+                        default: None,
+                        branches: IndexMap::new(),
+                    })
+                    .collect::<Vec<_>>();
+                (stages, "program.predictors")
             }
-            predictors.push(PredictorConfig { name: p.name, signature: p.signature, module: p.module });
-        }
-        if predictors.is_empty() {
-            return Err(err("program.predictors", "the program needs at least one predictor".into()));
-        }
+            (true, _) => (program.stages, "program.stages"),
+        };
+        let declared =
+            crate::program::graph::declare(&stages, key, &signatures, program.inputs.as_deref(), &raw.signals)
+                .map_err(|(key, m)| err(&key, m))?;
+        let predictors = declared.predictors;
+        let graph = declared.graph;
 
         let all_outputs: Vec<&str> = predictors
             .iter()
@@ -1578,6 +1601,7 @@ impl PipelineConfig {
             adapter: raw.adapter.format,
             signatures,
             predictors,
+            graph,
             metric,
             optimizer,
             budget,

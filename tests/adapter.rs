@@ -441,7 +441,7 @@ async fn cut_replies_are_counted_apart_in_an_evaluation() {
         concurrency: 2,
         progress: false,
     };
-    let program = Program { predictors: vec![answer_predictor()] };
+    let program = Program::sequence(vec![answer_predictor()]);
     let evaluation = evaluate(&program, &examples, &ctx, "test").await.unwrap();
     let s = &evaluation.summary;
     assert_eq!((s.n, s.failed, s.cut, s.format_errors, s.max_tokens), (5, 2, 2, 0, 60));

@@ -71,6 +71,7 @@ fn context_with(
         proposer: settings(lm.in_role(LmRole::Proposer)),
         seed: 5,
         checkpoint,
+        min_slice_examples: 10,
     }
 }
 

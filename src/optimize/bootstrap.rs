@@ -11,6 +11,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand_chacha::ChaCha8Rng;
 
 use super::demos::{cover_labels, interleave, labeled_demo, stratified};
+use super::slices::examples_for;
 use super::{OptimizeContext, Optimizer, Scorer, SearchNotes, Start};
 use crate::config::{OptimizerConfig, OptimizerKind};
 use crate::dataset::{Example, Train};
@@ -56,8 +57,17 @@ pub struct BootstrapStats {
 /// The program with `k` labeled demos per predictor, drawn at random.
 pub fn labeled_few_shot(student: &Program, train: &[Example], k: usize, rng: &mut ChaCha8Rng) -> Program {
     let mut program = student.clone();
-    let chosen: Vec<&Example> = train.choose_multiple(rng, k.min(train.len())).collect();
-    for predictor in &mut program.predictors {
+    if student.graph.routers().is_empty() {
+        let chosen: Vec<&Example> = train.choose_multiple(rng, k.min(train.len())).collect();
+        for predictor in &mut program.predictors {
+            predictor.demos = chosen.iter().filter_map(|e| labeled_demo(predictor, e)).collect();
+        }
+        return program;
+    }
+    // Behind a router, each handler draws from the examples routed to it.
+    for (i, predictor) in program.predictors.iter_mut().enumerate() {
+        let pool = examples_for(student, i, train);
+        let chosen: Vec<&Example> = pool.choose_multiple(rng, k.min(pool.len())).collect();
         predictor.demos = chosen.iter().filter_map(|e| labeled_demo(predictor, e)).collect();
     }
     program
@@ -73,16 +83,23 @@ pub async fn bootstrap_few_shot(
 ) -> Result<(Program, BootstrapStats), LmError> {
     // The teacher shows every label it can: a lopsided teacher bootstraps lopsided traces.
     let mut teacher = student.clone();
-    for predictor in &mut teacher.predictors {
-        predictor.demos = stratified(predictor, train, 1, settings.max_labeled_demos, rng);
+    for (i, predictor) in teacher.predictors.iter_mut().enumerate() {
+        predictor.demos = stratified(predictor, &examples_for(student, i, train), 1, settings.max_labeled_demos, rng);
     }
     let mut stats = BootstrapStats::default();
     let mut bootstrapped: Vec<Vec<Demo>> = vec![Vec::new(); student.predictors.len()];
     let mut used = HashSet::new();
+    let max = settings.max_bootstrapped_demos;
 
     for example in train {
-        if stats.bootstrapped >= settings.max_bootstrapped_demos {
+        // Done when every predictor has its demos; an example that reaches
+        // only predictors that have theirs is not run.
+        let room = |i: usize| bootstrapped[i].len() < max;
+        if !(0..student.predictors.len()).any(room) {
             break;
+        }
+        if !(0..student.predictors.len()).any(|i| room(i) && student.graph.reaches(i, example)) {
+            continue;
         }
         // The teacher must not see the example it is answering among its demos.
         let mut teacher_here = teacher.clone();
@@ -113,6 +130,9 @@ pub async fn bootstrap_few_shot(
                 let Some(index) = student.predictors.iter().position(|p| p.name == step.predictor) else {
                     continue;
                 };
+                if bootstrapped[index].len() >= max {
+                    continue;
+                }
                 bootstrapped[index].push(Demo {
                     example_id: example.id.clone(),
                     source: DemoSource::Bootstrapped,
@@ -132,6 +152,7 @@ pub async fn bootstrap_few_shot(
     let mut program = student.clone();
     for (i, demos) in bootstrapped.into_iter().enumerate() {
         let predictor = &student.predictors[i];
+        let rest = examples_for(student, i, &rest);
         let max = settings.max_labeled_demos.max(demos.len());
         let mut demos = cover_labels(predictor, &demos, &rest, max, rng).unwrap_or(demos);
         let room = max.saturating_sub(demos.len());

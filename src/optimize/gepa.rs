@@ -13,6 +13,7 @@
 //! as demos. Every reflection is recorded (what failed, what was concluded,
 //! the instruction written, the scores reached) for the report.
 
+use super::slices::examples_for;
 use std::collections::HashSet;
 
 use async_trait::async_trait;
@@ -147,8 +148,8 @@ impl Optimizer for Gepa {
         let mut covering = start.production.clone();
         let max = self.settings.max_labeled_demos.max(1);
         let per_label = (max / super::demos::label_count(&covering)).max(1);
-        for p in &mut covering.predictors {
-            p.demos = stratified(p, train, per_label, max, &mut rng);
+        for (i, p) in covering.predictors.iter_mut().enumerate() {
+            p.demos = stratified(p, &examples_for(&start.production, i, train), per_label, max, &mut rng);
         }
         if covering != start.production && !over_budget(scorer, 0) {
             let full = scorer.full("gepa seed: covering demos", &covering).await?;
@@ -201,8 +202,13 @@ impl Optimizer for Gepa {
             let Some(parent) = front.sample_parent(&mut rng) else { break };
             let predictor_index = iteration % start.production.predictors.len().max(1);
             let mutation = mutations[iteration % mutations.len()];
+            // A handler behind a router reflects on the examples routed to it.
+            let slice = examples_for(&start.production, predictor_index, train);
             let batch: Vec<Example> =
-                train.choose_multiple(&mut rng, self.config.minibatch_size.min(train.len())).cloned().collect();
+                slice.choose_multiple(&mut rng, self.config.minibatch_size.min(slice.len())).cloned().collect();
+            if batch.is_empty() {
+                continue;
+            }
             let parent_program = pool[parent].program.clone();
             let before = evaluate(&parent_program, &batch, &ctx.student, "train: reflection minibatch").await?;
             train_evaluations += batch.len() as u64;

@@ -11,6 +11,7 @@
 //! candidates: production's, and the label-covering and bootstrapped sets of
 //! the demo search. The first trial is production itself.
 
+use super::slices::examples_for;
 use std::collections::HashMap;
 
 use async_trait::async_trait;
@@ -23,7 +24,7 @@ use super::random_search::demo_candidates;
 use super::tpe::{Space, Tpe, TpeSettings};
 use super::{OptimizeContext, Optimizer, ProposalRecord, Scorer, SearchNotes, Start};
 use crate::config::{MiproAuto, MiproConfig, OptimizerConfig, OptimizerKind};
-use crate::dataset::Train;
+use crate::dataset::{Example, Train};
 use crate::lm::LmError;
 use crate::lm::budget::LmRole;
 use crate::program::Program;
@@ -154,6 +155,9 @@ impl Optimizer for MiproV2 {
                 }
             };
             add(Draft { origin: "declared".into(), instruction: declared.clone() }, &mut drafts);
+            // A handler behind a router is drafted for from the examples routed to it.
+            let train = examples_for(production, i, train);
+            let train: &[Example] = &train;
             for draft in data_drafts(predictor, declared, train) {
                 add(draft, &mut drafts);
             }

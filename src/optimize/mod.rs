@@ -24,6 +24,7 @@ pub mod pareto;
 pub mod propose;
 pub mod random_search;
 pub mod scorer;
+pub mod slices;
 pub mod tpe;
 
 use async_trait::async_trait;
@@ -51,6 +52,8 @@ pub struct OptimizeContext {
     pub seed: u64,
     /// Where the search saves its progress and resumes from, if anywhere.
     pub checkpoint: Option<std::sync::Arc<checkpoint::Checkpoint>>,
+    /// `[optimizer] min_slice_examples`: a handler with fewer train examples is kept as it is.
+    pub min_slice_examples: usize,
 }
 
 /// Where a search starts.
@@ -207,12 +210,33 @@ pub struct Optimized {
     /// Dev example evaluations the search ran (each program on each example once).
     pub evaluations: u64,
     pub notes: SearchNotes,
+    /// Per router branch: the slice sizes and scores (empty without routers).
+    pub slices: Vec<slices::Slice>,
 }
 
 impl Optimized {
     pub fn improved(&self) -> bool {
         matches!(self.proposal, Proposal::Better { .. })
     }
+}
+
+/// The program whose handlers each come from the candidate best on their own
+/// dev slice (see [`slices::compose`]).
+fn per_slice(
+    scorer: &Scorer,
+    production: &scorer::FullScore,
+    best: &scorer::FullScore,
+    train: &Train,
+    min_train: usize,
+) -> (Program, Vec<slices::Slice>) {
+    let all = scorer.fully_scored();
+    let candidates: Vec<slices::Scored<'_>> = all
+        .iter()
+        .map(|c| slices::Scored { name: &c.name, program: &c.program, results: &c.results })
+        .collect();
+    let production = slices::Scored { name: &production.name, program: &production.program, results: &production.results };
+    let best = slices::Scored { name: &best.name, program: &best.program, results: &best.results };
+    slices::compose(&production, &best, &candidates, train, min_train)
 }
 
 /// Runs `optimizer` from production's program: scores production on all of
@@ -236,7 +260,37 @@ pub async fn optimize(
         }
         Err(e) => return Err(e),
     };
-    let best = scorer.best().expect("production is fully scored");
+    let mut best = scorer.best().expect("production is fully scored");
+    let mut slices = Vec::new();
+    if !start.production.graph.routers().is_empty() {
+        let (program, composed_slices) = per_slice(&scorer, &production, &best, train, ctx.min_slice_examples);
+        slices = composed_slices;
+        for s in slices.iter().filter(|s| !s.optimized) {
+            notes.notes.push(format!(
+                "`{}` kept as it is: {} train and {} dev examples routed to {} = {} (at least {} train examples and one dev example are needed to optimize it)",
+                s.predictors.join("`, `"),
+                s.train,
+                s.dev,
+                s.router,
+                s.branch,
+                ctx.min_slice_examples
+            ));
+        }
+        if program != best.program {
+            match scorer.full("per-slice best", &program).await {
+                Ok(composed) => best = composed,
+                Err(e @ LmError::BudgetExhausted { .. }) => {
+                    notes.notes.push(format!(
+                        "the per-slice composition was not scored ({e}); the best whole program is proposed"
+                    ));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for s in &mut slices {
+            s.proposed_dev = slices::branch_mean(&best.results, &s.router, &s.branch).1;
+        }
+    }
     let candidates = scorer.candidates();
     let evaluations = scorer.evaluations();
     let beats = best.mean > production.mean && best.name != production.name;
@@ -251,6 +305,7 @@ pub async fn optimize(
             stopped_early,
             evaluations,
             notes,
+            slices,
         })
     } else {
         let best_other = candidates
@@ -269,6 +324,7 @@ pub async fn optimize(
             stopped_early,
             evaluations,
             notes,
+            slices,
         })
     }
 }

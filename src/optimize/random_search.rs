@@ -10,6 +10,7 @@
 //! rather than by one noisy pass, and the calls go to the contenders. The
 //! survivors end scored on all of dev.
 
+use super::slices::examples_for;
 use async_trait::async_trait;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -58,7 +59,11 @@ pub async fn demo_candidates(
         .production
         .predictors
         .iter()
-        .map(|p| cover_labels(p, &p.demos, train, max.max(p.demos.len()), &mut rng).or_else(|| Some(p.demos.clone())))
+        .enumerate()
+        .map(|(i, p)| {
+            let pool = examples_for(&start.production, i, train);
+            cover_labels(p, &p.demos, &pool, max.max(p.demos.len()), &mut rng).or_else(|| Some(p.demos.clone()))
+        })
         .collect();
     if let Some(covered) = covered {
         let mut program = start.production.clone();
@@ -74,7 +79,12 @@ pub async fn demo_candidates(
     for i in 0..stratified_n {
         // Sizes cycle from the largest down, so a short search still tries the fullest sets.
         let per_label = max_per_label - (i % max_per_label);
-        let demos = base.predictors.iter().map(|p| stratified(p, train, per_label, max, &mut rng)).collect();
+        let demos = base
+            .predictors
+            .iter()
+            .enumerate()
+            .map(|(i, p)| stratified(p, &examples_for(base, i, train), per_label, max, &mut rng))
+            .collect();
         push(format!("covering-{}x{}", i + 1, per_label), with_demos(base, demos), &mut out);
     }
     for i in 0..bootstrapped {

@@ -226,6 +226,20 @@ impl Scorer {
         })
     }
 
+    /// Every candidate scored on all of dev, in the order first scored.
+    pub fn fully_scored(&self) -> Vec<FullScore> {
+        self.entries()
+            .iter()
+            .filter(|e| e.complete())
+            .map(|e| FullScore {
+                name: e.name.clone(),
+                program: e.program.clone(),
+                mean: e.mean().unwrap_or(0.0),
+                results: e.scored().cloned().collect(),
+            })
+            .collect()
+    }
+
     /// Every candidate scored, in the order first scored.
     pub fn candidates(&self) -> Vec<CandidateScore> {
         let n = self.dev.len();

@@ -303,7 +303,7 @@ pub async fn eval(request: &EvalRequest) -> Result<EvalOutcome> {
     check_outputs_scored(&config, &dataset)?;
     let (program, label) = match &request.target {
         EvalTarget::Baseline => (Program::baseline(&config), "hand-written baseline".to_string()),
-        EvalTarget::Artifact(path) => (Artifact::load(path)?.program(), path.display().to_string()),
+        EvalTarget::Artifact(path) => (Artifact::load(path)?.program_on(&Program::baseline(&config)), path.display().to_string()),
     };
     let lm = build_lm(&config.lm, &config.state_dir(), request.use_cache)?;
     let ctx = eval_context(&config, lm.clone(), request.use_cache, request.progress)?;

@@ -51,7 +51,7 @@ pub fn models(config: &PipelineConfig, use_cache: bool, progress: bool) -> Resul
     let mut proposer = predict_settings(&proposer_config, proposer_lm, config.adapter);
     // An instruction is longer than a typical answer.
     proposer.max_tokens = proposer.max_tokens.max(384);
-    let optimize = OptimizeContext { student: eval.clone(), teacher, proposer, seed: config.seed, checkpoint: None };
+    let optimize = OptimizeContext { student: eval.clone(), teacher, proposer, seed: config.seed, checkpoint: None, min_slice_examples: config.optimizer.min_slice_examples };
     Ok(Models { task, meter, eval, optimize })
 }
 

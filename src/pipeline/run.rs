@@ -264,7 +264,7 @@ fn production_program(config: &PipelineConfig, request: &EvaluateRequest) -> Res
             let text =
                 String::from_utf8(bytes).with_context(|| format!("{relative} on {} is not UTF-8", request.base))?;
             let artifact = Artifact::parse(&text, Path::new(&relative))?;
-            Ok((artifact.program(), label))
+            Ok((artifact.program_on(&Program::baseline(config)), label))
         }
         None => Ok((
             Program::baseline(config),

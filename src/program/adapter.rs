@@ -11,11 +11,20 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde_json::{Map, Value};
 
-use crate::config::AdapterFormat;
 use crate::lm::local::constrain::validate_schema;
 use crate::lm::local::json_constrain::canonical_json;
 use crate::lm::{ChatMessage, OutputTemplate, Role, Segment};
 use crate::program::signature::{Field, FieldType};
+
+/// The reply format: how a prompt asks for outputs and how the reply is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdapterFormat {
+    /// `[[ ## field ## ]]` markers.
+    Chat,
+    /// One JSON object.
+    Json,
+}
 
 /// One worked example as shown: its inputs and its outputs.
 pub type DemoPair<'a> = (&'a Map<String, Value>, &'a Map<String, Value>);

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::config::{AdapterFormat, Module};
 use crate::lm::LmDescription;
 use crate::program::Program;
-use crate::program::predictor::{Demo, Predictor};
+use crate::program::predictor::Demo;
 use crate::program::signature::Signature;
 
 pub const FORMAT_V1: &str = "promptloop.artifact/v1";
@@ -135,19 +135,29 @@ impl Artifact {
         Artifact { format: FORMAT_V1.into(), pipeline: pipeline.into(), predictors, lm, provenance, scores }
     }
 
-    pub fn program(&self) -> Program {
-        let predictors = self
-            .predictors
-            .iter()
-            .map(|(name, state)| Predictor {
-                name: name.clone(),
-                module: state.module,
-                signature: state.signature.clone(),
-                instructions: state.instructions.join("\n"),
-                demos: state.demos.clone(),
-            })
-            .collect();
-        Program { predictors }
+    /// The artifact's state on a program's graph: each predictor of `declared`
+    /// takes the artifact's module, signature, instructions and demos under its
+    /// path; a predictor the artifact lacks stays as declared. Predictors the
+    /// artifact has and the graph no longer does are left out, with a warning.
+    pub fn program_on(&self, declared: &Program) -> Program {
+        let mut program = declared.clone();
+        for predictor in &mut program.predictors {
+            if let Some(state) = self.predictors.get(&predictor.name) {
+                predictor.module = state.module;
+                predictor.signature = state.signature.clone();
+                predictor.instructions = state.instructions.join("\n");
+                predictor.demos = state.demos.clone();
+            }
+        }
+        for name in self.predictors.keys() {
+            if declared.predictor(name).is_none() {
+                tracing::warn!(
+                    predictor = %name,
+                    "the artifact has a predictor the pipeline no longer declares; it is left out"
+                );
+            }
+        }
+        program
     }
 
     /// The canonical text: pretty JSON, scores rounded to 4 places, a final newline.

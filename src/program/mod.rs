@@ -1,8 +1,11 @@
-//! Programs: named predictors run in sequence, each reading the example's
-//! inputs and the outputs of the predictors before it.
+//! Programs: predictors wired by a graph ([`graph`]) — stages in order, each
+//! reading the example's inputs and the outputs of the stages before it, and
+//! routers that send each input to one handler.
 
 pub mod adapter;
 pub mod artifact;
+pub mod graph;
+pub mod module;
 pub mod predictor;
 pub mod signature;
 
@@ -10,11 +13,15 @@ use serde_json::{Map, Value};
 
 use crate::config::PipelineConfig;
 use crate::lm::{ChatMessage, LmError, TokenUsage};
+use graph::{Graph, Route, Stage};
 use predictor::{PredictSettings, Predictor};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Program {
+    /// Every predictor, in graph order; each has a unique dotted path as its name.
     pub predictors: Vec<Predictor>,
+    /// How they are wired: stages and routers over indices into `predictors`.
+    pub graph: Graph,
 }
 
 /// What one predictor saw and said during a run: the raw material of demos
@@ -62,6 +69,9 @@ pub struct RunStats {
     pub usage: TokenUsage,
     pub lm_calls: u32,
     pub cache_hits: u32,
+    /// The branch each router took, outermost first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
 }
 
 impl Program {
@@ -81,10 +91,21 @@ impl Program {
                 }
             })
             .collect();
-        Program { predictors }
+        Program { predictors, graph: config.graph.clone() }
     }
 
-    /// Runs every predictor in turn. `Err` only when the LM fails; a reply that
+    /// Predictors run one after the other.
+    pub fn sequence(predictors: Vec<Predictor>) -> Program {
+        let graph = Graph::sequence(predictors.len());
+        Program { predictors, graph }
+    }
+
+    /// The predictor at a dotted path.
+    pub fn predictor(&self, path: &str) -> Option<&Predictor> {
+        self.predictors.iter().find(|p| p.name == path)
+    }
+
+    /// Runs the stages in order, each router's one branch included. `Err` only when the LM fails; a reply that
     /// cannot be parsed is a failed run with the reason kept.
     pub async fn run(
         &self,
@@ -95,7 +116,36 @@ impl Program {
         let mut run = Run::default();
         let mut known = inputs.clone();
         let mut prediction = Map::new();
-        for predictor in &self.predictors {
+        // The stages still to run, innermost branch last: a router pushes the
+        // stages of the branch it picks.
+        let mut pending: Vec<std::slice::Iter<'_, Stage>> = vec![self.graph.stages.iter()];
+        while let Some(next) = pending.last_mut() {
+            let Some(stage) = next.next() else {
+                pending.pop();
+                continue;
+            };
+            let predictor = match stage {
+                Stage::Predict(i) => &self.predictors[*i],
+                Stage::Router(router) => {
+                    let picked = router.value(&known).and_then(|value| {
+                        router.pick(&value).ok_or_else(|| {
+                            format!("router `{}`: no branch for `{value}` and no default", router.path)
+                        })
+                    });
+                    match picked {
+                        Ok(branch) => {
+                            let branch = &router.branches[branch];
+                            run.stats.routes.push(Route { router: router.path.clone(), branch: branch.label.clone() });
+                            pending.push(branch.stages.iter());
+                        }
+                        Err(reason) => {
+                            run.stats.error = Some(reason);
+                            return Ok(run);
+                        }
+                    }
+                    continue;
+                }
+            };
             let mut step_inputs = Map::new();
             for field in &predictor.signature.inputs {
                 match known.get(&field.name) {
