@@ -4,7 +4,9 @@
 pub mod adapter;
 pub mod artifact;
 pub mod predictor;
+pub mod react;
 pub mod signature;
+pub mod tool;
 
 use serde_json::{Map, Value};
 
