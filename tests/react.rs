@@ -342,6 +342,30 @@ async fn a_failing_extract_is_the_run_s_error() {
 }
 
 #[tokio::test]
+async fn a_missing_input_fails_the_run_before_any_call() {
+    let lm = planned_lm(Vec::new());
+    let tools = Tools::new(vec![weather(None)], None).unwrap();
+    let (react_predictor, extract) = stage(&tools);
+    let settings = settings(lm.clone(), AdapterFormat::Chat);
+    let run = react::run(&react_predictor, &extract, &tools, &settings, &Map::new(), 5, None).await.unwrap();
+    assert_eq!(run.ended, LoopEnd::NotStarted);
+    assert!(run.outputs.is_none());
+    assert!(run.error.unwrap().contains("needs input `question`"));
+    assert_eq!(lm.calls(), 0);
+}
+
+#[test]
+fn a_run_can_be_spawned() {
+    fn send<T: Send>(_: &T) {}
+    let tools = Tools::new(vec![weather(None)], None).unwrap();
+    let (react_predictor, extract) = stage(&tools);
+    let settings = settings(planned_lm(Vec::new()), AdapterFormat::Chat);
+    let inputs = question();
+    let run = react::run(&react_predictor, &extract, &tools, &settings, &inputs, 5, None);
+    send(&run);
+}
+
+#[tokio::test]
 async fn the_loop_reads_json_replies_too() {
     let tools = Tools::new(vec![weather(None)], None).unwrap();
     let lm = planned_lm(vec![("weather", json!({"city": "Bergen"}))]);

@@ -160,8 +160,10 @@ pub struct ToolStep {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LoopEnd {
-    /// The agent chose `finish`.
+    /// The loop did not start: an input the stage reads was missing.
     #[default]
+    NotStarted,
+    /// The agent chose `finish`.
     Finished,
     /// `max_steps` tool calls were made without `finish`.
     StepLimit,
