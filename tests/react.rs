@@ -231,8 +231,10 @@ async fn a_crashing_tool_is_an_observation_and_the_loop_goes_on() {
 #[tokio::test]
 async fn a_hanging_tool_is_stopped_at_its_limit_and_not_cached() {
     let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("child.pid");
     let cache = ToolCache::open(&dir.path().join("tools.sqlite")).unwrap();
-    let tools = Tools::new(vec![command_tool("slow", &["tests/data/tools/hang.sh"], 1.0)], Some(cache)).unwrap();
+    let slow = command_tool("slow", &["tests/data/tools/hang.sh", pid_file.to_str().unwrap()], 1.0);
+    let tools = Tools::new(vec![slow], Some(cache)).unwrap();
     let lm = planned_lm(vec![("slow", json!({"city": "Oslo"}))]);
     let run = run_stage(&lm, &tools, 5).await;
     let step = &run.steps[0];
@@ -250,6 +252,23 @@ async fn a_hanging_tool_is_stopped_at_its_limit_and_not_cached() {
     assert!(run.outputs.is_some());
     // A hang may be transient: it is not recorded.
     assert!(tools.cache.as_ref().unwrap().is_empty());
+    // The tool's own child was killed with it (its whole process group).
+    #[cfg(target_os = "linux")]
+    {
+        let pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+        let dead = || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // `pid (comm) state ...`: Z is a zombie, X dead.
+            Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+            Err(_) => true,
+        };
+        // SIGKILL was sent before the call returned; the kernel ends the
+        // process as soon as it next runs.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !dead() && std::time::Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
+        assert!(dead(), "the tool's child process {pid} is still running");
+    }
 }
 
 #[tokio::test]
@@ -555,6 +574,28 @@ async fn an_http_tool_is_posted_the_arguments_and_its_token_never_shows() {
     let cached = all_text_under(dir.path());
     assert!(cached.contains("temp_c"), "the cache holds the replies");
     assert!(!cached.contains(TOKEN));
+}
+
+#[tokio::test]
+async fn an_http_tool_that_does_not_answer_is_stopped_at_its_limit() {
+    let app = Router::new().route("/never", post(|| std::future::pending::<String>()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let declaration = format!(
+        r#"kind = "http"
+description = "Never answers."
+url = "http://{address}/never"
+timeout_secs = 1
+"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ToolCache::open(&dir.path().join("tools.sqlite")).unwrap();
+    let tools = Tools::new(vec![tool("never", &declaration)], Some(cache)).unwrap();
+    let call = tools.call("never", &json!({})).await;
+    assert!(!call.reply.ok);
+    assert_eq!(call.reply.text, format!("stopped at its time limit of 1s: http://{address}/never had not answered"));
+    assert!(tools.cache.as_ref().unwrap().is_empty());
 }
 
 #[tokio::test]
