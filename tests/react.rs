@@ -428,9 +428,12 @@ async fn a_rerun_is_answered_from_the_tool_cache() {
 const TOKEN: &str = "tok-ReactToolBearer-9f8e7d6c5b4a";
 const TOKEN_ENV: &str = "PROMPTLOOP_TEST_REACT_TOOL_TOKEN";
 
+/// A request as the service got it: path, authorization header, JSON body.
+type Received = (String, Option<String>, Value);
+
 #[derive(Clone, Default)]
 struct Seen {
-    requests: Arc<Mutex<Vec<(String, Option<String>, Value)>>>,
+    requests: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Seen {
@@ -578,7 +581,7 @@ async fn an_http_tool_is_posted_the_arguments_and_its_token_never_shows() {
 
 #[tokio::test]
 async fn an_http_tool_that_does_not_answer_is_stopped_at_its_limit() {
-    let app = Router::new().route("/never", post(|| std::future::pending::<String>()));
+    let app = Router::new().route("/never", post(std::future::pending::<String>));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
