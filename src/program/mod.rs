@@ -7,7 +7,9 @@ pub mod artifact;
 pub mod graph;
 pub mod module;
 pub mod predictor;
+pub mod react;
 pub mod signature;
+pub mod tool;
 
 use serde_json::{Map, Value};
 
