@@ -32,6 +32,8 @@ pub struct PipelineConfig {
     pub predictors: Vec<PredictorConfig>,
     /// How the predictors are wired: stages and routers over `predictors`.
     pub graph: crate::program::graph::Graph,
+    /// `[tools.*]`: what react stages may call.
+    pub tools: Vec<crate::program::tool::ToolSpec>,
     pub metric: MetricConfig,
     pub optimizer: OptimizerConfig,
     /// `[budget]`: the most LM use a run may take.
@@ -326,14 +328,15 @@ pub struct SignatureConfig {
     pub signature: Signature,
 }
 
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct PredictorConfig {
+    /// The dotted path.
     pub name: String,
     pub signature: String,
     pub module: Module,
+    /// What part of its stage it is (a react stage has two).
+    pub part: crate::program::graph::Part,
 }
-
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -800,6 +803,9 @@ struct RawPipeline {
     dataset: RawDataset,
     signatures: IndexMap<String, RawSignature>,
     program: RawProgram,
+    /// `[tools.<name>]`: what react stages may call.
+    #[serde(default)]
+    tools: IndexMap<String, crate::program::tool::RawTool>,
     metric: RawMetric,
     optimizer: OptimizerConfig,
     #[serde(default)]
@@ -1340,6 +1346,12 @@ impl PipelineConfig {
             }
         }
 
+        let mut tools = Vec::new();
+        for (name, tool) in raw.tools {
+            let spec = crate::program::tool::ToolSpec::from_raw(&name, tool, &root)
+                .map_err(|m| err(&format!("tools.{name}"), m))?;
+            tools.push(spec);
+        }
         let program = raw.program;
         let (stages, key) = match (program.predictors.is_empty(), program.stages.is_empty()) {
             (false, false) => {
@@ -1360,6 +1372,8 @@ impl PipelineConfig {
                         message: None,
                         history: None,
                         default: None,
+                        tools: None,
+                        max_steps: None,
                         branches: IndexMap::new(),
                     })
                     .collect::<Vec<_>>();
@@ -1368,10 +1382,11 @@ impl PipelineConfig {
             (true, _) => (program.stages, "program.stages"),
         };
         let declared =
-            crate::program::graph::declare(&stages, key, &signatures, program.inputs.as_deref(), &raw.signals)
+            crate::program::graph::declare(&stages, key, &signatures, program.inputs.as_deref(), &raw.signals, &tools)
                 .map_err(|(key, m)| err(&key, m))?;
         let predictors = declared.predictors;
         let graph = declared.graph;
+        let program_outputs = declared.outputs;
 
         let all_outputs: Vec<&str> = predictors
             .iter()
@@ -1386,10 +1401,14 @@ impl PipelineConfig {
         };
         let metric = parse_metric(raw.metric, "metric", &root, &output_type).map_err(|(key, m)| err(&key, m))?;
         for field in metric.fields() {
-            if !all_outputs.contains(&field) {
+            if !program_outputs.iter().any(|o| o == field) {
+                let why = if all_outputs.contains(&field) { " whatever branch runs" } else { "" };
                 return Err(err(
                     "metric",
-                    format!("`{field}` is not an output field of the program; outputs: {}", all_outputs.join(", ")),
+                    format!(
+                        "`{field}` is not an output field of the program{why}; outputs: {}",
+                        program_outputs.join(", ")
+                    ),
                 ));
             }
         }
@@ -1412,7 +1431,8 @@ impl PipelineConfig {
         }
         for (key, role) in [("lm", Some(&lm)), ("optimizer.teacher", optimizer.teacher.as_ref())] {
             if let Some(role) = role {
-                check_reply_budget(role, raw.adapter.format, &predictors, &signatures).map_err(|m| err(key, m))?;
+                check_reply_budget(role, raw.adapter.format, &predictors, &signatures, &tools)
+                    .map_err(|m| err(key, m))?;
             }
         }
         if !(0.0..=1.0).contains(&optimizer.metric_threshold) {
@@ -1602,6 +1622,7 @@ impl PipelineConfig {
             signatures,
             predictors,
             graph,
+            tools,
             metric,
             optimizer,
             budget,
@@ -1739,17 +1760,14 @@ fn check_reply_budget(
     format: AdapterFormat,
     predictors: &[PredictorConfig],
     signatures: &IndexMap<String, SignatureConfig>,
+    tools: &[crate::program::tool::ToolSpec],
 ) -> std::result::Result<(), String> {
     if lm.provider != Provider::Embedded || !lm.constrained {
         return Ok(());
     }
     let tokenizer = crate::lm::local::read_tokenizer(Path::new(&lm.model));
     for p in predictors {
-        let mut fields = Vec::new();
-        if p.module == Module::ChainOfThought {
-            fields.push(Field::new(crate::program::predictor::REASONING, FieldType::String, ""));
-        }
-        fields.extend(signatures[&p.signature].signature.outputs.iter().cloned());
+        let fields = crate::program::graph::build_predictor(p, signatures, tools).reply_fields();
         let Some(template) = crate::program::adapter::template(format, &fields) else { continue };
         let needed = crate::lm::local::min_reply_tokens(&template, tokenizer.as_deref());
         if (lm.max_tokens as usize) < needed {

@@ -248,6 +248,7 @@ async fn an_unparseable_reply_is_retried_once_in_the_other_format() {
         format: AdapterFormat::Chat,
         temperature: 0.0,
         max_tokens: 32,
+        tools: None,
     };
     let call = triage_predictor().call(&settings, &obj(json!({"message": "send money"})), None).await.unwrap();
     assert_eq!(call.outputs.unwrap()["queue"], "transfers");
@@ -262,6 +263,7 @@ async fn a_reply_unparseable_in_both_formats_fails_with_both_reasons() {
         format: AdapterFormat::Chat,
         temperature: 0.0,
         max_tokens: 32,
+        tools: None,
     };
     let call = triage_predictor().call(&settings, &obj(json!({"message": "x"})), None).await.unwrap();
     assert!(call.outputs.is_none());
@@ -284,6 +286,7 @@ async fn chain_of_thought_asks_for_reasoning_first() {
         format: AdapterFormat::Chat,
         temperature: 0.0,
         max_tokens: 32,
+        tools: None,
     };
     let call = predictor.call(&settings, &obj(json!({"message": "x"})), None).await.unwrap();
     let out = call.outputs.unwrap();
@@ -337,6 +340,7 @@ fn budgeted(full: fn(&promptloop::lm::LmRequest) -> String, max_tokens: u32) -> 
         format: AdapterFormat::Chat,
         temperature: 0.0,
         max_tokens,
+        tools: None,
     }
 }
 
@@ -511,6 +515,7 @@ async fn an_endpoint_that_stops_at_length_gives_a_cut_prediction() {
         format: AdapterFormat::Chat,
         temperature: 0.0,
         max_tokens: 8,
+        tools: None,
     };
     let call = triage_predictor().call(&settings, &obj(json!({"message": "send money"})), None).await.unwrap();
     assert!(call.cut && call.outputs.is_none(), "{call:?}");

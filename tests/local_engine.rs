@@ -536,8 +536,13 @@ async fn a_prediction_cut_by_the_budget_fails_with_the_reason() {
     let inputs: Map<String, Value> =
         json!({"message": "I sent money to my landlord and it has not arrived."}).as_object().unwrap().clone();
     let marker = engine().encode("[[ ## queue ## ]]\n").len() as u32;
-    let settings =
-        |max_tokens| PredictSettings { lm: lm.clone(), format: AdapterFormat::Chat, temperature: 0.0, max_tokens };
+    let settings = |max_tokens| PredictSettings {
+        lm: lm.clone(),
+        format: AdapterFormat::Chat,
+        temperature: 0.0,
+        max_tokens,
+        tools: None,
+    };
     let call = predictor.call(&settings(marker + 1), &inputs, None).await.unwrap();
     assert!(call.cut && call.outputs.is_none(), "{call:?}");
     assert_eq!(

@@ -58,6 +58,7 @@ fn context_with(
         format: promptloop::config::AdapterFormat::Chat,
         temperature: 0.0,
         max_tokens: 32,
+        tools: None,
     };
     let student = EvalContext {
         settings: settings(lm.clone()),

@@ -135,7 +135,11 @@ fn examples(routine: usize, urgent: usize, escalating: usize) -> Vec<Example> {
         i += 1;
     }
     for _ in 0..escalating {
-        push(i, format!("This is the third time I've asked about case {i}. I want to speak to a manager."), "escalating");
+        push(
+            i,
+            format!("This is the third time I've asked about case {i}. I want to speak to a manager."),
+            "escalating",
+        );
         i += 1;
     }
     out
@@ -147,8 +151,20 @@ fn signal_of(config: &PipelineConfig, message: &str) -> String {
 
 /// Right on every message: the reply names the message's signal and number.
 fn right(config: &PipelineConfig) -> Arc<ScriptedLm> {
+    answers(config, false)
+}
+
+/// Right only when shown demos (else "no idea"), so demos are worth learning.
+fn right_with_demos(config: &PipelineConfig) -> Arc<ScriptedLm> {
+    answers(config, true)
+}
+
+fn answers(config: &PipelineConfig, needs_demos: bool) -> Arc<ScriptedLm> {
     let signals = config.signals.clone();
     ScriptedLm::new(move |req| {
+        if needs_demos && !req.messages.iter().any(|m| m.role == promptloop::lm::Role::Assistant) {
+            return reply(req, "reply", "no idea");
+        }
         let message = last_input(req, "message");
         let label = SignalDetector::new(&signals).read(&message, &[]).label.name().to_string();
         let number: String = message.chars().filter(|c| c.is_ascii_digit()).collect();
@@ -172,6 +188,7 @@ fn context(lm: Arc<ScriptedLm>, min_slice: usize) -> OptimizeContext {
         format: promptloop::config::AdapterFormat::Chat,
         temperature: 0.0,
         max_tokens: 64,
+        tools: None,
     };
     let student = EvalContext {
         settings: settings(lm.in_role(LmRole::Task)),
@@ -284,7 +301,7 @@ async fn each_handler_learns_only_from_its_slice_and_a_small_slice_is_kept_as_it
         let e = all.iter().find(|e| e.id == id).unwrap();
         signal_of(&config, e.inputs["message"].as_str().unwrap())
     };
-    let lm = right(&config);
+    let lm = right_with_demos(&config);
     let ctx = context(lm.clone(), 10);
     let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
     let optimizer = build(&config.optimizer);
@@ -424,7 +441,10 @@ reply = { type = "string" }
     // TOML tables must come before the appended signatures' position does not matter.
     let config = parse(&text).unwrap();
     let paths: Vec<&str> = config.predictors.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(paths, ["handlers.routine", "handlers.urgent", "handlers.escalating.draft", "handlers.escalating.polish"]);
+    assert_eq!(
+        paths,
+        ["handlers.routine", "handlers.urgent", "handlers.escalating.draft", "handlers.escalating.polish"]
+    );
 }
 
 #[test]
@@ -444,8 +464,13 @@ fn the_artifact_keys_are_the_paths_and_its_diff_shows_the_one_handler_that_chang
         &promptloop::report::diff::program_text(&production),
         &promptloop::report::diff::program_text(&candidate),
     );
-    assert!(diff.contains("handlers.urgent"), "{diff}");
-    assert!(!diff.contains("## handlers.routine") && !diff.contains("## handlers.escalating"), "{diff}");
+    assert_eq!(diff.lines().filter(|l| l.starts_with("@@")).count(), 1, "{diff}");
+    let changed: Vec<&str> = diff
+        .lines()
+        .filter(|l| (l.starts_with('+') || l.starts_with('-')) && !l.starts_with("+++") && !l.starts_with("---"))
+        .collect();
+    assert_eq!(changed.len(), 2, "{diff}");
+    assert!(diff.contains(" ## handlers.urgent\n instructions:\n-"), "{diff}");
     insta::assert_snapshot!(diff);
 }
 

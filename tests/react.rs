@@ -64,7 +64,7 @@ fn weather(counter: Option<&Path>) -> ToolSpec {
 }
 
 fn settings(lm: Arc<ScriptedLm>, format: AdapterFormat) -> PredictSettings {
-    PredictSettings { lm: Lm::new(lm, None, 1), format, temperature: 0.0, max_tokens: 256 }
+    PredictSettings { lm: Lm::new(lm, None, 1), format, temperature: 0.0, max_tokens: 256, tools: None }
 }
 
 fn stage(tools: &Tools) -> (Predictor, Predictor) {

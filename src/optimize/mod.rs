@@ -230,11 +230,10 @@ fn per_slice(
     min_train: usize,
 ) -> (Program, Vec<slices::Slice>) {
     let all = scorer.fully_scored();
-    let candidates: Vec<slices::Scored<'_>> = all
-        .iter()
-        .map(|c| slices::Scored { name: &c.name, program: &c.program, results: &c.results })
-        .collect();
-    let production = slices::Scored { name: &production.name, program: &production.program, results: &production.results };
+    let candidates: Vec<slices::Scored<'_>> =
+        all.iter().map(|c| slices::Scored { name: &c.name, program: &c.program, results: &c.results }).collect();
+    let production =
+        slices::Scored { name: &production.name, program: &production.program, results: &production.results };
     let best = slices::Scored { name: &best.name, program: &best.program, results: &best.results };
     slices::compose(&production, &best, &candidates, train, min_train)
 }

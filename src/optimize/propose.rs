@@ -180,6 +180,7 @@ pub fn describe_predictor(predictor: &Predictor) -> String {
         match predictor.module {
             Module::Predict => "single-call",
             Module::ChainOfThought => "reason-then-answer",
+            Module::React => "tool-using",
         },
         predictor.name,
         inputs.join("; "),

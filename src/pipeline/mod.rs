@@ -127,7 +127,7 @@ pub fn build_lm(config: &LmConfig, state_dir: &Path, use_cache: bool) -> Result<
 }
 
 pub(crate) fn predict_settings(config: &LmConfig, lm: Lm, format: crate::config::AdapterFormat) -> PredictSettings {
-    PredictSettings { lm, format, temperature: config.temperature, max_tokens: config.max_tokens }
+    PredictSettings { lm, format, temperature: config.temperature, max_tokens: config.max_tokens, tools: None }
 }
 
 pub struct CompileRequest {
@@ -303,7 +303,9 @@ pub async fn eval(request: &EvalRequest) -> Result<EvalOutcome> {
     check_outputs_scored(&config, &dataset)?;
     let (program, label) = match &request.target {
         EvalTarget::Baseline => (Program::baseline(&config), "hand-written baseline".to_string()),
-        EvalTarget::Artifact(path) => (Artifact::load(path)?.program_on(&Program::baseline(&config)), path.display().to_string()),
+        EvalTarget::Artifact(path) => {
+            (Artifact::load(path)?.program_on(&Program::baseline(&config)), path.display().to_string())
+        }
     };
     let lm = build_lm(&config.lm, &config.state_dir(), request.use_cache)?;
     let ctx = eval_context(&config, lm.clone(), request.use_cache, request.progress)?;
@@ -371,12 +373,34 @@ pub(crate) fn eval_context(config: &PipelineConfig, lm: Lm, use_cache: bool, pro
             .with_context(|| format!("{}: [metric.lm]", config.file.display()))?
             .metered(meter.clone(), crate::lm::budget::LmRole::Judge, prices))
     };
+    let mut settings = predict_settings(&config.lm, lm, config.adapter);
+    settings.tools = tools(config, use_cache)?;
     Ok(EvalContext {
-        settings: predict_settings(&config.lm, lm, config.adapter),
+        settings,
         metric: metric::build_with(&config.metric, &judge_lm)?,
         concurrency: config.lm.concurrency,
         progress,
     })
+}
+
+/// The pipeline's tools, with the tool cache (`.promptloop/tools.sqlite`)
+/// unless `use_cache` is off; `None` when it declares none.
+pub(crate) fn tools(
+    config: &PipelineConfig,
+    use_cache: bool,
+) -> Result<Option<std::sync::Arc<crate::program::tool::Tools>>> {
+    if config.tools.is_empty() {
+        return Ok(None);
+    }
+    let cache = if use_cache {
+        let path = config.state_dir().join("tools.sqlite");
+        Some(crate::program::tool::ToolCache::open(&path).with_context(|| format!("cannot open {}", path.display()))?)
+    } else {
+        None
+    };
+    let tools = crate::program::tool::Tools::new(config.tools.clone(), cache)
+        .map_err(|m| anyhow::anyhow!("{}: [tools]: {m}", config.file.display()))?;
+    Ok(Some(std::sync::Arc::new(tools)))
 }
 
 pub(crate) fn relative_to(path: &Path, root: &Path) -> String {

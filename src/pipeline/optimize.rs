@@ -46,12 +46,20 @@ pub fn models(config: &PipelineConfig, use_cache: bool, progress: bool) -> Resul
         })
     };
     let (teacher_lm, teacher_config) = role(&config.optimizer.teacher, LmRole::Teacher)?;
-    let teacher = predict_settings(&teacher_config, teacher_lm, config.adapter);
+    let mut teacher = predict_settings(&teacher_config, teacher_lm, config.adapter);
+    teacher.tools = eval.settings.tools.clone();
     let (proposer_lm, proposer_config) = role(&config.optimizer.proposer, LmRole::Proposer)?;
     let mut proposer = predict_settings(&proposer_config, proposer_lm, config.adapter);
     // An instruction is longer than a typical answer.
     proposer.max_tokens = proposer.max_tokens.max(384);
-    let optimize = OptimizeContext { student: eval.clone(), teacher, proposer, seed: config.seed, checkpoint: None, min_slice_examples: config.optimizer.min_slice_examples };
+    let optimize = OptimizeContext {
+        student: eval.clone(),
+        teacher,
+        proposer,
+        seed: config.seed,
+        checkpoint: None,
+        min_slice_examples: config.optimizer.min_slice_examples,
+    };
     Ok(Models { task, meter, eval, optimize })
 }
 

@@ -26,6 +26,7 @@ use crate::logs::signals::{Signal, SignalDetector};
 use crate::metric::normalize_value;
 use crate::program::module::Module;
 use crate::program::signature::FieldType;
+use crate::program::tool::ToolSpec;
 
 /// `route_by = "detector"`: the rule-based signal detector picks the branch.
 pub const DETECTOR: &str = "detector";
@@ -52,6 +53,12 @@ pub struct StageDecl {
     /// The branch that takes any value without a branch of its own.
     #[serde(default)]
     pub default: Option<String>,
+    /// For `module = "react"`: the tools it may call [default: every `[tools.*]`].
+    #[serde(default)]
+    pub tools: Option<Vec<String>>,
+    /// For `module = "react"`: the most tool calls before it must answer [default: 5].
+    #[serde(default)]
+    pub max_steps: Option<usize>,
     #[serde(default)]
     pub branches: IndexMap<String, BranchDecl>,
 }
@@ -65,6 +72,10 @@ pub struct BranchDecl {
     #[serde(default)]
     pub module: Option<Module>,
     #[serde(default)]
+    pub tools: Option<Vec<String>>,
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    #[serde(default)]
     pub stages: Vec<StageDecl>,
 }
 
@@ -77,7 +88,79 @@ pub struct Graph {
 pub enum Stage {
     /// A predictor, by its index in the program's predictors.
     Predict(usize),
+    /// A tool loop over two predictors.
+    React(ReactStage),
     Router(Router),
+}
+
+/// `module = "react"`: the predictor that picks tools and the one that answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReactStage {
+    pub path: String,
+    /// Index of `<path>.react`.
+    pub react: usize,
+    /// Index of `<path>.extract`.
+    pub extract: usize,
+    pub max_steps: usize,
+}
+
+/// The most steps a react stage may take.
+pub const MAX_REACT_STEPS: usize = 50;
+/// Steps when `max_steps` is not set.
+pub const DEFAULT_REACT_STEPS: usize = 5;
+
+/// What part of a stage a predictor is.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Part {
+    /// The stage itself: its signature, its module.
+    #[default]
+    Whole,
+    /// The tool-picking half of a react stage, over these tools.
+    ReactStep { tools: Vec<String> },
+    /// The answering half of a react stage.
+    ReactExtract,
+}
+
+/// The predictor a declaration describes, as declared: the signature's
+/// instructions, no demos. A react stage's halves are built by [`crate::program::react::predictors`].
+pub fn build_predictor(
+    p: &PredictorConfig,
+    signatures: &IndexMap<String, SignatureConfig>,
+    tools: &[ToolSpec],
+) -> crate::program::predictor::Predictor {
+    let sig = &signatures[&p.signature];
+    let stage_path = |suffix: &str| p.name.strip_suffix(suffix).unwrap_or(&p.name).to_string();
+    let react_tools = |names: &[String]| {
+        let specs = tools.iter().filter(|t| names.contains(&t.name)).cloned().collect();
+        crate::program::tool::Tools { specs, cache: None }
+    };
+    match &p.part {
+        Part::Whole => crate::program::predictor::Predictor {
+            name: p.name.clone(),
+            module: p.module,
+            signature: sig.signature.clone(),
+            instructions: sig.instructions.clone(),
+            demos: Vec::new(),
+        },
+        Part::ReactStep { tools: names } => {
+            crate::program::react::predictors(
+                &stage_path(".react"),
+                &sig.signature,
+                &sig.instructions,
+                &react_tools(names),
+            )
+            .0
+        }
+        Part::ReactExtract => {
+            crate::program::react::predictors(
+                &stage_path(".extract"),
+                &sig.signature,
+                &sig.instructions,
+                &react_tools(&[]),
+            )
+            .1
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -170,7 +253,9 @@ impl Router {
                 Some(other) => Ok(normalize_value(other)),
                 None => Err(format!("router `{}`: no `{field}` to route by", self.path)),
             },
-            RouteBy::Detector(d) => d.read(known).map(|s| s.name().to_string()).map_err(|e| format!("router `{}`: {e}", self.path)),
+            RouteBy::Detector(d) => {
+                d.read(known).map(|s| s.name().to_string()).map_err(|e| format!("router `{}`: {e}", self.path))
+            }
         }
     }
 
@@ -226,7 +311,8 @@ impl Graph {
             for stage in stages {
                 match stage {
                     Stage::Predict(i) if *i == target => return true,
-                    Stage::Predict(_) => {}
+                    Stage::React(r) if r.react == target || r.extract == target => return true,
+                    Stage::Predict(_) | Stage::React(_) => {}
                     Stage::Router(r) => {
                         for (bi, b) in r.branches.iter().enumerate() {
                             path.push((r, bi));
@@ -259,6 +345,8 @@ impl Graph {
 pub struct Declared {
     pub predictors: Vec<PredictorConfig>,
     pub graph: Graph,
+    /// The fields the program writes whatever branch runs: what a metric can score.
+    pub outputs: Vec<String>,
 }
 
 /// A declaration error: the key (`program.stages[1].branches.urgent`) and the message.
@@ -274,20 +362,21 @@ pub fn declare(
     signatures: &IndexMap<String, SignatureConfig>,
     inputs: Option<&[String]>,
     signals: &SignalsConfig,
+    tools: &[ToolSpec],
 ) -> Result<Declared, DeclError> {
     if stages.is_empty() {
-        return Err((key.into(), "the program needs at least one stage: add [[program.stages]] with a name and a signature".into()));
+        return Err((
+            key.into(),
+            "the program needs at least one stage: add [[program.stages]] with a name and a signature".into(),
+        ));
     }
     let mut writers = Vec::new();
     collect_writes(stages, "", signatures, &mut writers);
-    let mut builder = Builder {
-        signatures,
-        declared_inputs: inputs,
-        signals,
-        writers,
-        predictors: Vec::new(),
-        first_input: None,
-    };
+    let mut reads = Vec::new();
+    collect_reads(stages, signatures, &mut reads);
+    let first_input = reads.into_iter().find(|f| !writers.iter().any(|(w, _)| w == f));
+    let mut builder =
+        Builder { signatures, declared_inputs: inputs, signals, tools, writers, predictors: Vec::new(), first_input };
     let mut scope = Scope::default();
     if let Some(inputs) = inputs {
         for i in inputs {
@@ -295,7 +384,9 @@ pub fn declare(
         }
     }
     let graph = Graph { stages: builder.stages(stages, key, "", &mut scope)? };
-    Ok(Declared { predictors: builder.predictors, graph })
+    let outputs =
+        scope.fields.iter().filter(|(_, o)| matches!(o, Origin::Written(..))).map(|(f, _)| f.clone()).collect();
+    Ok(Declared { predictors: builder.predictors, graph, outputs })
 }
 
 /// Every (field, path of the stage that writes it), for "written later" errors.
@@ -320,8 +411,30 @@ fn collect_writes(
     }
 }
 
+/// Every field a stage reads, in declaration order.
+fn collect_reads(stages: &[StageDecl], signatures: &IndexMap<String, SignatureConfig>, out: &mut Vec<String>) {
+    let add = |signature: &Option<String>, out: &mut Vec<String>| {
+        if let Some(sig) = signature.as_ref().and_then(|n| signatures.get(n)) {
+            out.extend(sig.signature.inputs.iter().map(|f| f.name.clone()));
+        }
+    };
+    for s in stages {
+        add(&s.signature, out);
+        for b in s.branches.values() {
+            add(&b.signature, out);
+            collect_reads(&b.stages, signatures, out);
+        }
+    }
+}
+
 fn join(prefix: &str, name: &str) -> String {
     if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
+}
+
+/// A stage's react settings as declared.
+struct ReactOptions {
+    tools: Option<Vec<String>>,
+    max_steps: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -340,6 +453,7 @@ struct Builder<'a> {
     signatures: &'a IndexMap<String, SignatureConfig>,
     declared_inputs: Option<&'a [String]>,
     signals: &'a SignalsConfig,
+    tools: &'a [ToolSpec],
     writers: Vec<(String, String)>,
     predictors: Vec<PredictorConfig>,
     first_input: Option<String>,
@@ -377,12 +491,23 @@ impl Builder<'_> {
                         ));
                     }
                     let Some(signature) = &s.signature else {
-                        return Err((key, "a stage needs a `signature` (or `route_by` and `branches` for a router)".into()));
+                        return Err((
+                            key,
+                            "a stage needs a `signature` (or `route_by` and `branches` for a router)".into(),
+                        ));
                     };
-                    out.push(self.predictor(&key, &path, signature, s.module.unwrap_or(Module::Predict), scope)?);
+                    let react = ReactOptions { tools: s.tools.clone(), max_steps: s.max_steps };
+                    out.push(self.predictor(
+                        &key,
+                        &path,
+                        signature,
+                        s.module.unwrap_or(Module::Predict),
+                        &react,
+                        scope,
+                    )?);
                 }
                 Some(by) => {
-                    if s.signature.is_some() || s.module.is_some() {
+                    if s.signature.is_some() || s.module.is_some() || s.tools.is_some() || s.max_steps.is_some() {
                         return Err((
                             key,
                             "a router has `route_by` and `branches`, not a `signature` or `module`; declare the predictor that decides as a stage before it".into(),
@@ -401,8 +526,12 @@ impl Builder<'_> {
         path: &str,
         signature: &str,
         module: Module,
+        react: &ReactOptions,
         scope: &mut Scope,
     ) -> Result<Stage, DeclError> {
+        if module != Module::React && (react.tools.is_some() || react.max_steps.is_some()) {
+            return Err((key.to_string(), "`tools` and `max_steps` belong to a stage with module = \"react\"".into()));
+        }
         let Some(sig) = self.signatures.get(signature) else {
             let known: Vec<_> = self.signatures.keys().cloned().collect();
             return Err((
@@ -429,8 +558,54 @@ impl Builder<'_> {
             }
             scope.fields.insert(field.name.clone(), Origin::Written(path.to_string(), field.ty.clone()));
         }
-        self.predictors.push(PredictorConfig { name: path.to_string(), signature: signature.to_string(), module });
-        Ok(Stage::Predict(self.predictors.len() - 1))
+        if module != Module::React {
+            self.predictors.push(PredictorConfig {
+                name: path.to_string(),
+                signature: signature.to_string(),
+                module,
+                part: Part::Whole,
+            });
+            return Ok(Stage::Predict(self.predictors.len() - 1));
+        }
+        crate::program::react::check_signature(&sig.signature).map_err(|m| (format!("{key}.signature"), m))?;
+        let declared: Vec<String> = self.tools.iter().map(|t| t.name.clone()).collect();
+        let tools = match &react.tools {
+            Some(names) => {
+                for name in names {
+                    if !declared.contains(name) {
+                        return Err((
+                            format!("{key}.tools"),
+                            format!(
+                                "tool `{name}` is not declared; declared: {} (add a [tools.{name}] table)",
+                                if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+                            ),
+                        ));
+                    }
+                }
+                names.clone()
+            }
+            None => declared,
+        };
+        if tools.is_empty() {
+            return Err((
+                key.to_string(),
+                "a react stage needs at least one tool; declare one in a [tools.<name>] table".into(),
+            ));
+        }
+        let max_steps = react.max_steps.unwrap_or(DEFAULT_REACT_STEPS);
+        if !(1..=MAX_REACT_STEPS).contains(&max_steps) {
+            return Err((format!("{key}.max_steps"), format!("must be between 1 and {MAX_REACT_STEPS}")));
+        }
+        for (suffix, part) in [(".react", Part::ReactStep { tools }), (".extract", Part::ReactExtract)] {
+            self.predictors.push(PredictorConfig {
+                name: format!("{path}{suffix}"),
+                signature: signature.to_string(),
+                module,
+                part,
+            });
+        }
+        let n = self.predictors.len();
+        Ok(Stage::React(ReactStage { path: path.to_string(), react: n - 2, extract: n - 1, max_steps }))
     }
 
     /// A stage reads `field`: an input, or an earlier output.
@@ -460,7 +635,6 @@ impl Builder<'_> {
                 ),
             ));
         }
-        self.first_input.get_or_insert_with(|| field.to_string());
         scope.fields.insert(field.to_string(), Origin::Input);
         Ok(())
     }
@@ -521,17 +695,21 @@ impl Builder<'_> {
             };
             (RouteBy::Field(by.to_string()), values)
         };
+        let source = if by == DETECTOR { "the detector".to_string() } else { format!("`{by}`") };
         if s.branches.is_empty() {
             return Err((
                 format!("{key}.branches"),
-                format!("router `{path}` has no branches; add [program.stages.branches.<value>] for {}", labels.join(", ")),
+                format!(
+                    "router `{path}` has no branches; add [program.stages.branches.<value>] for {}",
+                    labels.join(", ")
+                ),
             ));
         }
         for label in s.branches.keys() {
             if !labels.contains(label) {
                 return Err((
                     format!("{key}.branches.{label}"),
-                    format!("`{label}` is not a value `{by}` takes; values: {}", labels.join(", ")),
+                    format!("`{label}` is not a value {source} gives; values: {}", labels.join(", ")),
                 ));
             }
         }
@@ -541,7 +719,10 @@ impl Builder<'_> {
                 None => {
                     return Err((
                         format!("{key}.default"),
-                        format!("`{d}` is not a branch; branches: {}", s.branches.keys().cloned().collect::<Vec<_>>().join(", ")),
+                        format!(
+                            "`{d}` is not a branch; branches: {}",
+                            s.branches.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
                     ));
                 }
             },
@@ -553,23 +734,30 @@ impl Builder<'_> {
             return Err((
                 format!("{key}.branches"),
                 format!(
-                    "`{by}` can be `{missing}`, which has no handler; add [program.stages.branches.{missing}] or set `default` to a branch"
+                    "{source} can give `{missing}`, which has no handler; add [program.stages.branches.{missing}] or set `default` to a branch"
                 ),
             ));
         }
         let mut branches = Vec::new();
-        let mut written: Option<(String, Vec<(String, FieldType)>)> = None;
+        // What each branch writes; after the router, the fields every branch writes.
+        let mut written: Vec<Vec<String>> = Vec::new();
+        let mut seen: Vec<(String, (String, FieldType))> = Vec::new();
         for (label, b) in &s.branches {
             let bkey = format!("{key}.branches.{label}");
             let bpath = join(path, label);
             let mut inner = scope.clone();
             let stages = match (&b.signature, b.stages.is_empty()) {
                 (Some(signature), true) => {
-                    vec![self.predictor(&bkey, &bpath, signature, b.module.unwrap_or(Module::Predict), &mut inner)?]
+                    let react = ReactOptions { tools: b.tools.clone(), max_steps: b.max_steps };
+                    let module = b.module.unwrap_or(Module::Predict);
+                    vec![self.predictor(&bkey, &bpath, signature, module, &react, &mut inner)?]
                 }
                 (None, false) => {
-                    if b.module.is_some() {
-                        return Err((bkey, "`module` goes on each of the branch's stages".into()));
+                    if b.module.is_some() || b.tools.is_some() || b.max_steps.is_some() {
+                        return Err((
+                            bkey,
+                            "`module`, `tools` and `max_steps` go on each of the branch's stages".into(),
+                        ));
                     }
                     self.stages(&b.stages, &format!("{bkey}.stages"), &bpath, &mut inner)?
                 }
@@ -599,34 +787,37 @@ impl Builder<'_> {
                     scope.fields.insert(f.clone(), Origin::Input);
                 }
             }
-            match &written {
-                None => written = Some((label.clone(), new)),
-                Some((first, fields)) => {
-                    let names = |v: &[(String, FieldType)]| v.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>();
-                    if names(fields) != names(&new) {
-                        return Err((
-                            bkey,
-                            format!(
-                                "branch `{label}` writes {} but branch `{first}` writes {}; every branch writes the same fields so later stages can read them",
-                                list(&names(&new)),
-                                list(&names(fields))
-                            ),
-                        ));
-                    }
-                    if let Some(((f, _), _)) = fields.iter().zip(&new).find(|((_, a), (_, b))| a != b) {
-                        return Err((
-                            bkey,
-                            format!("branch `{label}` writes `{f}` with another type than branch `{first}` does"),
-                        ));
-                    }
+            for (f, ty) in &new {
+                if let Some((first, other)) = seen.iter().find(|(_, (g, _))| g == f).map(|(l, (_, t))| (l, t))
+                    && other != ty
+                {
+                    return Err((
+                        bkey,
+                        format!("branch `{label}` writes `{f}` with another type than branch `{first}` does"),
+                    ));
                 }
             }
+            for (f, ty) in &new {
+                seen.push((label.clone(), (f.clone(), ty.clone())));
+            }
+            written.push(new.into_iter().map(|(f, _)| f).collect::<Vec<_>>());
             branches.push(Branch { label: label.clone(), stages });
         }
-        if let Some((_, fields)) = written {
-            for (f, ty) in fields {
-                scope.fields.insert(f, Origin::Written(path.to_string(), ty));
-            }
+        let shared: Vec<&String> = written[0].iter().filter(|f| written.iter().all(|w| w.contains(f))).collect();
+        if shared.is_empty() {
+            let each: Vec<String> =
+                s.branches.keys().zip(&written).map(|(l, w)| format!("`{l}` writes {}", list(w))).collect();
+            return Err((
+                format!("{key}.branches"),
+                format!(
+                    "the branches write no field in common ({}); every branch must write the fields later stages and the metric read",
+                    each.join(", ")
+                ),
+            ));
+        }
+        for f in shared {
+            let ty = seen.iter().find(|(_, (g, _))| g == f).map(|(_, (_, t))| t.clone()).expect("written");
+            scope.fields.insert(f.clone(), Origin::Written(path.to_string(), ty));
         }
         Ok(Router { path: path.to_string(), by: route_by, branches, default })
     }

@@ -71,28 +71,25 @@ pub struct RunStats {
     pub usage: TokenUsage,
     pub lm_calls: u32,
     pub cache_hits: u32,
+    /// Tool calls of react stages, and of those answered from the tool cache.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tool_calls: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tool_cache_hits: u32,
     /// The branch each router took, outermost first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 impl Program {
     /// The hand-written program: the pipeline's instructions, no demos.
     pub fn baseline(config: &PipelineConfig) -> Program {
-        let predictors = config
-            .predictors
-            .iter()
-            .map(|p| {
-                let sig = &config.signatures[&p.signature];
-                Predictor {
-                    name: p.name.clone(),
-                    module: p.module,
-                    signature: sig.signature.clone(),
-                    instructions: sig.instructions.clone(),
-                    demos: Vec::new(),
-                }
-            })
-            .collect();
+        let predictors =
+            config.predictors.iter().map(|p| graph::build_predictor(p, &config.signatures, &config.tools)).collect();
         Program { predictors, graph: config.graph.clone() }
     }
 
@@ -128,11 +125,17 @@ impl Program {
             };
             let predictor = match stage {
                 Stage::Predict(i) => &self.predictors[*i],
+                Stage::React(stage) => {
+                    if !self.run_react(stage, settings, &mut known, &mut prediction, &mut run, rollout).await? {
+                        return Ok(run);
+                    }
+                    continue;
+                }
                 Stage::Router(router) => {
                     let picked = router.value(&known).and_then(|value| {
-                        router.pick(&value).ok_or_else(|| {
-                            format!("router `{}`: no branch for `{value}` and no default", router.path)
-                        })
+                        router
+                            .pick(&value)
+                            .ok_or_else(|| format!("router `{}`: no branch for `{value}` and no default", router.path))
                     });
                     match picked {
                         Ok(branch) => {
@@ -201,6 +204,45 @@ impl Program {
         }
         run.prediction = Some(prediction);
         Ok(run)
+    }
+
+    /// Runs a react stage, adding its outputs to `known` and `prediction`;
+    /// `false` when it failed (the reason in `run`).
+    async fn run_react(
+        &self,
+        stage: &graph::ReactStage,
+        settings: &PredictSettings,
+        known: &mut Map<String, Value>,
+        prediction: &mut Map<String, Value>,
+        run: &mut Run,
+        rollout: Option<u32>,
+    ) -> Result<bool, LmError> {
+        let (react, extract) = (&self.predictors[stage.react], &self.predictors[stage.extract]);
+        let Some(tools) = settings.tools.as_deref() else {
+            run.stats.error = Some(format!("`{}`: no tools were given to run it with", stage.path));
+            return Ok(false);
+        };
+        let done = react::run(react, extract, tools, settings, known, stage.max_steps, rollout).await?;
+        let stats = &mut run.stats;
+        stats.usage.prompt_tokens += done.usage.prompt_tokens;
+        stats.usage.completion_tokens += done.usage.completion_tokens;
+        stats.lm_calls += done.lm_calls;
+        stats.cache_hits += done.cache_hits;
+        stats.format_retries += done.format_retries;
+        stats.tool_calls += done.tool_calls;
+        stats.tool_cache_hits += done.tool_cache_hits;
+        run.trace.extend(done.trace);
+        let Some(outputs) = done.outputs else {
+            stats.error = Some(done.error.unwrap_or_else(|| format!("`{}` gave no outputs", stage.path)));
+            stats.format_error = done.format_error;
+            stats.cut = done.cut;
+            return Ok(false);
+        };
+        for (k, v) in outputs {
+            known.insert(k.clone(), v.clone());
+            prediction.insert(k, v);
+        }
+        Ok(true)
     }
 
     pub fn demo_count(&self) -> usize {

@@ -9,4 +9,7 @@ pub enum Module {
     Predict,
     /// One call whose reply reasons step by step (a `reasoning` output) before the outputs.
     ChainOfThought,
+    /// A tool loop: `<stage>.react` picks a tool (or `finish`) step by step,
+    /// then `<stage>.extract` (chain of thought) writes the outputs from the trajectory.
+    React,
 }

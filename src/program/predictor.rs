@@ -45,6 +45,8 @@ pub struct PredictSettings {
     pub format: AdapterFormat,
     pub temperature: f32,
     pub max_tokens: u32,
+    /// What react stages call (`[tools.*]`, with the run's tool cache), if the program has any.
+    pub tools: Option<std::sync::Arc<crate::program::tool::Tools>>,
 }
 
 /// The result of one predictor call.
