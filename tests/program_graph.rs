@@ -488,3 +488,101 @@ fn an_artifact_from_before_a_handler_existed_loads_with_that_handler_as_declared
     let seen: HashSet<&str> = loaded.predictors.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(seen.len(), 3);
 }
+
+/// A react stage that looks the weather up, then a stage that reads its answer.
+fn react_toml() -> String {
+    r#"name = "weather"
+[lm]
+provider = "embedded"
+model = "m.gguf"
+[dataset]
+path = "unused.jsonl"
+
+[tools.weather]
+kind = "command"
+description = "The current weather in a city, as JSON."
+command = ["tests/data/tools/weather.py"]
+timeout_secs = 10
+args = { city = { type = "string", description = "the city's name" } }
+
+[signatures.answer]
+instructions = "Answer the user's question about the weather."
+[signatures.answer.inputs]
+question = { type = "string" }
+[signatures.answer.outputs]
+answer = { type = "string" }
+
+[signatures.tone]
+instructions = "Is the answer good news?"
+[signatures.tone.inputs]
+answer = { type = "string" }
+[signatures.tone.outputs]
+good = { type = "bool" }
+
+[[program.stages]]
+name = "agent"
+signature = "answer"
+module = "react"
+max_steps = 3
+
+[[program.stages]]
+name = "tone"
+signature = "tone"
+
+[metric]
+kind = "exact_match"
+fields = ["answer"]
+"#
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_react_stage_calls_its_tool_and_a_later_stage_reads_its_answer() {
+    let config = parse(&react_toml()).unwrap();
+    let paths: Vec<&str> = config.predictors.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(paths, ["agent.react", "agent.extract", "tone"]);
+    let lm = ScriptedLm::new(|req: &LmRequest| {
+        let system = &req.messages[0].content;
+        if system.contains("`next_tool_name`") {
+            let last = &req.messages.last().unwrap().content;
+            return if last.contains("observation_0") {
+                "[[ ## next_thought ## ]]\nI know.\n\n[[ ## next_tool_name ## ]]\nfinish\n\n[[ ## next_tool_args ## ]]\n{}\n\n[[ ## completed ## ]]".into()
+            } else {
+                "[[ ## next_thought ## ]]\nLook it up.\n\n[[ ## next_tool_name ## ]]\nweather\n\n[[ ## next_tool_args ## ]]\n{\"city\": \"Oslo\"}\n\n[[ ## completed ## ]]".into()
+            };
+        }
+        if system.contains("Is the answer good news?") {
+            return reply(req, "good", "true");
+        }
+        "[[ ## reasoning ## ]]\nThe tool said clear.\n\n[[ ## answer ## ]]\nclear, 21 C\n\n[[ ## completed ## ]]".into()
+    });
+    let mut ctx = context(lm.clone(), 10);
+    let tools = promptloop::program::tool::Tools::new(config.tools.clone(), None).unwrap();
+    ctx.student.settings.tools = Some(Arc::new(tools));
+    let program = Program::baseline(&config);
+    let inputs: Map<String, Value> = [("question".to_string(), json!("Weather in Oslo?"))].into_iter().collect();
+    let run = program.run(&ctx.student.settings, &inputs, None).await.unwrap();
+    assert_eq!(run.stats.error, None);
+    let trace: Vec<&str> = run.trace.iter().map(|s| s.predictor.as_str()).collect();
+    assert_eq!(trace, ["agent.react", "agent.react", "agent.extract", "tone"]);
+    assert_eq!(run.stats.tool_calls, 1);
+    // The tool call is in the trajectory the second step and the extract step read: what a demo shows.
+    let trajectory = run.trace[2].inputs["trajectory"].as_str().unwrap();
+    assert!(trajectory.contains("weather") && trajectory.contains("\"temp_c\":21"), "{trajectory}");
+    let prediction = run.prediction.unwrap();
+    assert_eq!(prediction["answer"], "clear, 21 C");
+    assert_eq!(prediction["good"], true);
+}
+
+#[test]
+fn a_react_stage_needs_declared_tools() {
+    let no_tool = react_toml().replace("max_steps = 3", "max_steps = 3\ntools = [\"search\"]");
+    let error = format!("{:#}", parse(&no_tool).unwrap_err());
+    assert!(error.contains("[program.stages[0].tools] tool `search` is not declared; declared: weather"), "{error}");
+    let too_many = react_toml().replace("max_steps = 3", "max_steps = 500");
+    let error = format!("{:#}", parse(&too_many).unwrap_err());
+    assert!(error.contains("[program.stages[0].max_steps] must be between 1 and 50"), "{error}");
+    let not_react = react_toml().replace("module = \"react\"\nmax_steps = 3", "max_steps = 3");
+    let error = format!("{:#}", parse(&not_react).unwrap_err());
+    assert!(error.contains("belong to a stage with module = \"react\""), "{error}");
+}

@@ -92,6 +92,7 @@ fn run(flips: Vec<Flip>, program_diff: String) -> RunReport {
                 broken: 1,
             },
         ],
+        branches: vec![],
         flipped: flips,
         program_diff,
         dataset: None,
@@ -145,6 +146,7 @@ fn search() -> SearchSummary {
         ],
         stopped_early: None,
         evaluations: 410,
+        slices: vec![],
         notes: vec!["`route`: a proposal (tip: Be concise.) was dropped: unparseable reply | twice".into()],
         proposals: vec![ProposalRecord {
             predictor: "route".into(),
@@ -341,4 +343,50 @@ fn log_text_never_becomes_active_github_syntax() {
     assert!(read.contains("| gepa @org/team #1 |"), "{read}");
     // Inside the diff's code block the demo stays as written: inert there.
     assert!(body.contains(&format!("+     message: {HOSTILE}\n```")), "{body}");
+}
+
+#[test]
+fn a_router_program_reports_test_scores_per_branch_and_the_slice_each_handler_learned_from() {
+    let mut report = run(vec![], String::new());
+    report.branches = vec![
+        Slice {
+            signal: "handlers = routine".into(),
+            scores: Scores { n: 90, baseline: 0.61, candidate: 0.66 },
+            fixed: 9,
+            broken: 4,
+        },
+        Slice {
+            signal: "handlers = escalating".into(),
+            scores: Scores { n: 12, baseline: 0.25, candidate: 0.5 },
+            fixed: 4,
+            broken: 1,
+        },
+    ];
+    let mut search = search();
+    let slice = |branch: &str, train, dev, optimized, from: &str| promptloop::optimize::slices::Slice {
+        router: "handlers".into(),
+        branch: branch.into(),
+        predictors: vec![format!("handlers.{branch}")],
+        train,
+        dev,
+        optimized,
+        production_dev: Some(0.5),
+        proposed_dev: Some(if optimized { 0.625 } else { 0.5 }),
+        from: Some(from.into()),
+    };
+    search.slices = vec![
+        slice("routine", 420, 90, true, "bootstrapped-2"),
+        slice("urgent", 6, 2, false, "production"),
+        slice("escalating", 48, 12, true, "covering-1x1"),
+    ];
+    report.search = Some(search);
+    let body = markdown::report(&report);
+    let branch_table = body.find("### By branch (test)").expect("a branch table");
+    assert!(branch_table < body.find("### By signal (test)").unwrap());
+    assert!(body.contains("| handlers = urgent | `handlers.urgent` | 6 | 2 | 0.500 | 0.500 | kept: too few examples to optimize |"), "{body}");
+    let start = branch_table;
+    let end = body[start..].find("### How the optimizer searched").map_or(body.len(), |e| start + e);
+    let search_start = body.find("Each handler behind a router").unwrap();
+    let search_end = body[search_start..].find("\n\n<details>").map_or(body.len(), |e| search_start + e);
+    insta::assert_snapshot!(format!("{}\n{}", &body[start..end], &body[search_start..search_end]));
 }

@@ -204,6 +204,7 @@ pub async fn run_optimizer(
         proposals: optimized.notes.proposals.clone(),
         reflections: optimized.notes.reflections.clone(),
         usage: role_uses(&used, limits.as_ref(), &projected),
+        slices: optimized.slices.clone(),
     };
     Ok(OptimizerRun { optimized, search: summary, checkpoint })
 }

@@ -172,18 +172,27 @@ fn score_table(run: &RunReport, out: &mut String) {
 }
 
 fn slices(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
-    if run.slices.len() < 2 {
-        return;
+    if !run.branches.is_empty() {
+        slice_table(run, &run.branches, "branch", out);
     }
+    if run.slices.len() >= 2 {
+        slice_table(run, &run.slices, "signal", out);
+    }
+}
+
+/// The test comparison per slice: per router branch or per signal.
+fn slice_table(run: &RunReport, slices: &[super::Slice], by: &str, out: &mut String) {
     if run.headline.no_candidate {
-        out.push_str("\n### By signal (test)\n\n| signal | n | production |\n|---|---:|---:|\n");
-        for slice in &run.slices {
+        out.push_str(&format!("\n### By {by} (test)\n\n| {by} | n | production |\n|---|---:|---:|\n"));
+        for slice in slices {
             out.push_str(&format!("| {} | {} | {:.3} |\n", cell(&slice.signal), slice.scores.n, slice.scores.baseline));
         }
         return;
     }
-    out.push_str("\n### By signal (test)\n\n| signal | n | production | candidate | delta | fixed | broken |\n|---|---:|---:|---:|---:|---:|---:|\n");
-    for slice in &run.slices {
+    out.push_str(&format!(
+        "\n### By {by} (test)\n\n| {by} | n | production | candidate | delta | fixed | broken |\n|---|---:|---:|---:|---:|---:|---:|\n"
+    ));
+    for slice in slices {
         let Scores { n, baseline, candidate } = slice.scores;
         out.push_str(&format!(
             "| {} | {n} | {baseline:.3} | {candidate:.3} | {:+.3} | {} | {} |\n",
@@ -396,6 +405,30 @@ fn search(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
         ));
     }
     out.push('\n');
+    if !search.slices.is_empty() {
+        out.push_str(
+            "\nEach handler behind a router was optimized on the examples routed to it:\n\n| branch | predictors | train | dev | production (dev) | proposed (dev) | taken from |\n|---|---|---:|---:|---:|---:|---|\n",
+        );
+        let score = |s: Option<f64>| s.map_or("—".to_string(), |s| format!("{s:.3}"));
+        for s in &search.slices {
+            let from = if s.optimized {
+                s.from.as_deref().map(code).unwrap_or_default()
+            } else {
+                "kept: too few examples to optimize".to_string()
+            };
+            out.push_str(&format!(
+                "| {} = {} | {} | {} | {} | {} | {} | {} |\n",
+                cell(&s.router),
+                cell(&s.branch),
+                s.predictors.iter().map(|p| code(p)).collect::<Vec<_>>().join(", "),
+                s.train,
+                s.dev,
+                score(s.production_dev),
+                score(s.proposed_dev),
+                from
+            ));
+        }
+    }
     if !search.candidates.is_empty() {
         out.push_str("\n<details><summary>Candidates scored on dev</summary>\n\n| candidate | demos | dev | scored on |\n|---|---:|---:|---:|\n");
         for c in &search.candidates {

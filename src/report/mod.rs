@@ -95,6 +95,9 @@ pub struct RunReport {
     pub dev: Option<Scores>,
     /// The test comparison per signal (routine, urgent, escalating, unlabeled).
     pub slices: Vec<Slice>,
+    /// The test comparison per router branch (`handlers = escalating`), for a program with routers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub branches: Vec<Slice>,
     /// Test examples whose score changed, fixed first.
     pub flipped: Vec<Flip>,
     /// Reviewer-readable unified diff of instructions and demos (production → candidate).
@@ -189,6 +192,9 @@ pub struct SearchSummary {
     pub reflections: Vec<crate::optimize::ReflectionRecord>,
     /// LM use per role: budget, projection, use.
     pub usage: Vec<RoleUse>,
+    /// Per router branch: the slice each handler was optimized on, and its dev scores.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slices: Vec<crate::optimize::slices::Slice>,
 }
 
 /// One LM role's use in a run.
