@@ -6,7 +6,11 @@ Dual Sentence Encoders", NLP4ConvAI @ ACL 2020, arXiv:2003.04807. Each of its 77
 intents is mapped onto one of seven support queues; a fixed-seed sample of the
 messages becomes the worked example's dataset.
 
-Usage: scripts/build-worked-example.py PATH/TO/banking77 [COUNT]
+Ids are `b77-NNNNN`: the message's row in Banking77, counting train.csv's rows
+from 1 (b77-00001 … b77-10003), then test.csv's (b77-10004 … b77-13083). They
+name no split: promptloop splits by a hash of the id.
+
+Usage: scripts/build-worked-example.py [PATH/TO/banking77 [COUNT]]   (default: data/banking77, 1000)
 """
 import csv
 import json
@@ -61,7 +65,8 @@ QUEUES = {
 
 
 def main() -> None:
-    src = Path(sys.argv[1])
+    root = Path(__file__).resolve().parent.parent
+    src = Path(sys.argv[1]) if len(sys.argv) > 1 else root / "data" / "banking77"
     count = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
     queue_of = {intent: q for q, intents in QUEUES.items() for intent in intents}
     categories = json.loads((src / "categories.json").read_text())
@@ -71,8 +76,8 @@ def main() -> None:
     rows = []
     for part in ("train", "test"):
         with open(src / f"{part}.csv", newline="", encoding="utf-8") as f:
-            for n, row in enumerate(csv.DictReader(f), start=2):
-                rows.append((f"b77-{part}-{n:05d}", row["text"].strip(), row["category"]))
+            for row in csv.DictReader(f):
+                rows.append((f"b77-{len(rows) + 1:05d}", row["text"].strip(), row["category"]))
     # One copy of each message text: Banking77 repeats a few verbatim.
     seen, unique = set(), []
     for row in rows:
@@ -82,7 +87,7 @@ def main() -> None:
             unique.append(row)
     random.Random(77).shuffle(unique)
 
-    out = Path(__file__).resolve().parent.parent / "datasets" / "support-triage" / "examples.jsonl"
+    out = root / "datasets" / "support-triage" / "examples.jsonl"
     with open(out, "w", encoding="utf-8") as f:
         for ident, text, intent in sorted(unique[:count]):
             f.write(json.dumps({
