@@ -532,6 +532,9 @@ signature = "tone"
 [metric]
 kind = "exact_match"
 fields = ["answer"]
+
+[optimizer]
+kind = "none"
 "#
     .to_string()
 }

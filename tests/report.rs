@@ -383,9 +383,14 @@ fn a_router_program_reports_test_scores_per_branch_and_the_slice_each_handler_le
     let body = markdown::report(&report);
     let branch_table = body.find("### By branch (test)").expect("a branch table");
     assert!(branch_table < body.find("### By signal (test)").unwrap());
-    assert!(body.contains("| handlers = urgent | `handlers.urgent` | 6 | 2 | 0.500 | 0.500 | kept: too few examples to optimize |"), "{body}");
+    assert!(
+        body.contains(
+            "| handlers = urgent | `handlers.urgent` | 6 | 2 | 0.500 | 0.500 | kept: too few examples to optimize |"
+        ),
+        "{body}"
+    );
     let start = branch_table;
-    let end = body[start..].find("### How the optimizer searched").map_or(body.len(), |e| start + e);
+    let end = body[start..].find("### Test score by run").map_or(body.len(), |e| start + e);
     let search_start = body.find("Each handler behind a router").unwrap();
     let search_end = body[search_start..].find("\n\n<details>").map_or(body.len(), |e| search_start + e);
     insta::assert_snapshot!(format!("{}\n{}", &body[start..end], &body[search_start..search_end]));
