@@ -15,6 +15,7 @@ Five criteria, each a part of the score (weights below; acknowledgement counts
 only where the customer is urgent or escalating, and the others are rescaled):
 
   topic            the reply uses the topic words (half of them, at most two needed)
+                   and says more than the customer's own words
   acknowledgement  urgent: says it understands the urgency;
                    escalating: acknowledges the frustration and names the failure
   next step        a concrete action: what to do, where, or what we will do and when
@@ -306,12 +307,18 @@ def grade(request):
 
     parts, notes, fixes = {}, [], []
 
-    # Topic.
+    # Topic; a reply that only repeats the customer's words answers nothing.
     said = set(content_words(reply))
     hits = [w for w in topic if w in said]
     need = min(2, (len(topic) + 1) // 2)  # half the topic words, at most two
     parts["topic"] = 1.0 if need == 0 else min(1.0, len(hits) / need)
-    if parts["topic"] >= 1.0:
+    asked = set(content_words(" ".join([message] + history)))
+    echo = bool(said) and said <= asked
+    if echo:
+        parts["topic"] = 0.0
+        notes.append("topic: 0.00, the reply only repeats the customer's words")
+        fixes.append("do not repeat the customer's message: answer it, in the bank's voice")
+    elif parts["topic"] >= 1.0:
         notes.append(f"topic: ok ({', '.join(hits) or 'no topic words to check'})")
     else:
         missing = [w for w in topic if w not in said][:4]

@@ -135,6 +135,12 @@ class Rubric(unittest.TestCase):
         self.assertIn("mention card", verdict["feedback"])
         self.assertIn("give one concrete next step", verdict["feedback"])
 
+    def test_echo_of_the_message(self):
+        _, verdict, _ = run(request(URGENT, URGENT["message"]))
+        self.assertIn("only repeats the customer's words", verdict["feedback"])
+        self.assertIn("do not repeat the customer's message", verdict["feedback"])
+        self.assertLess(verdict["score"], 0.5)
+
     def test_empty_reply(self):
         for reply in ["", "   ", None]:
             _, verdict, _ = run(request(ROUTINE, reply))
