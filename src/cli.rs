@@ -237,6 +237,18 @@ pub async fn run(cli: Cli) -> Result<()> {
                     search.production_dev
                 );
             }
+            for s in &search.slices {
+                let score = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{s:.3}"));
+                let what = if s.optimized {
+                    format!("dev {} -> {}", score(s.production_dev), score(s.proposed_dev))
+                } else {
+                    "kept as it is (too few examples)".to_string()
+                };
+                println!("  slice {} = {}: {} train, {} dev; {what}", s.router, s.branch, s.train, s.dev);
+            }
+            for note in &search.notes {
+                println!("  note: {note}");
+            }
             if let Some(dev) = &outcome.artifact.scores.dev {
                 println!("dev  (n={}): baseline {:.3}  compiled {:.3}", dev.n, dev.baseline, dev.compiled);
             }
@@ -253,6 +265,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             );
             let comparison = crate::eval::compare::Comparison::of(&pairs, 0.95, outcome.artifact.provenance.seed);
             println!("  {}", comparison_line(&comparison));
+            for b in crate::report::branches(&outcome.baseline_test, &outcome.compiled_test, &pairs) {
+                println!(
+                    "  {} (n={}): baseline {:.3}  compiled {:.3}  delta {:+.3}",
+                    b.signal,
+                    b.scores.n,
+                    b.scores.baseline,
+                    b.scores.candidate,
+                    b.scores.candidate - b.scores.baseline
+                );
+            }
             println!("  baseline: {}", failures_line(&outcome.baseline_test.summary));
             println!("  compiled: {}", failures_line(&outcome.compiled_test.summary));
             println!("total LM use: {}", usage_line(&outcome.total_usage));

@@ -177,7 +177,7 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
             candidate: search.candidate_dev,
         }),
         slices: slices(&dataset, &pairs),
-        branches: branches(&production_test, &candidate_test, &pairs),
+        branches: crate::report::branches(&production_test, &candidate_test, &pairs),
         flipped: flips(&dataset, &production_test, &candidate_test),
         program_diff: crate::report::diff::unified(
             &crate::report::diff::program_text(&production),
@@ -347,44 +347,6 @@ fn slices(dataset: &Dataset, pairs: &[Pair]) -> Vec<Slice> {
         .collect();
     slices.sort_by_key(|s| order(&s.signal));
     slices
-}
-
-/// The test comparison per router branch, by the branch the candidate's run
-/// took (production's when the candidate failed before routing); empty
-/// without routers.
-fn branches(production: &Evaluation, candidate: &Evaluation, pairs: &[Pair]) -> Vec<Slice> {
-    let route_of = |e: &Evaluation| -> std::collections::HashMap<String, String> {
-        e.results
-            .iter()
-            .filter_map(|r| {
-                let routes: Vec<String> =
-                    r.stats.routes.iter().map(|route| format!("{} = {}", route.router, route.branch)).collect();
-                (!routes.is_empty()).then(|| (r.example_id.clone(), routes.join(", ")))
-            })
-            .collect()
-    };
-    let (by_candidate, by_production) = (route_of(candidate), route_of(production));
-    if by_candidate.is_empty() && by_production.is_empty() {
-        return Vec::new();
-    }
-    let mut by_branch: std::collections::BTreeMap<String, Vec<&Pair>> = Default::default();
-    for pair in pairs {
-        let branch = by_candidate.get(&pair.id).or_else(|| by_production.get(&pair.id)).cloned();
-        by_branch.entry(branch.unwrap_or_else(|| "not routed (failed before a router)".into())).or_default().push(pair);
-    }
-    by_branch
-        .into_iter()
-        .map(|(branch, pairs)| {
-            let n = pairs.len();
-            let mean = |f: fn(&Pair) -> f64| pairs.iter().map(|p| f(p)).sum::<f64>() / n as f64;
-            Slice {
-                scores: Scores { n, baseline: mean(|p| p.baseline), candidate: mean(|p| p.candidate) },
-                fixed: pairs.iter().filter(|p| p.candidate > p.baseline).count(),
-                broken: pairs.iter().filter(|p| p.candidate < p.baseline).count(),
-                signal: branch,
-            }
-        })
-        .collect()
 }
 
 /// The test examples whose score changed, fixed first, in test order.
