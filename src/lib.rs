@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the map of the loop through these modules.
 
+pub mod child;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -642,6 +642,16 @@ fn a_foreign_or_corrupt_checkpoint_is_refused_with_its_name_and_fresh_starts_ove
     std::fs::write(&path, "{\"format\": \"something-else/v9\", \"identity\": {}, \"entries\": []}").unwrap();
     let error = Checkpoint::open(&path, identity(&config, &d, &start), false).unwrap_err().to_string();
     assert!(error.contains("--fresh"), "{error}");
+
+    // A production program whose module or signature changed is another program:
+    // its checkpoint (and memoized scores) are not reused.
+    let key = promptloop::optimize::scorer::program_key;
+    let mut reasoning = start.production.clone();
+    reasoning.predictors[0].module = promptloop::program::module::Module::ChainOfThought;
+    assert_ne!(key(&reasoning), key(&start.production));
+    let mut renamed = start.production.clone();
+    renamed.predictors[0].signature.outputs[0].name = "team".into();
+    assert_ne!(key(&renamed), key(&start.production));
 }
 
 #[test]

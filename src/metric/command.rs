@@ -5,24 +5,18 @@
 //! of its own that is killed when it overruns its time limit. A command that
 //! fails scores its example 0 with the reason; the run goes on.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::{Metric, MetricError, Score};
+use crate::child::{self, exit_text, stderr_tail};
 use crate::dataset::Example;
 
 /// The most stdout read from a command: a verdict is a line.
-const MAX_STDOUT_BYTES: u64 = 1024 * 1024;
-/// The most stderr kept: its end, for the error message.
-const MAX_STDERR_BYTES: u64 = 64 * 1024;
-/// Lines of stderr an error message quotes, and their characters in all.
-const STDERR_LINES: usize = 5;
-const STDERR_CHARS: usize = 600;
+const MAX_STDOUT_BYTES: usize = 1024 * 1024;
 
 pub struct CommandMetric {
     pub field: Option<String>,
@@ -32,15 +26,6 @@ pub struct CommandMetric {
 }
 
 impl CommandMetric {
-    fn program(&self) -> PathBuf {
-        let program = Path::new(&self.command[0]);
-        if program.is_relative() && program.components().count() > 1 {
-            self.dir.join(program)
-        } else {
-            program.to_path_buf()
-        }
-    }
-
     fn shown(&self) -> String {
         self.command.join(" ")
     }
@@ -70,128 +55,25 @@ impl Metric for CommandMetric {
             input["field"] = Value::String(field.clone());
         }
         let shown = self.shown();
-        let mut command = tokio::process::Command::new(self.program());
-        command
-            .args(&self.command[1..])
-            .current_dir(&self.dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        #[cfg(unix)]
-        command.process_group(0);
-        let mut child = command
-            .spawn()
-            .map_err(|e| MetricError(format!("cannot start `{shown}` in {}: {e}", self.dir.display())))?;
-        let pid = child.id();
-
-        let stdin = child.stdin.take();
         let body = serde_json::to_vec(&input).unwrap_or_default();
-        // A command that does not read its stdin closes the pipe: not an error.
-        let writer = async move {
-            if let Some(mut stdin) = stdin {
-                let _ = stdin.write_all(&body).await;
-                let _ = stdin.shutdown().await;
-            }
-        };
-        let stdout = read_capped(child.stdout.take(), MAX_STDOUT_BYTES, false);
-        let stderr = read_capped(child.stderr.take(), MAX_STDERR_BYTES, true);
-        let run = async {
-            let (_, out, err, status) = tokio::join!(writer, stdout, stderr, child.wait());
-            (out, err, status)
-        };
-        let (stdout, stderr, status) = match tokio::time::timeout(self.timeout, run).await {
+        let finished = match child::run(&self.command, &self.dir, body, self.timeout, MAX_STDOUT_BYTES).await {
             Ok(finished) => finished,
-            Err(_) => {
-                kill_group(pid);
-                let _ = child.kill().await;
+            Err(child::Failure::Start(reason) | child::Failure::Wait(reason)) => return Err(MetricError(reason)),
+            Err(child::Failure::TimedOut) => {
                 return Err(MetricError(format!(
                     "`{shown}` did not finish within its time limit of {}s and was killed",
                     self.timeout.as_secs_f64()
                 )));
             }
         };
-        let status = status.map_err(|e| MetricError(format!("`{shown}` could not be waited for: {e}")))?;
-        if !status.success() {
-            return Err(MetricError(format!("`{shown}` {}{}", exit_text(&status), stderr_tail(&stderr))));
+        let (stdout, stderr) = (finished.stdout, finished.stderr);
+        if !finished.status.success() {
+            return Err(MetricError(format!("`{shown}` {}{}", exit_text(&finished.status), stderr_tail(&stderr))));
         }
         let verdict =
             parse_verdict(&stdout).map_err(|e| MetricError(format!("`{shown}` {e}{}", stderr_tail(&stderr))))?;
         Ok(verdict)
     }
-}
-
-/// Reads a pipe to its end, keeping at most `cap` bytes: the first ones, or
-/// with `keep_end` the last ones.
-async fn read_capped(pipe: Option<impl AsyncRead + Unpin>, cap: u64, keep_end: bool) -> Vec<u8> {
-    let Some(mut pipe) = pipe else { return Vec::new() };
-    let mut kept = Vec::new();
-    let mut buffer = [0u8; 8192];
-    loop {
-        match pipe.read(&mut buffer).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if keep_end {
-                    kept.extend_from_slice(&buffer[..n]);
-                    let excess = kept.len().saturating_sub(cap as usize);
-                    kept.drain(..excess);
-                } else if (kept.len() as u64) < cap {
-                    let room = (cap as usize - kept.len()).min(n);
-                    kept.extend_from_slice(&buffer[..room]);
-                }
-            }
-        }
-    }
-    kept
-}
-
-#[cfg(unix)]
-fn kill_group(pid: Option<u32>) {
-    unsafe extern "C" {
-        fn kill(pid: i32, signal: i32) -> i32;
-    }
-    const SIGKILL: i32 = 9;
-    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0) {
-        // The child leads its own process group: `-pid` names all of it.
-        // SAFETY: kill(2) with a negative pid signals that process group only.
-        unsafe {
-            kill(-pid, SIGKILL);
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn kill_group(_pid: Option<u32>) {}
-
-fn exit_text(status: &std::process::ExitStatus) -> String {
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::ExitStatusExt;
-        if let Some(signal) = status.signal() {
-            return format!("was killed by signal {signal}");
-        }
-    }
-    match status.code() {
-        Some(code) => format!("exited with status {code}"),
-        None => "exited abnormally".into(),
-    }
-}
-
-/// `; stderr: ...` with the last lines of stderr, or nothing when it was empty.
-fn stderr_tail(stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
-    if lines.is_empty() {
-        return String::new();
-    }
-    let tail = lines[lines.len().saturating_sub(STDERR_LINES)..].join(" | ");
-    let count = tail.chars().count();
-    let tail = if count > STDERR_CHARS {
-        format!("…{}", tail.chars().skip(count - STDERR_CHARS).collect::<String>())
-    } else {
-        tail
-    };
-    format!("; stderr: {tail}")
 }
 
 /// `{"score": x, "feedback": "..."}`: the whole of stdout, or its last

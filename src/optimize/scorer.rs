@@ -18,11 +18,15 @@ use crate::lm::LmError;
 use crate::program::Program;
 use crate::program::artifact::CandidateScore;
 
-/// A program's identity for memoization: its instructions and demos.
+/// A program's identity for memoization: each predictor's module, signature,
+/// instructions and demos.
 pub fn program_key(program: &Program) -> String {
     let mut hasher = Sha256::new();
     for p in &program.predictors {
         hasher.update(p.name.as_bytes());
+        hasher.update([0]);
+        hasher.update(serde_json::to_vec(&p.module).expect("a module serializes"));
+        hasher.update(serde_json::to_vec(&p.signature).expect("a signature serializes"));
         hasher.update([0]);
         hasher.update(p.instructions.as_bytes());
         hasher.update([0]);

@@ -18,7 +18,6 @@
 //! message: replies from an http tool have it masked before anyone sees them.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,7 +27,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use crate::child::{self, exit_text, stderr_tail};
 
 /// The name the agent uses to end its loop; no tool may take it.
 pub const FINISH: &str = "finish";
@@ -41,11 +41,6 @@ pub const MAX_TIMEOUT_SECS: f64 = 600.0;
 pub const MAX_OBSERVATION_CHARS: usize = 4000;
 /// The most bytes read from a command's stdout or an http tool's body.
 pub const MAX_RESULT_BYTES: usize = 1024 * 1024;
-/// The most stderr kept: its end, for the reason.
-const MAX_STDERR_BYTES: usize = 64 * 1024;
-/// Lines of stderr a reason quotes, and their characters in all.
-const STDERR_LINES: usize = 5;
-const STDERR_CHARS: usize = 600;
 /// Characters of a refusing http body a reason quotes.
 const REFUSAL_BODY_CHARS: usize = 300;
 /// The longest tool name.
@@ -467,64 +462,28 @@ impl Tools {
     }
 }
 
-fn program_path(command: &[String], dir: &Path) -> PathBuf {
-    let program = Path::new(&command[0]);
-    if program.is_relative() && program.components().count() > 1 { dir.join(program) } else { program.to_path_buf() }
-}
-
 async fn run_command(spec: &ToolSpec, command: &[String], dir: &Path, args: &Value) -> Outcome {
-    let shown = command.join(" ");
-    let mut child = tokio::process::Command::new(program_path(command, dir));
-    child
-        .args(&command[1..])
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    #[cfg(unix)]
-    child.process_group(0);
-    let mut child = match child.spawn() {
-        Ok(child) => child,
-        Err(e) => return Outcome::transient(format!("cannot start `{shown}` in {}: {e}", dir.display())),
-    };
-    let pid = child.id();
-    let stdin = child.stdin.take();
     let body = serde_json::to_vec(args).unwrap_or_default();
-    // A tool that does not read its stdin closes the pipe: not an error.
-    let writer = async move {
-        if let Some(mut stdin) = stdin {
-            let _ = stdin.write_all(&body).await;
-            let _ = stdin.shutdown().await;
-        }
-    };
-    let stdout = read_capped(child.stdout.take(), MAX_RESULT_BYTES, false);
-    let stderr = read_capped(child.stderr.take(), MAX_STDERR_BYTES, true);
-    let run = async {
-        let (_, out, err, status) = tokio::join!(writer, stdout, stderr, child.wait());
-        (out, err, status)
-    };
-    let (stdout, stderr, status) = match tokio::time::timeout(spec.timeout, run).await {
+    let finished = match child::run(command, dir, body, spec.timeout, MAX_RESULT_BYTES).await {
         Ok(finished) => finished,
-        Err(_) => {
-            kill_group(pid);
-            let _ = child.kill().await;
+        Err(child::Failure::Start(reason) | child::Failure::Wait(reason)) => return Outcome::transient(reason),
+        Err(child::Failure::TimedOut) => {
             return Outcome::transient(format!(
                 "stopped at its time limit of {}s: it had not finished, so it and the processes it started were killed",
                 spec.timeout.as_secs_f64()
             ));
         }
     };
-    let status = match status {
-        Ok(status) => status,
-        Err(e) => return Outcome::transient(format!("`{shown}` could not be waited for: {e}")),
-    };
-    if !status.success() {
-        return Outcome::answer(ToolReply::failed(format!("{}{}", exit_text(&status), stderr_tail(&stderr))));
+    if !finished.status.success() {
+        return Outcome::answer(ToolReply::failed(format!(
+            "{}{}",
+            exit_text(&finished.status),
+            stderr_tail(&finished.stderr)
+        )));
     }
-    let reply = match parse_result(&stdout) {
+    let reply = match parse_result(&finished.stdout) {
         Ok(value) => ToolReply { ok: true, text: render_result(&value) },
-        Err(e) => ToolReply::failed(format!("{e}{}", stderr_tail(&stderr))),
+        Err(e) => ToolReply::failed(format!("{e}{}", stderr_tail(&finished.stderr))),
     };
     Outcome::answer(reply)
 }
@@ -659,79 +618,6 @@ pub fn render_result(value: &Value) -> String {
     }
     let kept: String = text.chars().take(MAX_OBSERVATION_CHARS).collect();
     format!("{kept}… [cut: the result is {count} characters; the first {MAX_OBSERVATION_CHARS} are shown]")
-}
-
-/// Reads a pipe to its end, keeping at most `cap` bytes: the first ones, or
-/// with `keep_end` the last ones.
-async fn read_capped(pipe: Option<impl AsyncRead + Unpin>, cap: usize, keep_end: bool) -> Vec<u8> {
-    let Some(mut pipe) = pipe else { return Vec::new() };
-    let mut kept = Vec::new();
-    let mut buffer = [0u8; 8192];
-    loop {
-        match pipe.read(&mut buffer).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if keep_end {
-                    kept.extend_from_slice(&buffer[..n]);
-                    let excess = kept.len().saturating_sub(cap);
-                    kept.drain(..excess);
-                } else if kept.len() < cap {
-                    let room = (cap - kept.len()).min(n);
-                    kept.extend_from_slice(&buffer[..room]);
-                }
-            }
-        }
-    }
-    kept
-}
-
-#[cfg(unix)]
-fn kill_group(pid: Option<u32>) {
-    unsafe extern "C" {
-        fn kill(pid: i32, signal: i32) -> i32;
-    }
-    const SIGKILL: i32 = 9;
-    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0) {
-        // The child leads its own process group: `-pid` names all of it.
-        // SAFETY: kill(2) with a negative pid signals that process group only.
-        unsafe {
-            kill(-pid, SIGKILL);
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn kill_group(_pid: Option<u32>) {}
-
-fn exit_text(status: &std::process::ExitStatus) -> String {
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::ExitStatusExt;
-        if let Some(signal) = status.signal() {
-            return format!("was killed by signal {signal}");
-        }
-    }
-    match status.code() {
-        Some(code) => format!("exited with status {code}"),
-        None => "exited abnormally".into(),
-    }
-}
-
-/// `; stderr: ...` with the last lines of stderr, or nothing when it was empty.
-fn stderr_tail(stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
-    if lines.is_empty() {
-        return String::new();
-    }
-    let tail = lines[lines.len().saturating_sub(STDERR_LINES)..].join(" | ");
-    let count = tail.chars().count();
-    let tail = if count > STDERR_CHARS {
-        format!("…{}", tail.chars().skip(count - STDERR_CHARS).collect::<String>())
-    } else {
-        tail
-    };
-    format!("; stderr: {tail}")
 }
 
 fn clip(text: &str, max: usize) -> String {
@@ -902,10 +788,10 @@ args = { city = { type = "string", description = "the city" }, days = { type = "
             ToolTarget::Command { command: vec!["tools/weather.py".into()], dir: PathBuf::from("/repo") }
         );
         assert_eq!(
-            program_path(&["tools/weather.py".into()], Path::new("/repo")),
+            crate::child::program_path(&["tools/weather.py".into()], Path::new("/repo")),
             PathBuf::from("/repo/tools/weather.py")
         );
-        assert_eq!(program_path(&["python3".into()], Path::new("/repo")), PathBuf::from("python3"));
+        assert_eq!(crate::child::program_path(&["python3".into()], Path::new("/repo")), PathBuf::from("python3"));
     }
 
     #[test]
