@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod dataset;
 pub mod eval;
+pub mod keyed;
 pub mod lm;
 pub mod logs;
 pub mod metric;

@@ -18,17 +18,15 @@
 //! message: replies from an http tool have it masked before anyone sees them.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use anyhow::Context;
 use indexmap::IndexMap;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::child::{self, exit_text, stderr_tail};
+use crate::keyed::KeyedStore;
 
 /// The name the agent uses to end its loop; no tool may take it.
 pub const FINISH: &str = "finish";
@@ -657,105 +655,36 @@ fn canonicalize(value: Value) -> Value {
 
 /// Tool replies already observed, by [`tool_key`] (SQLite, WAL mode, one
 /// transaction per `put`). A row that cannot be read back is a miss.
+#[derive(Debug)]
 pub struct ToolCache {
-    conn: Mutex<Connection>,
-}
-
-impl std::fmt::Debug for ToolCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let path = self.lock().path().map(str::to_string);
-        f.debug_struct("ToolCache").field("path", &path).finish()
-    }
+    store: KeyedStore,
 }
 
 impl ToolCache {
     /// Opens (creating it and its directory if needed) the cache at `path`,
     /// e.g. `.promptloop/tools.sqlite`.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the directory {} for the tool cache", dir.display()))?;
-        }
-        let conn = Connection::open(path).with_context(|| format!("cannot open the tool cache {}", path.display()))?;
-        Self::init(&conn).with_context(|| format!("cannot set up the tool cache {}", path.display()))?;
-        Ok(Self { conn: Mutex::new(conn) })
-    }
-
-    fn init(conn: &Connection) -> rusqlite::Result<()> {
-        conn.busy_timeout(Duration::from_secs(10))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            tracing::warn!("the tool cache runs in {mode} journal mode, not WAL");
-        }
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS tool_replies (
-                 key        TEXT PRIMARY KEY NOT NULL,
-                 reply      TEXT NOT NULL,
-                 created_at INTEGER NOT NULL
-             )",
-        )?;
-        Ok(())
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        Ok(Self { store: KeyedStore::open(path, "tool_replies", "reply", "tool cache")? })
     }
 
     /// The reply recorded under `key`, if there is a readable one.
     pub fn get(&self, key: &str) -> Option<ToolReply> {
-        let row: Option<String> = match self
-            .lock()
-            .query_row("SELECT reply FROM tool_replies WHERE key = ?1", params![key], |row| row.get(0))
-            .optional()
-        {
-            Ok(row) => row,
-            Err(e) => {
-                tracing::warn!(key, "cannot read the tool cache: {e}");
-                return None;
-            }
-        };
-        match serde_json::from_str(&row?) {
-            Ok(reply) => Some(reply),
-            Err(e) => {
-                tracing::warn!(key, "ignoring an unreadable tool cache entry: {e}");
-                None
-            }
-        }
+        self.store.get(key)
     }
 
     /// Records `reply` under `key`. A failed write is logged and otherwise
     /// ignored: the cache only saves work.
     pub fn put(&self, key: &str, reply: &ToolReply) {
-        let json = match serde_json::to_string(reply) {
-            Ok(json) => json,
-            Err(e) => {
-                tracing::warn!(key, "cannot serialize a tool reply for the cache: {e}");
-                return;
-            }
-        };
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-        if let Err(e) = self.lock().execute(
-            "INSERT OR REPLACE INTO tool_replies (key, reply, created_at) VALUES (?1, ?2, ?3)",
-            params![key, json, now],
-        ) {
-            tracing::warn!(key, "cannot write to the tool cache: {e}");
-        }
+        self.store.put(key, reply)
     }
 
     /// How many replies the cache holds (0 if it cannot be read).
     pub fn len(&self) -> usize {
-        match self.lock().query_row("SELECT COUNT(*) FROM tool_replies", [], |row| row.get::<_, i64>(0)) {
-            Ok(n) => usize::try_from(n).unwrap_or(0),
-            Err(e) => {
-                tracing::warn!("cannot count the tool cache entries: {e}");
-                0
-            }
-        }
+        self.store.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.store.is_empty()
     }
 }
 
