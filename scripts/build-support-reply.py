@@ -223,10 +223,13 @@ def main():
     queue_of = {intent: q for q, intents in queues.items() for intent in intents}
     assert set(INTENTS) == set(queue_of), sorted(set(INTENTS) ^ set(queue_of))
 
-    rows, seen = [], set()
+    # Source ids as in the support-triage example: the message's row in
+    # Banking77, train.csv's rows first (b77-00001 ...), then test.csv's.
+    rows, seen, index = [], set(), 0
     for part in ("train", "test"):
         with open(BANKING77 / f"{part}.csv", newline="", encoding="utf-8") as f:
-            for n, row in enumerate(csv.DictReader(f), start=2):
+            for row in csv.DictReader(f):
+                index += 1
                 text = " ".join(row["text"].split())
                 if text.lower() in seen:
                     continue
@@ -236,7 +239,7 @@ def main():
                     continue
                 if rubric.read_signal(text, [])[0] != "routine":
                     continue
-                rows.append((f"b77-{part}-{n:05d}", text, row["category"]))
+                rows.append((f"b77-{index:05d}", text, row["category"]))
     rng = random.Random(args.seed)
     rng.shuffle(rows)
     by_queue = collections.defaultdict(list)
