@@ -214,6 +214,11 @@ fn stages_and_branches_get_dotted_paths_in_graph_order() {
     let program = Program::baseline(&config);
     assert_eq!(program.graph.routers().len(), 1);
     assert_eq!(program.graph.branches_of(2)[0].0.path, "handlers");
+    // One branch runs per input: projections and budget reservations count one handler.
+    assert_eq!(program.calls_per_run(), 1);
+    assert_eq!(Program::baseline(&parse(&predictor_router_toml()).unwrap()).calls_per_run(), 2);
+    // A react stage may take every step and then answer; then the stage after it.
+    assert_eq!(Program::baseline(&parse(&react_toml()).unwrap()).calls_per_run(), 3 + 1 + 1);
 }
 
 #[tokio::test]

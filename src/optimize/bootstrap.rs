@@ -200,7 +200,7 @@ impl Optimizer for BootstrapFewShot {
     }
 
     fn project(&self, program: &Program, train: usize, dev: usize) -> Vec<(LmRole, u64)> {
-        let p = program.predictors.len() as u64;
+        let p = program.calls_per_run() as u64;
         vec![(LmRole::Task, 2 * dev as u64 * p), (LmRole::Teacher, self.settings.teacher_calls(train) * p)]
     }
 

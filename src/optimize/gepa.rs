@@ -108,7 +108,7 @@ impl Optimizer for Gepa {
     }
 
     fn project(&self, program: &Program, _train: usize, dev: usize) -> Vec<(LmRole, u64)> {
-        let p = program.predictors.len() as u64;
+        let p = program.calls_per_run() as u64;
         let (dev, minibatch) = (dev as u64, self.config.minibatch_size as u64);
         // Production and one covering seed in full, then each mutation on its minibatch
         // twice and, when kept (about a third), on all of dev.
@@ -122,7 +122,7 @@ impl Optimizer for Gepa {
             task = task.min(calls);
         }
         let proposer = if self.config.lm_reflection { iterations.div_ceil(3) } else { 0 };
-        vec![(LmRole::Task, task * p), (LmRole::Proposer, proposer * p)]
+        vec![(LmRole::Task, task * p), (LmRole::Proposer, proposer * program.predictors.len() as u64)]
     }
 
     async fn search(

@@ -120,7 +120,7 @@ impl Optimizer for MiproV2 {
     }
 
     fn project(&self, program: &Program, train: usize, dev: usize) -> Vec<(LmRole, u64)> {
-        let p = program.predictors.len() as u64;
+        let p = program.calls_per_run() as u64;
         let plan = self.plan(program.predictors.len(), dev);
         let full = (plan.trials / plan.full_eval_steps + 1) as u64;
         let bootstraps = (plan.demo_sets.saturating_sub(1) / 3).max(1) as u64;
@@ -128,7 +128,7 @@ impl Optimizer for MiproV2 {
         vec![
             (LmRole::Task, (dev as u64 * (1 + full) + (plan.trials * plan.minibatch) as u64) * p),
             (LmRole::Teacher, bootstraps * self.settings.teacher_calls(train) * p),
-            (LmRole::Proposer, proposals * p),
+            (LmRole::Proposer, proposals * program.predictors.len() as u64),
         ]
     }
 

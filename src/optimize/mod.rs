@@ -165,7 +165,7 @@ impl Optimizer for Keep {
         "`none` (production's program unchanged)".into()
     }
     fn project(&self, program: &Program, _: usize, dev: usize) -> Vec<(LmRole, u64)> {
-        vec![(LmRole::Task, (dev * program.predictors.len()) as u64)]
+        vec![(LmRole::Task, (dev * program.calls_per_run()) as u64)]
     }
     async fn search(
         &self,

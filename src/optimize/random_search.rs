@@ -177,7 +177,7 @@ impl Optimizer for RandomSearch {
     }
 
     fn project(&self, program: &Program, train: usize, dev: usize) -> Vec<(LmRole, u64)> {
-        let p = program.predictors.len() as u64;
+        let p = program.calls_per_run() as u64;
         let candidates = self.num_candidates + 2;
         let bootstraps = (self.num_candidates / 3).max(usize::from(self.num_candidates > 0)) as u64;
         vec![

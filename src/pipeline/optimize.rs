@@ -73,7 +73,7 @@ pub struct Reserve {
 }
 
 pub fn reserve(program: &Program, dataset: &Dataset) -> Reserve {
-    let per_example = program.predictors.len().max(1) as u64;
+    let per_example = program.calls_per_run() as u64;
     Reserve {
         dev_calls: dataset.dev().len() as u64 * per_example,
         test_calls: 2 * dataset.test().len() as u64 * per_example,

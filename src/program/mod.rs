@@ -99,6 +99,23 @@ impl Program {
         Program { predictors, graph }
     }
 
+    /// The most predictor calls one run makes (without format retries): a
+    /// stage one, a react stage its steps and the answer, a router its
+    /// costliest branch. What projections and budget reservations count per example.
+    pub fn calls_per_run(&self) -> usize {
+        fn most(stages: &[Stage]) -> usize {
+            stages
+                .iter()
+                .map(|stage| match stage {
+                    Stage::Predict(_) => 1,
+                    Stage::React(r) => r.max_steps + 1,
+                    Stage::Router(r) => r.branches.iter().map(|b| most(&b.stages)).max().unwrap_or(0),
+                })
+                .sum()
+        }
+        most(&self.graph.stages).max(1)
+    }
+
     /// The predictor at a dotted path.
     pub fn predictor(&self, path: &str) -> Option<&Predictor> {
         self.predictors.iter().find(|p| p.name == path)
