@@ -34,6 +34,9 @@ pub struct PipelineConfig {
     pub graph: crate::program::graph::Graph,
     /// `[tools.*]`: what react stages may call.
     pub tools: Vec<crate::program::tool::ToolSpec>,
+    /// The fields the program writes whatever branch runs (an intermediate
+    /// field, read only by a later stage, is not one): what a reference holds.
+    pub outputs: Vec<String>,
     pub metric: MetricConfig,
     pub optimizer: OptimizerConfig,
     /// `[budget]`: the most LM use a run may take.
@@ -1386,7 +1389,8 @@ impl PipelineConfig {
                 .map_err(|(key, m)| err(&key, m))?;
         let predictors = declared.predictors;
         let graph = declared.graph;
-        let program_outputs = declared.outputs;
+        let program_outputs = declared.written;
+        let final_outputs = declared.outputs;
 
         let all_outputs: Vec<&str> = predictors
             .iter()
@@ -1623,6 +1627,7 @@ impl PipelineConfig {
             predictors,
             graph,
             tools,
+            outputs: final_outputs,
             metric,
             optimizer,
             budget,

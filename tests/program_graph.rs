@@ -214,6 +214,12 @@ fn stages_and_branches_get_dotted_paths_in_graph_order() {
     let program = Program::baseline(&config);
     assert_eq!(program.graph.routers().len(), 1);
     assert_eq!(program.graph.branches_of(2)[0].0.path, "handlers");
+    // The program's final outputs, which a pulled reference must hold: not the
+    // router's `signal` nor the extractor's draft, which later stages read.
+    assert_eq!(config.outputs, ["reply"]);
+    assert_eq!(parse(&predictor_router_toml()).unwrap().outputs, ["reply"]);
+    let meetings = PipelineConfig::load(Path::new("pipelines/meeting-actions.toml")).unwrap();
+    assert_eq!(meetings.outputs, ["meeting_type", "actions"]);
     // One branch runs per input: projections and budget reservations count one handler.
     assert_eq!(program.calls_per_run(), 1);
     assert_eq!(Program::baseline(&parse(&predictor_router_toml()).unwrap()).calls_per_run(), 2);

@@ -626,7 +626,7 @@ impl OutputCheck {
         let mut seen = HashSet::new();
         for predictor in &config.predictors {
             for field in &config.signatures[&predictor.signature].signature.outputs {
-                if field.name == crate::program::predictor::REASONING || !seen.insert(field.name.clone()) {
+                if !config.outputs.contains(&field.name) || !seen.insert(field.name.clone()) {
                     continue;
                 }
                 let validator = jsonschema::validator_for(&field.ty.json_schema())

@@ -346,6 +346,9 @@ pub struct Declared {
     pub predictors: Vec<PredictorConfig>,
     pub graph: Graph,
     /// The fields the program writes whatever branch runs: what a metric can score.
+    pub written: Vec<String>,
+    /// Of those, the ones no stage or router reads: the program's final
+    /// outputs, which a reference must hold.
     pub outputs: Vec<String>,
 }
 
@@ -375,8 +378,16 @@ pub fn declare(
     let mut reads = Vec::new();
     collect_reads(stages, signatures, &mut reads);
     let first_input = reads.into_iter().find(|f| !writers.iter().any(|(w, _)| w == f));
-    let mut builder =
-        Builder { signatures, declared_inputs: inputs, signals, tools, writers, predictors: Vec::new(), first_input };
+    let mut builder = Builder {
+        signatures,
+        declared_inputs: inputs,
+        signals,
+        tools,
+        writers,
+        predictors: Vec::new(),
+        first_input,
+        read: Vec::new(),
+    };
     let mut scope = Scope::default();
     if let Some(inputs) = inputs {
         for i in inputs {
@@ -384,9 +395,10 @@ pub fn declare(
         }
     }
     let graph = Graph { stages: builder.stages(stages, key, "", &mut scope)? };
-    let outputs =
+    let written: Vec<String> =
         scope.fields.iter().filter(|(_, o)| matches!(o, Origin::Written(..))).map(|(f, _)| f.clone()).collect();
-    Ok(Declared { predictors: builder.predictors, graph, outputs })
+    let outputs = written.iter().filter(|f| !builder.read.contains(f)).cloned().collect();
+    Ok(Declared { predictors: builder.predictors, graph, written, outputs })
 }
 
 /// Every (field, path of the stage that writes it), for "written later" errors.
@@ -457,6 +469,8 @@ struct Builder<'a> {
     writers: Vec<(String, String)>,
     predictors: Vec<PredictorConfig>,
     first_input: Option<String>,
+    /// Fields some stage or router reads: inputs, and intermediate outputs.
+    read: Vec<String>,
 }
 
 impl Builder<'_> {
@@ -610,6 +624,9 @@ impl Builder<'_> {
 
     /// A stage reads `field`: an input, or an earlier output.
     fn read(&mut self, key: &str, path: &str, field: &str, scope: &mut Scope) -> Result<(), DeclError> {
+        if !self.read.iter().any(|r| r == field) {
+            self.read.push(field.to_string());
+        }
         if scope.fields.contains_key(field) {
             return Ok(());
         }
