@@ -220,24 +220,6 @@ impl Optimized {
     }
 }
 
-/// The program whose handlers each come from the candidate best on their own
-/// dev slice (see [`slices::compose`]).
-fn per_slice(
-    scorer: &Scorer,
-    production: &scorer::FullScore,
-    best: &scorer::FullScore,
-    train: &Train,
-    min_train: usize,
-) -> (Program, Vec<slices::Slice>) {
-    let all = scorer.fully_scored();
-    let candidates: Vec<slices::Scored<'_>> =
-        all.iter().map(|c| slices::Scored { name: &c.name, program: &c.program, results: &c.results }).collect();
-    let production =
-        slices::Scored { name: &production.name, program: &production.program, results: &production.results };
-    let best = slices::Scored { name: &best.name, program: &best.program, results: &best.results };
-    slices::compose(&production, &best, &candidates, train, min_train)
-}
-
 /// Runs `optimizer` from production's program: scores production on all of
 /// dev, searches, and proposes the best fully scored program only if it beats
 /// production there.
@@ -262,7 +244,9 @@ pub async fn optimize(
     let mut best = scorer.best().expect("production is fully scored");
     let mut slices = Vec::new();
     if !start.production.graph.routers().is_empty() {
-        let (program, composed_slices) = per_slice(&scorer, &production, &best, train, ctx.min_slice_examples);
+        let candidates = scorer.fully_scored();
+        let (program, composed_slices) =
+            slices::compose(&production, &best, &candidates, train, ctx.min_slice_examples);
         slices = composed_slices;
         for s in slices.iter().filter(|s| !s.optimized) {
             notes.notes.push(format!(

@@ -16,6 +16,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+use super::scorer::FullScore;
 use crate::dataset::Example;
 use crate::eval::ExampleResult;
 use crate::program::Program;
@@ -78,29 +79,22 @@ pub fn branch_mean(results: &[ExampleResult], router: &str, label: &str) -> (usi
     (n, (n > 0).then(|| on.iter().sum::<f64>() / n as f64))
 }
 
-/// A fully scored candidate: its name, program and dev results.
-pub struct Scored<'a> {
-    pub name: &'a str,
-    pub program: &'a Program,
-    pub results: &'a [ExampleResult],
-}
-
 /// The program made of `best` with each handler taken from the candidate
 /// that scored best on the dev examples routed to it (production's on a tie),
 /// and production's handler wherever fewer than `min_train` train examples
 /// (or no dev example) reach it. Returns the program and one [`Slice`] per branch.
 pub fn compose(
-    production: &Scored<'_>,
-    best: &Scored<'_>,
-    candidates: &[Scored<'_>],
+    production: &FullScore,
+    best: &FullScore,
+    candidates: &[FullScore],
     train: &[Example],
     min_train: usize,
 ) -> (Program, Vec<Slice>) {
     let mut program = best.program.clone();
     let mut slices = Vec::new();
-    for (router, label, members) in branches(best.program) {
-        let train_n = members.first().map_or(0, |&i| examples_for(best.program, i, train).len());
-        let (dev_n, production_dev) = branch_mean(production.results, &router, &label);
+    for (router, label, members) in branches(&best.program) {
+        let train_n = members.first().map_or(0, |&i| train.iter().filter(|e| best.program.graph.reaches(i, e)).count());
+        let (dev_n, production_dev) = branch_mean(&production.results, &router, &label);
         let enough = train_n >= min_train && dev_n > 0;
         let mut slice = Slice {
             router: router.clone(),
@@ -114,9 +108,9 @@ pub fn compose(
             from: None,
         };
         let source = if enough {
-            let mut chosen: (&Scored<'_>, f64) = (production, production_dev.unwrap_or(0.0));
+            let mut chosen: (&FullScore, f64) = (production, production_dev.unwrap_or(0.0));
             for c in candidates {
-                if let (_, Some(m)) = branch_mean(c.results, &router, &label)
+                if let (_, Some(m)) = branch_mean(&c.results, &router, &label)
                     && m > chosen.1
                 {
                     chosen = (c, m);
@@ -128,7 +122,7 @@ pub fn compose(
             slice.proposed_dev = production_dev;
             production
         };
-        slice.from = Some(source.name.to_string());
+        slice.from = Some(source.name.clone());
         for &i in &members {
             let name = &program.predictors[i].name;
             if let Some(p) = source.program.predictor(name) {
