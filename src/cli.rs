@@ -54,6 +54,11 @@ pub enum Command {
         /// Score the hand-written program from the pipeline file.
         #[arg(long)]
         baseline: bool,
+        /// Score predictions another system made (production, a peer tool)
+        /// with the pipeline's metric: one JSON line per example,
+        /// {"id": …, "outputs": {…}} or {"id": …, "error": "…"}.
+        #[arg(long, conflicts_with_all = ["artifact", "baseline", "unconstrained", "no_cache"])]
+        predictions: Option<PathBuf>,
         #[arg(long, default_value = "test")]
         split: Split,
         /// Score only the first N examples of the split.
@@ -280,10 +285,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("total LM use: {}", usage_line(&outcome.total_usage));
             println!("wrote {}", outcome.artifact_path.display());
         }
-        Command::Eval { pipeline, artifact, baseline, split, limit, results, no_cache, unconstrained } => {
+        Command::Eval { pipeline, artifact, baseline, predictions, split, limit, results, no_cache, unconstrained } => {
             let file = PipelineConfig::locate(&pipeline, &cli.root)?;
             let target = if baseline {
                 EvalTarget::Baseline
+            } else if let Some(path) = predictions {
+                EvalTarget::Predictions(path)
             } else {
                 let path = match artifact {
                     Some(path) => path,

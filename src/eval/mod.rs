@@ -4,6 +4,7 @@
 
 pub mod compare;
 pub mod gate;
+pub mod recorded;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -141,7 +142,57 @@ pub async fn evaluate(
         .await
         .inspect_err(|_| bar.abandon())?;
     bar.finish_and_clear();
-    let mut summary = EvalSummary { n: results.len(), max_tokens: ctx.settings.max_tokens, ..Default::default() };
+    Ok(summarize(results, ctx.settings.max_tokens, started))
+}
+
+/// Scores predictions another system recorded ([`recorded`]) with the
+/// metric, as [`evaluate`] scores a program's: an example the file has no
+/// line for, or a line with an `error`, is a failed prediction scored 0.
+/// No LM runs except the metric's own (a judge).
+pub async fn evaluate_recorded(
+    predictions: &recorded::RecordedPredictions,
+    examples: &[Example],
+    metric: &dyn Metric,
+    concurrency: usize,
+) -> Evaluation {
+    let started = Instant::now();
+    let runs: Vec<_> = examples
+        .iter()
+        .map(|example| async move {
+            let mut stats = RunStats::default();
+            let (prediction, score, feedback, metric_error) = match predictions.by_id.get(&example.id) {
+                Some(recorded::Recorded::Outputs(outputs)) => match metric.score(example, outputs).await {
+                    Ok(s) => (Some(outputs.clone()), s.value.clamp(0.0, 1.0), s.feedback, false),
+                    Err(e) => (Some(outputs.clone()), 0.0, format!("the metric failed: {e}"), true),
+                },
+                Some(recorded::Recorded::Failed { reason, format_error }) => {
+                    stats.error = Some(reason.clone());
+                    stats.format_error = *format_error;
+                    (None, 0.0, reason.clone(), false)
+                }
+                None => {
+                    let reason = format!("no prediction for `{}` in {}", example.id, predictions.path.display());
+                    stats.error = Some(reason.clone());
+                    (None, 0.0, reason, false)
+                }
+            };
+            ExampleResult {
+                example_id: example.id.clone(),
+                prediction,
+                score,
+                feedback,
+                metric_error,
+                stats,
+                trace: Vec::new(),
+            }
+        })
+        .collect();
+    let results: Vec<ExampleResult> = futures::stream::iter(runs).buffered(concurrency.max(1)).collect().await;
+    summarize(results, 0, started)
+}
+
+fn summarize(results: Vec<ExampleResult>, max_tokens: u32, started: Instant) -> Evaluation {
+    let mut summary = EvalSummary { n: results.len(), max_tokens, ..Default::default() };
     for r in &results {
         let stats = &r.stats;
         summary.mean += r.score;
@@ -159,7 +210,7 @@ pub async fn evaluate(
         summary.mean /= summary.n as f64;
     }
     summary.wall_secs = started.elapsed().as_secs_f64();
-    Ok(Evaluation { summary, results })
+    Evaluation { summary, results }
 }
 
 async fn evaluate_one(program: &Program, example: &Example, ctx: &EvalContext) -> Result<ExampleResult, LmError> {

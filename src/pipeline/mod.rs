@@ -265,6 +265,9 @@ pub enum EvalTarget {
     Baseline,
     /// A compiled artifact.
     Artifact(PathBuf),
+    /// Predictions another system recorded (production, a peer tool), one
+    /// JSON line per example; see [`crate::eval::recorded`].
+    Predictions(PathBuf),
 }
 
 pub struct EvalRequest {
@@ -301,21 +304,58 @@ pub async fn eval(request: &EvalRequest) -> Result<EvalOutcome> {
         );
     }
     check_outputs_scored(&config, &dataset)?;
+    let examples = dataset.split(request.split);
+    let examples = &examples[..request.limit.unwrap_or(examples.len()).min(examples.len())];
     let (program, label) = match &request.target {
         EvalTarget::Baseline => (Program::baseline(&config), "hand-written baseline".to_string()),
         EvalTarget::Artifact(path) => {
             (Artifact::load(path)?.program_on(&Program::baseline(&config)), path.display().to_string())
         }
+        EvalTarget::Predictions(path) => return eval_recorded(&config, &dataset, examples, path, request).await,
     };
     let lm = build_lm(&config.lm, &config.state_dir(), request.use_cache)?;
     let ctx = eval_context(&config, lm.clone(), request.use_cache, request.progress)?;
-    let examples = dataset.split(request.split);
-    let examples = &examples[..request.limit.unwrap_or(examples.len()).min(examples.len())];
     let evaluation = evaluate(&program, examples, &ctx, &format!("{}: {label}", request.split.name()))
         .await
         .context("the LM failed while scoring")?;
     check_predictions(&evaluation, &format!("{label} on {}", request.split.name()))?;
     Ok(EvalOutcome { evaluation, usage: lm.usage(), program_label: label })
+}
+
+/// `eval --predictions`: the metric scores what the file recorded; only a
+/// judge metric calls an LM. An id the dataset does not have is an error (the
+/// file belongs to another dataset, or the ids were rewritten).
+async fn eval_recorded(
+    config: &PipelineConfig,
+    dataset: &Dataset,
+    examples: &[crate::dataset::Example],
+    path: &Path,
+    request: &EvalRequest,
+) -> Result<EvalOutcome> {
+    let predictions = crate::eval::recorded::RecordedPredictions::load(path)?;
+    let known: std::collections::HashSet<&str> = dataset
+        .train()
+        .iter()
+        .chain(dataset.dev().iter())
+        .chain(dataset.test().iter())
+        .map(|e| e.id.as_str())
+        .collect();
+    let unknown = predictions.unknown_ids(&known);
+    if let Some(first) = unknown.first() {
+        bail!(
+            "{}: {} of its ids are not in {} (the first: `{first}`); predictions must use the dataset's example ids",
+            path.display(),
+            unknown.len(),
+            config.dataset.path.display()
+        );
+    }
+    let meter = Arc::new(crate::lm::budget::Meter::new());
+    let metric = metric_of(config, &meter, request.use_cache)?;
+    let evaluation =
+        crate::eval::evaluate_recorded(&predictions, examples, metric.as_ref(), config.lm.concurrency).await;
+    let label = format!("predictions in {}", path.display());
+    check_predictions(&evaluation, &format!("{label} on {}", request.split.name()))?;
+    Ok(EvalOutcome { evaluation, usage: meter.usage().total().into(), program_label: label })
 }
 
 /// The metric scores fields the dataset's examples must carry: a dataset whose
@@ -350,6 +390,7 @@ pub(crate) fn check_predictions(evaluation: &crate::eval::Evaluation, what: &str
             .iter()
             .flat_map(|r| r.trace.iter())
             .find_map(|step| step.error.clone())
+            .or_else(|| evaluation.results.iter().find_map(|r| r.stats.error.clone()))
             .unwrap_or_else(|| "no reason recorded".into());
         let cut = if s.cut > 0 { format!(", {} cut at max_tokens = {}", s.cut, s.max_tokens) } else { String::new() };
         bail!(
@@ -365,22 +406,26 @@ pub(crate) fn check_predictions(evaluation: &crate::eval::Evaluation, what: &str
 /// How the pipeline's program is scored: its LM and adapter, its metric. A
 /// judge's LM records into the task LM's meter, in the judge role.
 pub(crate) fn eval_context(config: &PipelineConfig, lm: Lm, use_cache: bool, progress: bool) -> Result<EvalContext> {
+    let metric = metric_of(config, lm.meter(), use_cache)?;
+    let mut settings = predict_settings(&config.lm, lm, config.adapter);
+    settings.tools = tools(config, use_cache)?;
+    Ok(EvalContext { settings, metric, concurrency: config.lm.concurrency, progress })
+}
+
+/// The pipeline's metric; a judge's LM calls are counted on `meter` as the judge's.
+fn metric_of(
+    config: &PipelineConfig,
+    meter: &Arc<crate::lm::budget::Meter>,
+    use_cache: bool,
+) -> Result<Arc<dyn crate::metric::Metric>> {
     let state = config.state_dir();
-    let meter = lm.meter().clone();
     let judge_lm = |table: &crate::config::LmConfig| -> Result<Lm> {
         let prices = crate::lm::budget::Prices { input: table.input_price, output: table.output_price };
         Ok(build_lm(table, &state, use_cache)
             .with_context(|| format!("{}: [metric.lm]", config.file.display()))?
             .metered(meter.clone(), crate::lm::budget::LmRole::Judge, prices))
     };
-    let mut settings = predict_settings(&config.lm, lm, config.adapter);
-    settings.tools = tools(config, use_cache)?;
-    Ok(EvalContext {
-        settings,
-        metric: metric::build_with(&config.metric, &judge_lm)?,
-        concurrency: config.lm.concurrency,
-        progress,
-    })
+    metric::build_with(&config.metric, &judge_lm)
 }
 
 /// The pipeline's tools, with the tool cache (`.promptloop/tools.sqlite`)
