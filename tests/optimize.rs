@@ -73,6 +73,7 @@ fn context_with(
         seed: 5,
         checkpoint,
         min_slice_examples: 10,
+        composition_reserve: 0,
     }
 }
 

@@ -203,6 +203,7 @@ fn context(lm: Arc<ScriptedLm>, min_slice: usize) -> OptimizeContext {
         seed: 5,
         checkpoint: None,
         min_slice_examples: min_slice,
+        composition_reserve: 0,
     }
 }
 
@@ -599,4 +600,58 @@ fn a_react_stage_needs_declared_tools() {
     let not_react = react_toml().replace("module = \"react\"\nmax_steps = 3", "max_steps = 3");
     let error = format!("{:#}", parse(&not_react).unwrap_err());
     assert!(error.contains("belong to a stage with module = \"react\""), "{error}");
+}
+
+#[tokio::test]
+async fn a_search_that_spends_its_budget_still_scores_the_per_slice_composition_from_its_reserve() {
+    let config = parse(&router_toml(
+        "kind = \"bootstrap_random_search\"\nnum_candidates = 3\nmax_bootstrapped_demos = 2\nmax_labeled_demos = 3",
+    ))
+    .unwrap();
+    // Urgent is too small to optimize: it must stay as production has it.
+    let dataset = Dataset::from_examples(examples(60, 4, 40), &SplitFractions::default(), "h".into());
+    let dev = dataset.dev().len() as u64;
+    let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+    let run = |composition_reserve: u64| {
+        let mut ctx = context(right_with_demos(&config), 10);
+        ctx.composition_reserve = composition_reserve;
+        // Production on dev and a little search: the search stops at the limit
+        // after it has scored a whole program that changed every handler.
+        ctx.student.settings.lm.meter().set_limits(promptloop::lm::budget::Limits {
+            total: promptloop::lm::budget::Budget { max_calls: Some(dev + 40), ..Default::default() },
+            roles: Default::default(),
+        });
+        let optimizer = build(&config.optimizer);
+        let (start, dataset) = (start.clone(), dataset.clone());
+        async move { optimize(&*optimizer, &start, dataset.train(), dataset.dev(), &ctx).await.unwrap() }
+    };
+    let urgent = |program: &Program| program.predictor("handlers.urgent").cloned();
+
+    let reserved = run(dev).await;
+    assert!(reserved.stopped_early.is_some(), "the search must stop at its budget");
+    assert!(reserved.candidates.iter().any(|c| c.name == "per-slice best"), "{:?}", reserved.candidates);
+    assert_eq!(urgent(&reserved.program), urgent(&start.production), "a too-small handler changed");
+    assert!(!reserved.notes.notes.iter().any(|n| n.contains("was not scored")), "{:?}", reserved.notes.notes);
+
+    // Without the reserve the composition finds no budget left: the best whole
+    // program is proposed, with a note, and its urgent handler is not production's.
+    let unreserved = run(0).await;
+    assert!(unreserved.notes.notes.iter().any(|n| n.contains("the per-slice composition was not scored")));
+    assert_ne!(urgent(&unreserved.program), urgent(&start.production));
+}
+
+#[test]
+fn a_router_programs_budget_sets_its_composition_aside_and_says_so_when_too_small() {
+    let mut config = parse(&router_toml("kind = \"bootstrap_random_search\"")).unwrap();
+    let dataset = Dataset::from_examples(examples(60, 4, 40), &SplitFractions::default(), "h".into());
+    let (dev, test) = (dataset.dev().len() as u64, dataset.test().len() as u64);
+    let reserve = promptloop::pipeline::optimize::reserve(&Program::baseline(&config), &dataset);
+    assert_eq!((reserve.dev_calls, reserve.composition_calls, reserve.test_calls), (dev, dev, 2 * test));
+    config.budget.max_calls = Some(dev + 2 * test + 1);
+    let error = promptloop::pipeline::optimize::optimizer_limits(&config, &reserve).unwrap_err().to_string();
+    assert!(error.contains(&format!("scoring the per-slice composition on dev {dev} more")), "{error}");
+    assert!(error.contains(&format!("at least {}", 2 * dev + 2 * test + 1)), "{error}");
+    config.budget.max_calls = Some(500);
+    let limits = promptloop::pipeline::optimize::optimizer_limits(&config, &reserve).unwrap().unwrap();
+    assert_eq!(limits.total.max_calls, Some(500 - 2 * test - dev), "test scoring and the composition are set aside");
 }

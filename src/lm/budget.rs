@@ -235,6 +235,21 @@ impl Meter {
         state.limits = Some((limits, base));
     }
 
+    /// Raises the calls limit of the whole run and of `role` by `extra`, where
+    /// there is one: spends calls set aside when the limits were set (the
+    /// per-slice composition's dev score, which must not be left to whatever
+    /// the search did not use).
+    pub fn allow_more_calls(&self, role: LmRole, extra: u64) {
+        let mut state = self.lock();
+        if let Some((limits, _)) = &mut state.limits {
+            for budget in std::iter::once(&mut limits.total).chain(limits.roles.get_mut(&role)) {
+                if let Some(max) = &mut budget.max_calls {
+                    *max += extra;
+                }
+            }
+        }
+    }
+
     /// Stops enforcing limits.
     pub fn clear_limits(&self) {
         self.lock().limits = None;

@@ -54,6 +54,10 @@ pub struct OptimizeContext {
     pub checkpoint: Option<std::sync::Arc<checkpoint::Checkpoint>>,
     /// `[optimizer] min_slice_examples`: a handler with fewer train examples is kept as it is.
     pub min_slice_examples: usize,
+    /// Task calls the run's limits set aside for scoring a router program's
+    /// per-slice composition on dev (0 without routers or limits): released
+    /// after the search, so a search that spends its budget still composes.
+    pub composition_reserve: u64,
 }
 
 /// Where a search starts.
@@ -259,6 +263,7 @@ pub async fn optimize(
                 ctx.min_slice_examples
             ));
         }
+        ctx.student.settings.lm.meter().allow_more_calls(crate::lm::budget::LmRole::Task, ctx.composition_reserve);
         if program != best.program {
             match scorer.full("per-slice best", &program).await {
                 Ok(composed) => best = composed,

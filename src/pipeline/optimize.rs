@@ -59,23 +59,29 @@ pub fn models(config: &PipelineConfig, use_cache: bool, progress: bool) -> Resul
         seed: config.seed,
         checkpoint: None,
         min_slice_examples: config.optimizer.min_slice_examples,
+        composition_reserve: 0,
     };
     Ok(Models { task, meter, eval, optimize })
 }
 
 /// Calls the run needs besides the optimizer's search: production on all of
-/// dev (the score to beat) and both programs on test.
+/// dev (the score to beat), a router program's per-slice composition on dev,
+/// and both programs on test.
 pub struct Reserve {
     /// Production on dev: the least any search needs.
     pub dev_calls: u64,
+    /// The per-slice composition on dev, after the search (routers only).
+    pub composition_calls: u64,
     /// Both programs on test, after the search.
     pub test_calls: u64,
 }
 
 pub fn reserve(program: &Program, dataset: &Dataset) -> Reserve {
     let per_example = program.calls_per_run() as u64;
+    let dev_calls = dataset.dev().len() as u64 * per_example;
     Reserve {
-        dev_calls: dataset.dev().len() as u64 * per_example,
+        dev_calls,
+        composition_calls: if program.graph.routers().is_empty() { 0 } else { dev_calls },
         test_calls: 2 * dataset.test().len() as u64 * per_example,
     }
 }
@@ -88,14 +94,19 @@ pub fn optimizer_limits(config: &PipelineConfig, reserve: &Reserve) -> Result<Op
     if budget.is_unlimited() {
         return Ok(None);
     }
-    let minimum = reserve.dev_calls + reserve.test_calls;
+    let minimum = reserve.dev_calls + reserve.composition_calls + reserve.test_calls;
     let file = config.file.display();
     let check = |b: &Budget, key: &str| -> Result<()> {
         if let Some(max) = b.max_calls
             && max < minimum + 1
         {
+            let composition = if reserve.composition_calls > 0 {
+                format!(", scoring the per-slice composition on dev {} more", reserve.composition_calls)
+            } else {
+                String::new()
+            };
             bail!(
-                "{file}: [{key}] max_calls = {max} is too small for even one full evaluation: production on dev takes {} calls and scoring both programs on test {} more; set max_calls to at least {} (more leaves the optimizer room to search)",
+                "{file}: [{key}] max_calls = {max} is too small for even one full evaluation: production on dev takes {} calls{composition} and scoring both programs on test {} more; set max_calls to at least {} (more leaves the optimizer room to search)",
                 reserve.dev_calls,
                 reserve.test_calls,
                 minimum + 1
@@ -109,7 +120,10 @@ pub fn optimizer_limits(config: &PipelineConfig, reserve: &Reserve) -> Result<Op
     }
     // Tokens and dollars of the test scoring are not known before it runs; the
     // calls are set aside here, tokens and dollars are checked as they are used.
-    let less = |b: Budget| Budget { max_calls: b.max_calls.map(|m| m - reserve.test_calls), ..b };
+    // The composition's calls are released to the optimizer after its search
+    // (`OptimizeContext::composition_reserve`).
+    let set_aside = reserve.test_calls + reserve.composition_calls;
+    let less = |b: Budget| Budget { max_calls: b.max_calls.map(|m| m - set_aside), ..b };
     let mut roles = std::collections::BTreeMap::new();
     for (role, b) in budget.roles() {
         roles.insert(role, if role == LmRole::Task { less(b) } else { b });
@@ -166,6 +180,9 @@ pub async fn run_optimizer(
     }
     let mut ctx = models.optimize.clone();
     ctx.checkpoint = Some(checkpoint.clone());
+    if limits.is_some() {
+        ctx.composition_reserve = reserve.composition_calls;
+    }
     let projected = optimizer.project(&start.production, dataset.train().len(), dataset.dev().len());
     let projected_total: u64 = projected.iter().map(|(_, c)| c).sum();
     tracing::info!(
@@ -251,9 +268,15 @@ fn projection_line(
         roles.join(", "),
         thousands(reserve.test_calls)
     );
+    if reserve.composition_calls > 0 {
+        line.push_str(&format!(
+            ", {} to score the per-slice composition on dev",
+            thousands(reserve.composition_calls)
+        ));
+    }
     let tokens_per_call = 400.0;
     if config.lm.input_price.is_some() || config.lm.output_price.is_some() {
-        let calls = (total + reserve.test_calls) as f64;
+        let calls = (total + reserve.test_calls + reserve.composition_calls) as f64;
         let dollars = prices(&config.lm).dollars((calls * tokens_per_call) as u64, (calls * 16.0) as u64);
         line.push_str(&format!(", about ${dollars:.2} at {tokens_per_call:.0} prompt tokens a call"));
     }
