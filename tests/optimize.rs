@@ -73,7 +73,7 @@ fn context_with(
         seed: 5,
         checkpoint,
         min_slice_examples: 10,
-        composition_reserve: 0,
+        composition_reserve: Vec::new(),
     }
 }
 
@@ -506,7 +506,7 @@ fn a_budget_too_small_for_one_full_evaluation_is_refused_before_any_call() {
     config.budget.max_calls = Some(20);
     let d = dataset();
     let program = Program::baseline(&config);
-    let reserve = promptloop::pipeline::optimize::reserve(&program, &d);
+    let reserve = promptloop::pipeline::optimize::reserve(&program, &d, &config.metric);
     let error = promptloop::pipeline::optimize::optimizer_limits(&config, &reserve).unwrap_err().to_string();
     let minimum = d.dev().len() + 2 * d.test().len() + 1;
     assert!(error.contains(&format!("at least {minimum}")), "{error}");
@@ -514,6 +514,41 @@ fn a_budget_too_small_for_one_full_evaluation_is_refused_before_any_call() {
     config.budget.max_calls = Some(minimum as u64);
     let limits = promptloop::pipeline::optimize::optimizer_limits(&config, &reserve).unwrap().unwrap();
     assert_eq!(limits.total.max_calls, Some((minimum - 2 * d.test().len()) as u64), "test scoring is set aside");
+}
+
+#[test]
+fn a_judge_metrics_calls_are_projected_and_set_aside_from_the_runs_budget() {
+    let text = common::triage_toml("mini-triage.jsonl", "provider = \"embedded\"\nmodel = \"m.gguf\"", "kind = \"bootstrap_few_shot\"")
+        .replace(
+            "[metric]\nkind = \"exact_match\"\nfields = [\"queue\"]",
+            "[metric]\nkind = \"judge\"\nfield = \"queue\"\nrubric = \"Right queue?\"\nscale = \"1-5\"\n[metric.lm]\nprovider = \"embedded\"\nmodel = \"judge.gguf\"",
+        );
+    let mut config = PipelineConfig::parse(&text, Path::new("tests/data/mini.toml")).unwrap();
+    assert_eq!(config.metric.judge_lms().len(), 1, "the judge replaced exact match");
+    let d = dataset();
+    let (dev, test) = (d.dev().len() as u64, d.test().len() as u64);
+    let program = Program::baseline(&config);
+    let reserve = promptloop::pipeline::optimize::reserve(&program, &d, &config.metric);
+    assert_eq!((reserve.calls_per_run, reserve.judges_per_run), (1, 1));
+
+    // Every scored run is judged: the task's and the teacher's, not the proposer's.
+    let projected = promptloop::pipeline::optimize::with_judge(
+        vec![(LmRole::Task, 30), (LmRole::Teacher, 12), (LmRole::Proposer, 5)],
+        &reserve,
+    );
+    assert_eq!(projected.last(), Some(&(LmRole::Judge, 42)));
+
+    // The run's limit sets aside the test scoring's task and judge calls; the
+    // task role's only its own.
+    config.budget.max_calls = Some(2 * dev + 4 * test);
+    let error = promptloop::pipeline::optimize::optimizer_limits(&config, &reserve).unwrap_err().to_string();
+    assert!(error.contains("(the judge's included)"), "{error}");
+    assert!(error.contains(&format!("at least {}", 2 * dev + 4 * test + 1)), "{error}");
+    config.budget.max_calls = Some(1000);
+    config.budget.task = Some(promptloop::lm::budget::Budget { max_calls: Some(600), ..Default::default() });
+    let limits = promptloop::pipeline::optimize::optimizer_limits(&config, &reserve).unwrap().unwrap();
+    assert_eq!(limits.total.max_calls, Some(1000 - 4 * test));
+    assert_eq!(limits.roles[&LmRole::Task].max_calls, Some(600 - 2 * test));
 }
 
 #[test]

@@ -203,7 +203,7 @@ fn context(lm: Arc<ScriptedLm>, min_slice: usize) -> OptimizeContext {
         seed: 5,
         checkpoint: None,
         min_slice_examples: min_slice,
-        composition_reserve: 0,
+        composition_reserve: Vec::new(),
     }
 }
 
@@ -614,7 +614,7 @@ async fn a_search_that_spends_its_budget_still_scores_the_per_slice_composition_
     let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
     let run = |composition_reserve: u64| {
         let mut ctx = context(right_with_demos(&config), 10);
-        ctx.composition_reserve = composition_reserve;
+        ctx.composition_reserve = vec![(LmRole::Task, composition_reserve)];
         // Production on dev and a little search: the search stops at the limit
         // after it has scored a whole program that changed every handler.
         ctx.student.settings.lm.meter().set_limits(promptloop::lm::budget::Limits {
@@ -645,8 +645,9 @@ fn a_router_programs_budget_sets_its_composition_aside_and_says_so_when_too_smal
     let mut config = parse(&router_toml("kind = \"bootstrap_random_search\"")).unwrap();
     let dataset = Dataset::from_examples(examples(60, 4, 40), &SplitFractions::default(), "h".into());
     let (dev, test) = (dataset.dev().len() as u64, dataset.test().len() as u64);
-    let reserve = promptloop::pipeline::optimize::reserve(&Program::baseline(&config), &dataset);
-    assert_eq!((reserve.dev_calls, reserve.composition_calls, reserve.test_calls), (dev, dev, 2 * test));
+    let reserve = promptloop::pipeline::optimize::reserve(&Program::baseline(&config), &dataset, &config.metric);
+    assert_eq!((reserve.dev_runs, reserve.composition_runs, reserve.test_runs), (dev, dev, 2 * test));
+    assert_eq!(reserve.composition(), vec![(LmRole::Task, dev)]);
     config.budget.max_calls = Some(dev + 2 * test + 1);
     let error = promptloop::pipeline::optimize::optimizer_limits(&config, &reserve).unwrap_err().to_string();
     assert!(error.contains(&format!("scoring the per-slice composition on dev {dev} more")), "{error}");

@@ -54,10 +54,11 @@ pub struct OptimizeContext {
     pub checkpoint: Option<std::sync::Arc<checkpoint::Checkpoint>>,
     /// `[optimizer] min_slice_examples`: a handler with fewer train examples is kept as it is.
     pub min_slice_examples: usize,
-    /// Task calls the run's limits set aside for scoring a router program's
-    /// per-slice composition on dev (0 without routers or limits): released
-    /// after the search, so a search that spends its budget still composes.
-    pub composition_reserve: u64,
+    /// Calls per role the run's limits set aside for scoring a router
+    /// program's per-slice composition on dev (none without routers or
+    /// limits): released after the search, so a search that spends its
+    /// budget still composes.
+    pub composition_reserve: Vec<(crate::lm::budget::LmRole, u64)>,
 }
 
 /// Where a search starts.
@@ -263,7 +264,9 @@ pub async fn optimize(
                 ctx.min_slice_examples
             ));
         }
-        ctx.student.settings.lm.meter().allow_more_calls(crate::lm::budget::LmRole::Task, ctx.composition_reserve);
+        for &(role, calls) in &ctx.composition_reserve {
+            ctx.student.settings.lm.meter().allow_more_calls(role, calls);
+        }
         if program != best.program {
             match scorer.full("per-slice best", &program).await {
                 Ok(composed) => best = composed,

@@ -59,76 +59,102 @@ pub fn models(config: &PipelineConfig, use_cache: bool, progress: bool) -> Resul
         seed: config.seed,
         checkpoint: None,
         min_slice_examples: config.optimizer.min_slice_examples,
-        composition_reserve: 0,
+        composition_reserve: Vec::new(),
     };
     Ok(Models { task, meter, eval, optimize })
 }
 
 /// Calls the run needs besides the optimizer's search: production on all of
 /// dev (the score to beat), a router program's per-slice composition on dev,
-/// and both programs on test.
+/// and both programs on test; each run of the program takes its own calls
+/// and, with a judge metric, the judges' calls that score it.
 pub struct Reserve {
+    /// Task calls one run of the program makes (its costliest path).
+    pub calls_per_run: u64,
+    /// Judge calls scoring one run takes (one per judge of the metric).
+    pub judges_per_run: u64,
     /// Production on dev: the least any search needs.
-    pub dev_calls: u64,
+    pub dev_runs: u64,
     /// The per-slice composition on dev, after the search (routers only).
-    pub composition_calls: u64,
+    pub composition_runs: u64,
     /// Both programs on test, after the search.
-    pub test_calls: u64,
+    pub test_runs: u64,
 }
 
-pub fn reserve(program: &Program, dataset: &Dataset) -> Reserve {
-    let per_example = program.calls_per_run() as u64;
-    let dev_calls = dataset.dev().len() as u64 * per_example;
-    Reserve {
-        dev_calls,
-        composition_calls: if program.graph.routers().is_empty() { 0 } else { dev_calls },
-        test_calls: 2 * dataset.test().len() as u64 * per_example,
+impl Reserve {
+    /// Every call of `runs`, the judges' included.
+    pub fn calls(&self, runs: u64) -> u64 {
+        runs * (self.calls_per_run + self.judges_per_run)
+    }
+
+    /// The composition's calls per role, released to the search's limits after it.
+    pub fn composition(&self) -> Vec<(LmRole, u64)> {
+        let mut calls = vec![(LmRole::Task, self.composition_runs * self.calls_per_run)];
+        if self.judges_per_run > 0 {
+            calls.push((LmRole::Judge, self.composition_runs * self.judges_per_run));
+        }
+        calls.retain(|(_, n)| *n > 0);
+        calls
     }
 }
 
-/// The optimizer's limits: the run's `[budget]` less the test scoring set
-/// aside. Errors, before any call, when the budget cannot cover production's
-/// dev score and the test scoring.
+pub fn reserve(program: &Program, dataset: &Dataset, metric: &crate::config::MetricConfig) -> Reserve {
+    let dev_runs = dataset.dev().len() as u64;
+    Reserve {
+        calls_per_run: program.calls_per_run() as u64,
+        judges_per_run: metric.judge_lms().len() as u64,
+        dev_runs,
+        composition_runs: if program.graph.routers().is_empty() { 0 } else { dev_runs },
+        test_runs: 2 * dataset.test().len() as u64,
+    }
+}
+
+/// The optimizer's limits: the run's `[budget]` less the test scoring and the
+/// composition set aside. Errors, before any call, when the budget cannot
+/// cover production's dev score, the composition and the test scoring.
 pub fn optimizer_limits(config: &PipelineConfig, reserve: &Reserve) -> Result<Option<Limits>> {
     let budget = &config.budget;
     if budget.is_unlimited() {
         return Ok(None);
     }
-    let minimum = reserve.dev_calls + reserve.composition_calls + reserve.test_calls;
     let file = config.file.display();
-    let check = |b: &Budget, key: &str| -> Result<()> {
+    // The run's limit counts every role's calls; the task role's only its own.
+    let check = |b: &Budget, key: &str, per_run: u64| -> Result<()> {
+        let calls = |runs: u64| runs * per_run;
+        let minimum = calls(reserve.dev_runs + reserve.composition_runs + reserve.test_runs);
         if let Some(max) = b.max_calls
             && max < minimum + 1
         {
-            let composition = if reserve.composition_calls > 0 {
-                format!(", scoring the per-slice composition on dev {} more", reserve.composition_calls)
+            let judged = if per_run > reserve.calls_per_run { " (the judge's included)" } else { "" };
+            let composition = if reserve.composition_runs > 0 {
+                format!(", scoring the per-slice composition on dev {} more", calls(reserve.composition_runs))
             } else {
                 String::new()
             };
             bail!(
-                "{file}: [{key}] max_calls = {max} is too small for even one full evaluation: production on dev takes {} calls{composition} and scoring both programs on test {} more; set max_calls to at least {} (more leaves the optimizer room to search)",
-                reserve.dev_calls,
-                reserve.test_calls,
+                "{file}: [{key}] max_calls = {max} is too small for even one full evaluation: production on dev takes {} calls{judged}{composition} and scoring both programs on test {} more; set max_calls to at least {} (more leaves the optimizer room to search)",
+                calls(reserve.dev_runs),
+                calls(reserve.test_runs),
                 minimum + 1
             );
         }
         Ok(())
     };
-    check(&budget.total(), "budget")?;
+    check(&budget.total(), "budget", reserve.calls_per_run + reserve.judges_per_run)?;
     if let Some(task) = &budget.task {
-        check(task, "budget.task")?;
+        check(task, "budget.task", reserve.calls_per_run)?;
     }
     // Tokens and dollars of the test scoring are not known before it runs; the
     // calls are set aside here, tokens and dollars are checked as they are used.
     // The composition's calls are released to the optimizer after its search
     // (`OptimizeContext::composition_reserve`).
-    let set_aside = reserve.test_calls + reserve.composition_calls;
-    let less = |b: Budget| Budget { max_calls: b.max_calls.map(|m| m - set_aside), ..b };
+    let after = reserve.composition_runs + reserve.test_runs;
+    let less = |b: Budget, per_run: u64| Budget { max_calls: b.max_calls.map(|m| m - after * per_run), ..b };
     let mut roles = std::collections::BTreeMap::new();
     for (role, b) in budget.roles() {
-        roles.insert(role, if role == LmRole::Task { less(b) } else { b });
+        roles.insert(role, if role == LmRole::Task { less(b, reserve.calls_per_run) } else { b });
     }
-    Ok(Some(Limits { total: less(budget.total()), roles }))
+    Ok(Some(Limits { total: less(budget.total(), reserve.calls_per_run + reserve.judges_per_run), roles }))
 }
 
 /// `.promptloop/checkpoints/<name>.json`: where a pipeline's search saves its progress.
@@ -160,7 +186,7 @@ pub async fn run_optimizer(
             config.dataset.path.display()
         );
     }
-    let reserve = reserve(&start.production, dataset);
+    let reserve = reserve(&start.production, dataset, &config.metric);
     let limits = optimizer_limits(config, &reserve)?;
     let identity = Identity {
         pipeline: config.name.clone(),
@@ -181,14 +207,15 @@ pub async fn run_optimizer(
     let mut ctx = models.optimize.clone();
     ctx.checkpoint = Some(checkpoint.clone());
     if limits.is_some() {
-        ctx.composition_reserve = reserve.composition_calls;
+        ctx.composition_reserve = reserve.composition();
     }
-    let projected = optimizer.project(&start.production, dataset.train().len(), dataset.dev().len());
+    let projected =
+        with_judge(optimizer.project(&start.production, dataset.train().len(), dataset.dev().len()), &reserve);
     let projected_total: u64 = projected.iter().map(|(_, c)| c).sum();
     tracing::info!(
         optimizer = optimizer.kind().name(),
         projected_calls = projected_total,
-        scoring_calls = reserve.test_calls,
+        scoring_calls = reserve.calls(reserve.test_runs),
         "optimizing"
     );
     eprintln!("{}", projection_line(optimizer, &projected, &reserve, config, limits.as_ref()));
@@ -224,6 +251,23 @@ pub async fn run_optimizer(
         slices: optimized.slices.clone(),
     };
     Ok(OptimizerRun { optimized, search: summary, checkpoint })
+}
+
+/// Adds the judge's calls to an optimizer's projection: every run of the
+/// program the search scores (the task's and the teacher's) is judged once
+/// per judge of the metric; the proposer's drafts are not.
+pub fn with_judge(mut projected: Vec<(LmRole, u64)>, reserve: &Reserve) -> Vec<(LmRole, u64)> {
+    if reserve.judges_per_run == 0 {
+        return projected;
+    }
+    let scored: u64 = projected
+        .iter()
+        .filter(|(role, _)| matches!(role, LmRole::Task | LmRole::Teacher))
+        .map(|(_, calls)| calls)
+        .sum();
+    let runs = scored.div_ceil(reserve.calls_per_run.max(1));
+    projected.push((LmRole::Judge, runs * reserve.judges_per_run));
+    projected
 }
 
 /// Per role: the optimizer's budget, its projection and what it used.
@@ -266,17 +310,17 @@ fn projection_line(
         optimizer.kind().name(),
         thousands(total),
         roles.join(", "),
-        thousands(reserve.test_calls)
+        thousands(reserve.calls(reserve.test_runs))
     );
-    if reserve.composition_calls > 0 {
+    if reserve.composition_runs > 0 {
         line.push_str(&format!(
             ", {} to score the per-slice composition on dev",
-            thousands(reserve.composition_calls)
+            thousands(reserve.calls(reserve.composition_runs))
         ));
     }
     let tokens_per_call = 400.0;
     if config.lm.input_price.is_some() || config.lm.output_price.is_some() {
-        let calls = (total + reserve.test_calls + reserve.composition_calls) as f64;
+        let calls = (total + reserve.calls(reserve.test_runs + reserve.composition_runs)) as f64;
         let dollars = prices(&config.lm).dollars((calls * tokens_per_call) as u64, (calls * 16.0) as u64);
         line.push_str(&format!(", about ${dollars:.2} at {tokens_per_call:.0} prompt tokens a call"));
     }
