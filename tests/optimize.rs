@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use promptloop::config::{OptimizerKind, PipelineConfig, SplitFractions};
 use promptloop::dataset::Dataset;
-use promptloop::eval::EvalContext;
 use promptloop::lm::budget::{Budget, Limits, LmRole, Meter, Prices};
 use promptloop::lm::{Lm, LmError, LmRequest, Role};
 use promptloop::optimize::bootstrap::{BootstrapSettings, bootstrap_few_shot};
@@ -17,7 +16,7 @@ use promptloop::optimize::checkpoint::{Checkpoint, Identity};
 use promptloop::optimize::demos::{cover_labels, label_of, stratified};
 use promptloop::optimize::{OptimizeContext, Proposal, Start, build, optimize};
 use promptloop::program::Program;
-use promptloop::program::predictor::{DemoSource, PredictSettings};
+use promptloop::program::predictor::DemoSource;
 use rand::SeedableRng;
 
 mod common;
@@ -53,28 +52,8 @@ fn context_with(
     checkpoint: Option<Arc<Checkpoint>>,
 ) -> OptimizeContext {
     let lm = Lm::new(lm, None, 2).metered(meter, LmRole::Task, Prices::default());
-    let settings = |lm: Lm| PredictSettings {
-        lm,
-        format: promptloop::config::AdapterFormat::Chat,
-        temperature: 0.0,
-        max_tokens: 32,
-        tools: None,
-    };
-    let student = EvalContext {
-        settings: settings(lm.clone()),
-        metric: promptloop::metric::build(&config("kind = \"none\"").metric),
-        concurrency: 2,
-        progress: false,
-    };
-    OptimizeContext {
-        student,
-        teacher: settings(lm.in_role(LmRole::Teacher)),
-        proposer: settings(lm.in_role(LmRole::Proposer)),
-        seed: 5,
-        checkpoint,
-        min_slice_examples: 10,
-        composition_reserve: Vec::new(),
-    }
+    let metric = promptloop::metric::build(&config("kind = \"none\"").metric);
+    OptimizeContext { checkpoint, ..common::optimize_context(lm, metric, 32, 2) }
 }
 
 fn is_proposer(req: &LmRequest) -> bool {

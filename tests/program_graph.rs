@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use promptloop::config::{PipelineConfig, SplitFractions};
 use promptloop::dataset::{Dataset, Example};
-use promptloop::eval::EvalContext;
 use promptloop::lm::budget::{LmRole, Meter, Prices};
 use promptloop::lm::{Lm, LmRequest};
 use promptloop::logs::signals::SignalDetector;
@@ -17,7 +16,6 @@ use promptloop::optimize::{OptimizeContext, Start, build, optimize};
 use promptloop::program::Program;
 use promptloop::program::artifact::{Artifact, DatasetProvenance, LmSettings, Provenance, Scores};
 use promptloop::program::graph::Route;
-use promptloop::program::predictor::PredictSettings;
 use serde_json::{Map, Value, json};
 
 mod common;
@@ -183,28 +181,8 @@ fn answers(config: &PipelineConfig, needs_demos: bool) -> Arc<ScriptedLm> {
 
 fn context(lm: Arc<ScriptedLm>, min_slice: usize) -> OptimizeContext {
     let lm = Lm::new(lm, None, 4).metered(Arc::new(Meter::new()), LmRole::Task, Prices::default());
-    let settings = |lm: Lm| PredictSettings {
-        lm,
-        format: promptloop::config::AdapterFormat::Chat,
-        temperature: 0.0,
-        max_tokens: 64,
-        tools: None,
-    };
-    let student = EvalContext {
-        settings: settings(lm.in_role(LmRole::Task)),
-        metric: Arc::new(promptloop::metric::ExactMatch { fields: vec!["reply".into()] }),
-        concurrency: 4,
-        progress: false,
-    };
-    OptimizeContext {
-        student,
-        teacher: settings(lm.in_role(LmRole::Teacher)),
-        proposer: settings(lm.in_role(LmRole::Proposer)),
-        seed: 5,
-        checkpoint: None,
-        min_slice_examples: min_slice,
-        composition_reserve: Vec::new(),
-    }
+    let metric = Arc::new(promptloop::metric::ExactMatch { fields: vec!["reply".into()] });
+    OptimizeContext { min_slice_examples: min_slice, ..common::optimize_context(lm, metric, 64, 4) }
 }
 
 #[test]

@@ -104,3 +104,35 @@ fields = ["queue"]
 "#
     )
 }
+
+/// An optimizer's context on one LM handle in every role (task, teacher,
+/// proposer), chat format at temperature 0, scoring with `metric`.
+pub fn optimize_context(
+    lm: promptloop::lm::Lm,
+    metric: Arc<dyn promptloop::metric::Metric>,
+    max_tokens: u32,
+    concurrency: usize,
+) -> promptloop::optimize::OptimizeContext {
+    use promptloop::lm::budget::LmRole;
+    let settings = |lm: promptloop::lm::Lm| promptloop::program::predictor::PredictSettings {
+        lm,
+        format: promptloop::config::AdapterFormat::Chat,
+        temperature: 0.0,
+        max_tokens,
+        tools: None,
+    };
+    promptloop::optimize::OptimizeContext {
+        student: promptloop::eval::EvalContext {
+            settings: settings(lm.in_role(LmRole::Task)),
+            metric,
+            concurrency,
+            progress: false,
+        },
+        teacher: settings(lm.in_role(LmRole::Teacher)),
+        proposer: settings(lm.in_role(LmRole::Proposer)),
+        seed: 5,
+        checkpoint: None,
+        min_slice_examples: 10,
+        composition_reserve: Vec::new(),
+    }
+}
