@@ -220,7 +220,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     crate::report::thousands(role.used.cache_hits),
                     crate::report::thousands(role.used.tokens()),
                     crate::report::thousands(role.projected_calls),
-                    role.budget.text()
+                    crate::report::budget_text(&role.budget)
                 );
             }
             for c in &outcome.artifact.provenance.candidates {

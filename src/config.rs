@@ -8,9 +8,13 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 use serde_json::Value;
 
+pub use crate::dataset::SplitFractions;
 use crate::lm::local::constrain::validate_schema;
+pub use crate::logs::signals::SignalsConfig;
 pub use crate::program::adapter::AdapterFormat;
+pub use crate::program::graph::PredictorConfig;
 pub use crate::program::module::Module;
+pub use crate::program::signature::SignatureConfig;
 use crate::program::signature::{Field, FieldType, Signature};
 
 /// A pipeline as the rest of the program sees it: paths resolved, types parsed.
@@ -209,46 +213,6 @@ pub struct CustomPattern {
     pub regex: String,
 }
 
-/// `[signals]`: the rule-based routine / urgent / escalating detector.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SignalsConfig {
-    /// The input field holding the customer's message [default: the first input].
-    #[serde(default)]
-    pub field: String,
-    /// Phrases that mark escalation, added to the built-in ones.
-    #[serde(default)]
-    pub escalation_phrases: Vec<String>,
-    /// Words that mark urgency, added to the built-in ones.
-    #[serde(default)]
-    pub urgent_phrases: Vec<String>,
-    /// Share of all-caps words (of those with 3+ letters) that counts as shouting.
-    #[serde(default = "default_caps_share")]
-    pub caps_share: f64,
-    /// Earlier messages in the history that make an urgent message escalating.
-    #[serde(default = "default_history_repeats")]
-    pub history_repeats: usize,
-}
-
-fn default_caps_share() -> f64 {
-    0.5
-}
-fn default_history_repeats() -> usize {
-    2
-}
-
-impl Default for SignalsConfig {
-    fn default() -> Self {
-        Self {
-            field: String::new(),
-            escalation_phrases: Vec::new(),
-            urgent_phrases: Vec::new(),
-            caps_share: default_caps_share(),
-            history_repeats: default_history_repeats(),
-        }
-    }
-}
-
 /// `[dedup]`: exact and MinHash/LSH near-duplicate detection.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -323,22 +287,6 @@ impl Default for SampleConfig {
     fn default() -> Self {
         Self { seed: None, total: default_sample_total(), caps: default_caps(), inbox_total: default_inbox_total() }
     }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct SignatureConfig {
-    pub instructions: String,
-    pub signature: Signature,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct PredictorConfig {
-    /// The dotted path.
-    pub name: String,
-    pub signature: String,
-    pub module: Module,
-    /// What part of its stage it is (a react stage has two).
-    pub part: crate::program::graph::Part,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -427,20 +375,6 @@ fn yes() -> bool {
 pub struct DatasetConfig {
     pub path: PathBuf,
     pub split: SplitFractions,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SplitFractions {
-    pub train: f64,
-    pub dev: f64,
-    pub test: f64,
-}
-
-impl Default for SplitFractions {
-    fn default() -> Self {
-        Self { train: 0.70, dev: 0.15, test: 0.15 }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -1195,6 +1129,11 @@ fn read_pipeline_text(file: &Path) -> Result<String> {
 }
 
 impl PipelineConfig {
+    /// The hand-written program the file declares: its instructions, no demos.
+    pub fn baseline(&self) -> crate::program::Program {
+        crate::program::Program::declared(&self.predictors, &self.signatures, &self.tools, &self.graph)
+    }
+
     /// Finds a pipeline by name (`pipelines/<name>.toml` under `root`) or path.
     pub fn locate(name_or_path: &str, root: &Path) -> Result<PathBuf> {
         let direct = PathBuf::from(name_or_path);

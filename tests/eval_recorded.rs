@@ -149,7 +149,8 @@ fn a_predictions_file_that_does_not_fit_is_an_error_with_file_and_line() {
     assert!(!ok);
     assert!(stderr.contains("1 of its ids are not in") && stderr.contains("`reply-0001`"), "{stderr}");
 
-    // Every prediction lost: an error with the first reason, not a score of 0.
+    // Every prediction lost: a score of 0 with the reasons, not an error;
+    // a file with nothing for the split is one.
     let text = std::fs::read_to_string(dir.path().join("datasets/mini-triage.jsonl")).unwrap();
     let lost: String = text
         .lines()
@@ -159,10 +160,22 @@ fn a_predictions_file_that_does_not_fit_is_an_error_with_file_and_line() {
         })
         .collect();
     std::fs::write(dir.path().join("lost.jsonl"), lost).unwrap();
-    let (ok, _, stderr) = promptloop(&dir, &["eval", "mini-triage", "--predictions", "lost.jsonl"]);
-    assert!(!ok);
-    assert!(stderr.contains("every prediction of predictions in lost.jsonl on test failed"), "{stderr}");
-    assert!(stderr.contains("the first: timed out"), "{stderr}");
+    let (ok, stdout, stderr) =
+        promptloop(&dir, &["eval", "mini-triage", "--predictions", "lost.jsonl", "--results", "lost-results.jsonl"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("on test (n=") && stdout.contains("): 0.000"), "{stdout}");
+    let results = std::fs::read_to_string(dir.path().join("lost-results.jsonl")).unwrap();
+    assert!(results.lines().all(|l| l.contains("\"error\":\"timed out\"")), "{results}");
+
+    let first = text.lines().next().unwrap();
+    let id = serde_json::from_str::<Value>(first).unwrap()["id"].as_str().unwrap().to_string();
+    std::fs::write(dir.path().join("one.jsonl"), format!("{}\n", json!({"id": id, "outputs": {"queue": "cards"}})))
+        .unwrap();
+    let split_of_first = if results.contains(&id) { "train" } else { "test" };
+    let (ok, _, stderr) =
+        promptloop(&dir, &["eval", "mini-triage", "--predictions", "one.jsonl", "--split", split_of_first]);
+    assert!(!ok, "a file with nothing for the split was scored");
+    assert!(stderr.contains("no line for any of the") && stderr.contains("pick the split"), "{stderr}");
 
     let (ok, _, stderr) = promptloop(&dir, &["eval", "mini-triage", "--predictions", "lost.jsonl", "--baseline"]);
     assert!(!ok);

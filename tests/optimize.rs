@@ -116,9 +116,7 @@ async fn bootstrapped_demos_are_the_traces_the_metric_accepted() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let ctx = context(lm.clone(), Arc::new(Meter::new()));
     let (program, stats) =
-        bootstrap_few_shot(&Program::baseline(&config("kind = \"none\"")), d.train(), &ctx, &settings, &mut rng)
-            .await
-            .unwrap();
+        bootstrap_few_shot(&config("kind = \"none\"").baseline(), d.train(), &ctx, &settings, &mut rng).await.unwrap();
 
     let demos = &program.predictors[0].demos;
     assert_eq!(demos.len(), 5, "3 bootstrapped + 2 labeled");
@@ -145,7 +143,7 @@ async fn bootstrapped_demos_are_the_traces_the_metric_accepted() {
 #[test]
 fn demo_sets_cover_every_label_in_turn() {
     let d = dataset();
-    let program = Program::baseline(&config("kind = \"none\""));
+    let program = config("kind = \"none\"").baseline();
     let predictor = &program.predictors[0];
     let values = ["cards".to_string(), "transfers".to_string(), "top_ups".to_string()];
     for seed in 0..20 {
@@ -176,7 +174,7 @@ fn demo_sets_cover_every_label_in_turn() {
 
 /// Production's program: the declared one with a marker only it has.
 fn production(config: &PipelineConfig) -> Program {
-    let mut p = Program::baseline(config);
+    let mut p = config.baseline();
     p.predictors[0].instructions.push_str(" PRODUCTION-MARK");
     p
 }
@@ -199,7 +197,7 @@ async fn warm_start_never_proposes_a_program_below_production_on_dev() {
         let config = config(&format!(
             "kind = \"{kind}\"\nnum_candidates = 6\n[optimizer.mipro_v2]\nnum_trials = 8\n[optimizer.gepa]\niterations = 8"
         ));
-        let start = Start { production: production(&config), declared: Program::baseline(&config) };
+        let start = Start { production: production(&config), declared: config.baseline() };
         let optimizer = build(&config.optimizer);
         let ctx = context(lm.clone(), Arc::new(Meter::new()));
         let optimized = optimize(&*optimizer, &start, d.train(), d.dev(), &ctx).await.unwrap();
@@ -235,7 +233,7 @@ async fn a_candidate_that_beats_production_on_dev_is_proposed() {
         )
     });
     let config = config("kind = \"bootstrap_random_search\"\nmax_labeled_demos = 6\nnum_candidates = 4");
-    let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+    let start = Start { production: config.baseline(), declared: config.baseline() };
     // A dev split large enough to race on.
     let d =
         Dataset::load(Path::new("tests/data/mini-triage.jsonl"), &SplitFractions { train: 0.3, dev: 0.5, test: 0.2 })
@@ -271,7 +269,7 @@ async fn no_optimizer_ever_sees_a_test_example() {
         let config = config(&format!(
             "kind = \"{kind}\"\nmax_rounds = 2\nnum_candidates = 4\n[optimizer.mipro_v2]\nnum_trials = 6\n[optimizer.gepa]\niterations = 9"
         ));
-        let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+        let start = Start { production: config.baseline(), declared: config.baseline() };
         let optimized = optimize(
             &*build(&config.optimizer),
             &start,
@@ -312,7 +310,7 @@ async fn mipro_finds_the_instruction_written_from_the_data() {
     });
     let config =
         config("kind = \"mipro_v2\"\nnum_candidates = 3\n[optimizer.mipro_v2]\nnum_trials = 12\nminibatch_size = 5");
-    let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+    let start = Start { production: config.baseline(), declared: config.baseline() };
     let meter = Arc::new(Meter::new());
     let optimized =
         optimize(&*build(&config.optimizer), &start, d.train(), d.dev(), &context(lm.clone(), meter.clone()))
@@ -371,7 +369,7 @@ async fn gepa_keeps_the_reflection_that_fixes_the_failures_and_records_it() {
         reply(req, "queue", if right { &labels[&message] } else { "top_ups" })
     });
     let config = config("kind = \"gepa\"\n[optimizer.gepa]\niterations = 12\nmerge = false");
-    let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+    let start = Start { production: config.baseline(), declared: config.baseline() };
     let optimized =
         optimize(&*build(&config.optimizer), &start, d.train(), d.dev(), &context(lm, Arc::new(Meter::new())))
             .await
@@ -412,7 +410,7 @@ async fn gepa_offline_reflection_writes_hints_from_the_failures() {
         reply(req, "queue", if right { &labels[&message] } else { "top_ups" })
     });
     let config = config("kind = \"gepa\"\n[optimizer.gepa]\niterations = 6\nlm_reflection = false");
-    let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+    let start = Start { production: config.baseline(), declared: config.baseline() };
     let optimized =
         optimize(&*build(&config.optimizer), &start, d.train(), d.dev(), &context(lm.clone(), Arc::new(Meter::new())))
             .await
@@ -434,7 +432,7 @@ async fn a_spent_budget_stops_the_search_with_the_best_program_so_far() {
     let d = dataset();
     let lm = half_right(labels(&d));
     let config = config("kind = \"bootstrap_random_search\"\nnum_candidates = 12");
-    let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+    let start = Start { production: config.baseline(), declared: config.baseline() };
     let meter = Arc::new(Meter::new());
     let limit = d.dev().len() as u64 + 25;
     meter.set_limits(Limits { total: Budget { max_calls: Some(limit), ..Default::default() }, ..Default::default() });
@@ -484,7 +482,7 @@ fn a_budget_too_small_for_one_full_evaluation_is_refused_before_any_call() {
     let mut config = config("kind = \"bootstrap_random_search\"");
     config.budget.max_calls = Some(20);
     let d = dataset();
-    let program = Program::baseline(&config);
+    let program = config.baseline();
     let reserve = promptloop::pipeline::optimize::reserve(&program, &d, &config.metric);
     let error = promptloop::pipeline::optimize::optimizer_limits(&config, &reserve).unwrap_err().to_string();
     let minimum = d.dev().len() + 2 * d.test().len() + 1;
@@ -506,7 +504,7 @@ fn a_judge_metrics_calls_are_projected_and_set_aside_from_the_runs_budget() {
     assert_eq!(config.metric.judge_lms().len(), 1, "the judge replaced exact match");
     let d = dataset();
     let (dev, test) = (d.dev().len() as u64, d.test().len() as u64);
-    let program = Program::baseline(&config);
+    let program = config.baseline();
     let reserve = promptloop::pipeline::optimize::reserve(&program, &d, &config.metric);
     assert_eq!((reserve.calls_per_run, reserve.judges_per_run), (1, 1));
 
@@ -587,7 +585,7 @@ async fn a_killed_search_resumes_from_its_checkpoint_and_reaches_the_same_progra
         let config = config(&format!(
             "kind = \"{kind}\"\nnum_candidates = 6\n[optimizer.mipro_v2]\nnum_trials = 10\n[optimizer.gepa]\niterations = 9"
         ));
-        let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+        let start = Start { production: config.baseline(), declared: config.baseline() };
         let optimizer = build(&config.optimizer);
 
         // Uninterrupted.
@@ -626,7 +624,7 @@ fn a_foreign_or_corrupt_checkpoint_is_refused_with_its_name_and_fresh_starts_ove
     let d = dataset();
     let dir = tempfile::tempdir().unwrap();
     let config = config("kind = \"bootstrap_random_search\"");
-    let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+    let start = Start { production: config.baseline(), declared: config.baseline() };
     let path = dir.path().join("mini-triage.json");
     let checkpoint = Checkpoint::open(&path, identity(&config, &d, &start), false).unwrap();
     let mut program = start.production.clone();
@@ -697,7 +695,7 @@ async fn gepa_with_a_metric_call_budget_mutates_until_it_is_spent() {
     });
     let config = config("kind = \"gepa\"\n[optimizer.gepa]\nmax_metric_calls = 150\nmerge = false");
     assert_eq!(config.optimizer.gepa.iterations(), 150, "no auto preset caps the rounds");
-    let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+    let start = Start { production: config.baseline(), declared: config.baseline() };
     let optimized =
         optimize(&*build(&config.optimizer), &start, d.train(), d.dev(), &context(lm, Arc::new(Meter::new())))
             .await

@@ -190,7 +190,7 @@ fn stages_and_branches_get_dotted_paths_in_graph_order() {
     let config = parse(&router_toml("kind = \"none\"")).unwrap();
     let paths: Vec<&str> = config.predictors.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(paths, ["handlers.routine", "handlers.urgent", "handlers.escalating"]);
-    let program = Program::baseline(&config);
+    let program = config.baseline();
     assert_eq!(program.graph.routers().len(), 1);
     assert_eq!(program.graph.branches_of(2)[0].0.path, "handlers");
     // The program's final outputs, which a pulled reference must hold: not the
@@ -201,9 +201,9 @@ fn stages_and_branches_get_dotted_paths_in_graph_order() {
     assert_eq!(meetings.outputs, ["meeting_type", "actions"]);
     // One branch runs per input: projections and budget reservations count one handler.
     assert_eq!(program.calls_per_run(), 1);
-    assert_eq!(Program::baseline(&parse(&predictor_router_toml()).unwrap()).calls_per_run(), 2);
+    assert_eq!(parse(&predictor_router_toml()).unwrap().baseline().calls_per_run(), 2);
     // A react stage may take every step and then answer; then the stage after it.
-    assert_eq!(Program::baseline(&parse(&react_toml()).unwrap()).calls_per_run(), 3 + 1 + 1);
+    assert_eq!(parse(&react_toml()).unwrap().baseline().calls_per_run(), 3 + 1 + 1);
 }
 
 #[tokio::test]
@@ -211,7 +211,7 @@ async fn the_detector_routes_each_message_to_one_handler() {
     let config = parse(&router_toml("kind = \"none\"")).unwrap();
     let lm = right(&config);
     let ctx = context(lm.clone(), 10);
-    let program = Program::baseline(&config);
+    let program = config.baseline();
     for example in examples(1, 1, 1) {
         let message = example.inputs["message"].as_str().unwrap();
         let signal = signal_of(&config, message);
@@ -269,7 +269,7 @@ async fn a_predictors_enum_output_routes_and_its_output_is_part_of_the_predictio
         }
     });
     let ctx = context(lm.clone(), 10);
-    let program = Program::baseline(&config);
+    let program = config.baseline();
     let example = &examples(1, 0, 0)[0];
     let run = program.run(&ctx.student.settings, &example.inputs, None).await.unwrap();
     assert_eq!(run.stats.routes, [Route { router: "handlers".into(), branch: "urgent".into() }]);
@@ -293,7 +293,7 @@ async fn each_handler_learns_only_from_its_slice_and_a_small_slice_is_kept_as_it
     };
     let lm = right_with_demos(&config);
     let ctx = context(lm.clone(), 10);
-    let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+    let start = Start { production: config.baseline(), declared: config.baseline() };
     let optimizer = build(&config.optimizer);
     let result = optimize(&*optimizer, &start, dataset.train(), dataset.dev(), &ctx).await.unwrap();
 
@@ -440,7 +440,7 @@ reply = { type = "string" }
 #[test]
 fn the_artifact_keys_are_the_paths_and_its_diff_shows_the_one_handler_that_changed() {
     let config = parse(&router_toml("kind = \"none\"")).unwrap();
-    let production = Program::baseline(&config);
+    let production = config.baseline();
     let mut candidate = production.clone();
     let urgent = candidate.predictors.iter_mut().find(|p| p.name == "handlers.urgent").unwrap();
     urgent.instructions = "Answer an urgent message with the fastest next step, and say how long it takes.".into();
@@ -467,7 +467,7 @@ fn the_artifact_keys_are_the_paths_and_its_diff_shows_the_one_handler_that_chang
 #[test]
 fn an_artifact_from_before_a_handler_existed_loads_with_that_handler_as_declared() {
     let config = parse(&router_toml("kind = \"none\"")).unwrap();
-    let declared = Program::baseline(&config);
+    let declared = config.baseline();
     let mut old = declared.clone();
     old.predictors.retain(|p| p.name != "handlers.urgent");
     old.predictors[0].instructions = "Be brief.".into();
@@ -552,7 +552,7 @@ async fn a_react_stage_calls_its_tool_and_a_later_stage_reads_its_answer() {
     let mut ctx = context(lm.clone(), 10);
     let tools = promptloop::program::tool::Tools::new(config.tools.clone(), None).unwrap();
     ctx.student.settings.tools = Some(Arc::new(tools));
-    let program = Program::baseline(&config);
+    let program = config.baseline();
     let inputs: Map<String, Value> = [("question".to_string(), json!("Weather in Oslo?"))].into_iter().collect();
     let run = program.run(&ctx.student.settings, &inputs, None).await.unwrap();
     assert_eq!(run.stats.error, None);
@@ -589,7 +589,7 @@ async fn a_search_that_spends_its_budget_still_scores_the_per_slice_composition_
     // Urgent is too small to optimize: it must stay as production has it.
     let dataset = Dataset::from_examples(examples(60, 4, 40), &SplitFractions::default(), "h".into());
     let dev = dataset.dev().len() as u64;
-    let start = Start { production: Program::baseline(&config), declared: Program::baseline(&config) };
+    let start = Start { production: config.baseline(), declared: config.baseline() };
     let run = |composition_reserve: u64| {
         let mut ctx = context(right_with_demos(&config), 10);
         ctx.composition_reserve = vec![(LmRole::Task, composition_reserve)];
@@ -623,7 +623,7 @@ fn a_router_programs_budget_sets_its_composition_aside_and_says_so_when_too_smal
     let mut config = parse(&router_toml("kind = \"bootstrap_random_search\"")).unwrap();
     let dataset = Dataset::from_examples(examples(60, 4, 40), &SplitFractions::default(), "h".into());
     let (dev, test) = (dataset.dev().len() as u64, dataset.test().len() as u64);
-    let reserve = promptloop::pipeline::optimize::reserve(&Program::baseline(&config), &dataset, &config.metric);
+    let reserve = promptloop::pipeline::optimize::reserve(&config.baseline(), &dataset, &config.metric);
     assert_eq!((reserve.dev_runs, reserve.composition_runs, reserve.test_runs), (dev, dev, 2 * test));
     assert_eq!(reserve.composition(), vec![(LmRole::Task, dev)]);
     config.budget.max_calls = Some(dev + 2 * test + 1);

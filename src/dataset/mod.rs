@@ -10,7 +10,21 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::config::SplitFractions;
+/// `[dataset] split`: the shares of train, dev and test (an example's split
+/// is a hash of its id, so these are shares in expectation).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitFractions {
+    pub train: f64,
+    pub dev: f64,
+    pub test: f64,
+}
+
+impl Default for SplitFractions {
+    fn default() -> Self {
+        Self { train: 0.70, dev: 0.15, test: 0.15 }
+    }
+}
 
 pub mod store;
 

@@ -45,8 +45,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::{DatasetLines, Example, MAX_EXAMPLE_LINE_BYTES, Split, parse_examples, split_of};
-use crate::config::SplitFractions;
+use super::{DatasetLines, Example, MAX_EXAMPLE_LINE_BYTES, Split, SplitFractions, parse_examples, split_of};
 
 /// The commit record of a merge, in the dataset's directory.
 const JOURNAL: &str = ".promptloop-merge.json";

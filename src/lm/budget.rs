@@ -77,21 +77,6 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// `2,000 calls, $1.50`, or `none`.
-    pub fn text(&self) -> String {
-        let mut parts = Vec::new();
-        if let Some(c) = self.max_calls {
-            parts.push(format!("{} calls", crate::report::thousands(c)));
-        }
-        if let Some(t) = self.max_tokens {
-            parts.push(format!("{} tokens", crate::report::thousands(t)));
-        }
-        if let Some(d) = self.max_dollars {
-            parts.push(format!("${d:.2}"));
-        }
-        if parts.is_empty() { "none".to_string() } else { parts.join(", ") }
-    }
-
     pub fn is_unlimited(&self) -> bool {
         self.max_calls.is_none() && self.max_tokens.is_none() && self.max_dollars.is_none()
     }

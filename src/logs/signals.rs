@@ -10,7 +10,45 @@
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::config::SignalsConfig;
+/// `[signals]`: the rule-based routine / urgent / escalating detector.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalsConfig {
+    /// The input field holding the customer's message [default: the first input].
+    #[serde(default)]
+    pub field: String,
+    /// Phrases that mark escalation, added to the built-in ones.
+    #[serde(default)]
+    pub escalation_phrases: Vec<String>,
+    /// Words that mark urgency, added to the built-in ones.
+    #[serde(default)]
+    pub urgent_phrases: Vec<String>,
+    /// Share of all-caps words (of those with 3+ letters) that counts as shouting.
+    #[serde(default = "default_caps_share")]
+    pub caps_share: f64,
+    /// Earlier messages in the history that make an urgent message escalating.
+    #[serde(default = "default_history_repeats")]
+    pub history_repeats: usize,
+}
+
+fn default_caps_share() -> f64 {
+    0.5
+}
+fn default_history_repeats() -> usize {
+    2
+}
+
+impl Default for SignalsConfig {
+    fn default() -> Self {
+        Self {
+            field: String::new(),
+            escalation_phrases: Vec::new(),
+            urgent_phrases: Vec::new(),
+            caps_share: default_caps_share(),
+            history_repeats: default_history_repeats(),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

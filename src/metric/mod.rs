@@ -1,5 +1,6 @@
 //! Metrics: `(example, prediction) -> Score` in 0..=1, with feedback text.
 
+pub use crate::program::signature::{normalize_value, value_text};
 use serde_json::{Map, Value};
 
 mod command;
@@ -160,20 +161,6 @@ impl Metric for TokenF1 {
         };
         Ok(Score { value, feedback })
     }
-}
-
-pub(crate) fn value_text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// Lowercase, trimmed, inner whitespace collapsed, wrapping punctuation gone.
-pub fn normalize_value(value: &Value) -> String {
-    let text = value_text(value).to_lowercase();
-    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    collapsed.trim_matches(|c: char| c.is_ascii_punctuation() && c != '_' && c != '-').trim().to_string()
 }
 
 fn f1_tokens(text: &str) -> Vec<String> {

@@ -15,9 +15,9 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value};
 
 use crate::dataset::Example;
-use crate::metric::normalize_value;
 use crate::program::Program;
 use crate::program::predictor::{Demo, DemoSource, Predictor};
+use crate::program::signature::normalize_value;
 use crate::program::signature::{Field, FieldType};
 
 /// A labeled demo for `predictor` from an example: the predictor's inputs and

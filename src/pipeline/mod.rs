@@ -76,7 +76,6 @@ use crate::lm::local::{LocalEngine, LocalOptions};
 use crate::lm::openai::{OpenAiClient, OpenAiConfig, SchemaStyle};
 use crate::lm::{LanguageModel, Lm, UsageSummary};
 use crate::metric;
-use crate::program::Program;
 use crate::program::artifact::{Artifact, DatasetProvenance, LmSettings, Provenance, Scores, SplitScore};
 use crate::program::predictor::PredictSettings;
 
@@ -171,7 +170,7 @@ pub async fn compile(request: &CompileRequest) -> Result<CompileOutcome> {
     let models = optimize::models(&config, request.use_cache, request.progress)?;
     let lm = models.task.clone();
     let eval_ctx = models.eval.clone();
-    let baseline = Program::baseline(&config);
+    let baseline = config.baseline();
     // compile starts from the program as declared: it is what the scores compare with.
     let start = crate::optimize::Start { production: baseline.clone(), declared: baseline.clone() };
     let optimizer = crate::optimize::build(&config.optimizer);
@@ -307,9 +306,9 @@ pub async fn eval(request: &EvalRequest) -> Result<EvalOutcome> {
     let examples = dataset.split(request.split);
     let examples = &examples[..request.limit.unwrap_or(examples.len()).min(examples.len())];
     let (program, label) = match &request.target {
-        EvalTarget::Baseline => (Program::baseline(&config), "hand-written baseline".to_string()),
+        EvalTarget::Baseline => (config.baseline(), "hand-written baseline".to_string()),
         EvalTarget::Artifact(path) => {
-            (Artifact::load(path)?.program_on(&Program::baseline(&config)), path.display().to_string())
+            (Artifact::load(path)?.program_on(&config.baseline()), path.display().to_string())
         }
         EvalTarget::Predictions(path) => return eval_recorded(&config, &dataset, examples, path, request).await,
     };
@@ -324,7 +323,8 @@ pub async fn eval(request: &EvalRequest) -> Result<EvalOutcome> {
 
 /// `eval --predictions`: the metric scores what the file recorded; only a
 /// judge metric calls an LM. An id the dataset does not have is an error (the
-/// file belongs to another dataset, or the ids were rewritten).
+/// file belongs to another dataset, or the ids were rewritten), and so is a
+/// file with no line for the split.
 async fn eval_recorded(
     config: &PipelineConfig,
     dataset: &Dataset,
@@ -351,10 +351,19 @@ async fn eval_recorded(
     }
     let meter = Arc::new(crate::lm::budget::Meter::new());
     let metric = metric_of(config, &meter, request.use_cache)?;
+    // A file with nothing for this split was meant for another one; a file
+    // that says every prediction was lost is a score of 0, honestly earned.
+    if !examples.iter().any(|e| predictions.by_id.contains_key(&e.id)) {
+        bail!(
+            "{}: no line for any of the {} examples of the {} split; pick the split the file was made for (--split)",
+            path.display(),
+            examples.len(),
+            request.split.name()
+        );
+    }
     let evaluation =
         crate::eval::evaluate_recorded(&predictions, examples, metric.as_ref(), config.lm.concurrency).await;
     let label = format!("predictions in {}", path.display());
-    check_predictions(&evaluation, &format!("{label} on {}", request.split.name()))?;
     Ok(EvalOutcome { evaluation, usage: meter.usage().total().into(), program_label: label })
 }
 

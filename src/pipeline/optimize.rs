@@ -327,7 +327,7 @@ fn projection_line(
     if let Some(limits) = limits
         && !limits.total.is_unlimited()
     {
-        line.push_str(&format!("; the optimizer's budget: {}", limits.total.text()));
+        line.push_str(&format!("; the optimizer's budget: {}", crate::report::budget_text(&limits.total)));
     }
     line
 }

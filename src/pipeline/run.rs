@@ -92,7 +92,7 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
     let lm = models.task.clone();
     let eval_ctx = models.eval.clone();
     // The search starts from production (warm start) and proposes only what beats it on dev.
-    let start = crate::optimize::Start { production: production.clone(), declared: Program::baseline(&config) };
+    let start = crate::optimize::Start { production: production.clone(), declared: config.baseline() };
     let optimizer = crate::optimize::build(&config.optimizer);
     tracing::info!(pipeline = %config.name, train = dataset.train().len(), dev = dataset.dev().len(), "optimizing");
     let super::optimize::OptimizerRun { optimized, search, checkpoint } =
@@ -265,10 +265,10 @@ fn production_program(config: &PipelineConfig, request: &EvaluateRequest) -> Res
             let text =
                 String::from_utf8(bytes).with_context(|| format!("{relative} on {} is not UTF-8", request.base))?;
             let artifact = Artifact::parse(&text, Path::new(&relative))?;
-            Ok((artifact.program_on(&Program::baseline(config)), label))
+            Ok((artifact.program_on(&config.baseline()), label))
         }
         None => Ok((
-            Program::baseline(config),
+            config.baseline(),
             format!(
                 "the program as declared in `{}` (no artifact on {} yet)",
                 relative_to(&config.file, &config.root),

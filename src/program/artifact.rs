@@ -14,9 +14,10 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{AdapterFormat, Module};
 use crate::lm::LmDescription;
 use crate::program::Program;
+use crate::program::adapter::AdapterFormat;
+use crate::program::module::Module;
 use crate::program::predictor::Demo;
 use crate::program::signature::Signature;
 

@@ -20,12 +20,10 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::config::{PredictorConfig, SignalsConfig, SignatureConfig};
 use crate::dataset::Example;
-use crate::logs::signals::{Signal, SignalDetector};
-use crate::metric::normalize_value;
+use crate::logs::signals::{Signal, SignalDetector, SignalsConfig};
 use crate::program::module::Module;
-use crate::program::signature::FieldType;
+use crate::program::signature::{FieldType, SignatureConfig, normalize_value};
 use crate::program::tool::ToolSpec;
 
 /// `route_by = "detector"`: the rule-based signal detector picks the branch.
@@ -119,6 +117,17 @@ pub enum Part {
     ReactStep { tools: Vec<String> },
     /// The answering half of a react stage.
     ReactExtract,
+}
+
+/// One predictor of a declared program: its path, signature and module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictorConfig {
+    /// The dotted path.
+    pub name: String,
+    pub signature: String,
+    pub module: Module,
+    /// What part of its stage it is (a react stage has two).
+    pub part: Part,
 }
 
 /// The predictor a declaration describes, as declared: the signature's

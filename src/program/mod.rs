@@ -13,7 +13,6 @@ pub mod tool;
 
 use serde_json::{Map, Value};
 
-use crate::config::PipelineConfig;
 use crate::lm::{ChatMessage, LmError, TokenUsage};
 use graph::{Graph, Route, Stage};
 use predictor::{PredictSettings, Predictor};
@@ -86,11 +85,16 @@ fn is_zero(n: &u32) -> bool {
 }
 
 impl Program {
-    /// The hand-written program: the pipeline's instructions, no demos.
-    pub fn baseline(config: &PipelineConfig) -> Program {
-        let predictors =
-            config.predictors.iter().map(|p| graph::build_predictor(p, &config.signatures, &config.tools)).collect();
-        Program { predictors, graph: config.graph.clone() }
+    /// The program as declared: each predictor with its signature's
+    /// instructions and no demos, wired by `graph`.
+    pub fn declared(
+        predictors: &[graph::PredictorConfig],
+        signatures: &indexmap::IndexMap<String, signature::SignatureConfig>,
+        tools: &[tool::ToolSpec],
+        graph: &Graph,
+    ) -> Program {
+        let predictors = predictors.iter().map(|p| graph::build_predictor(p, signatures, tools)).collect();
+        Program { predictors, graph: graph.clone() }
     }
 
     /// Predictors run one after the other.

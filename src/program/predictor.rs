@@ -4,9 +4,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::config::{AdapterFormat, Module};
 use crate::lm::{ChatMessage, Lm, LmError, LmRequest, TokenUsage};
+use crate::program::adapter::AdapterFormat;
 use crate::program::adapter::{self, Prompt};
+use crate::program::module::Module;
 use crate::program::signature::{Field, FieldType, Signature};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

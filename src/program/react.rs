@@ -17,10 +17,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::config::Module;
 use crate::lm::local::json_constrain::canonical_json;
 use crate::lm::{LmError, TokenUsage};
 use crate::program::TraceStep;
+use crate::program::module::Module;
 use crate::program::predictor::{PredictSettings, Predictor, PredictorCall, REASONING};
 use crate::program::signature::{Field, FieldType, Signature};
 use crate::program::tool::{FINISH, Tools};

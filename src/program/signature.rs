@@ -101,3 +101,28 @@ impl Signature {
         self.outputs.iter().find(|f| f.name == name)
     }
 }
+
+/// A signature as the pipeline file declares it (`[signatures.<name>]`):
+/// its instructions and its typed fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignatureConfig {
+    pub instructions: String,
+    pub signature: Signature,
+}
+
+/// A field's value as text: a string as it is, anything else as JSON.
+pub fn value_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A value in the form two answers are compared in (exact match, an enum
+/// label, a router's branch): lowercase, trimmed, inner whitespace
+/// collapsed, wrapping punctuation gone.
+pub fn normalize_value(value: &Value) -> String {
+    let text = value_text(value).to_lowercase();
+    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    collapsed.trim_matches(|c: char| c.is_ascii_punctuation() && c != '_' && c != '-').trim().to_string()
+}

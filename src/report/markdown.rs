@@ -502,7 +502,7 @@ fn search(run: &RunReport, _: Detail, _: Option<&str>, out: &mut String) {
                 thousands(u.used.cache_hits),
                 thousands(u.used.tokens()),
                 thousands(u.projected_calls),
-                u.budget.text()
+                super::budget_text(&u.budget)
             ));
         }
     }

@@ -330,6 +330,21 @@ pub fn count(n: usize, noun: &str) -> String {
     if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
 }
 
+/// A budget in words: `2,000 calls, $1.50`, or `none`.
+pub fn budget_text(budget: &crate::lm::budget::Budget) -> String {
+    let mut parts = Vec::new();
+    if let Some(c) = budget.max_calls {
+        parts.push(format!("{} calls", thousands(c)));
+    }
+    if let Some(t) = budget.max_tokens {
+        parts.push(format!("{} tokens", thousands(t)));
+    }
+    if let Some(d) = budget.max_dollars {
+        parts.push(format!("${d:.2}"));
+    }
+    if parts.is_empty() { "none".to_string() } else { parts.join(", ") }
+}
+
 /// `1498` → `1,498`.
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
