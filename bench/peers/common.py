@@ -163,7 +163,55 @@ def machine() -> dict:
     }
 
 
-def write_result(name: str, payload: dict, pipeline: Path = PIPELINE, pipeline_name: str | None = None) -> Path:
+@dataclass(frozen=True)
+class Program:
+    """A pipeline of any shape, as promptloop loads it: its TOML, signatures and raw examples per split.
+
+    Each row is the dataset's JSON object (`id`, `inputs`, `outputs`, and `meta` where the
+    dataset has it), split by split_of with the pipeline's [dataset] split fractions, each
+    split in id order: the same ids in the same splits as promptloop.
+    """
+    name: str
+    config: dict
+    signatures: dict
+    train: tuple[dict, ...]
+    dev: tuple[dict, ...]
+    test: tuple[dict, ...]
+    pipeline: Path
+    split_fractions: tuple[float, float, float]
+
+    def split(self, name: str) -> tuple[dict, ...]:
+        return {"train": self.train, "dev": self.dev, "test": self.test}[name]
+
+    def instructions(self, signature: str) -> str:
+        return self.signatures[signature]["instructions"].strip()
+
+
+def load_program(pipeline: Path) -> Program:
+    pipeline = Path(pipeline)
+    with open(pipeline, "rb") as f:
+        cfg = tomllib.load(f)
+    split_cfg = cfg["dataset"].get("split", {})
+    fractions = (float(split_cfg.get("train", 0.70)), float(split_cfg.get("dev", 0.15)),
+                 float(split_cfg.get("test", 0.15)))
+    path = project_root(pipeline) / cfg["dataset"]["path"]
+    splits: dict[str, list[dict]] = {"train": [], "dev": [], "test": []}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                splits[split_of(row["id"], fractions)].append(row)
+    for part in splits.values():
+        part.sort(key=lambda r: r["id"])
+    return Program(
+        name=cfg["name"], config=cfg, signatures=cfg.get("signatures", {}),
+        train=tuple(splits["train"]), dev=tuple(splits["dev"]), test=tuple(splits["test"]),
+        pipeline=pipeline, split_fractions=fractions,
+    )
+
+
+def write_result(name: str, payload: dict, pipeline: Path = PIPELINE, pipeline_name: str | None = None,
+                 dataset_license: str = "Banking77 (PolyAI), CC-BY-4.0") -> Path:
     """Writes bench/results/peers-<name>.json, or <pipeline name>-peers-<name>.json for another pipeline."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     pipeline = Path(pipeline).resolve()
@@ -184,7 +232,7 @@ def write_result(name: str, payload: dict, pipeline: Path = PIPELINE, pipeline_n
         "name": name,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "pipeline": shown,
-        "dataset_license": "Banking77 (PolyAI), CC-BY-4.0",
+        "dataset_license": dataset_license,
         "server": {"base_url": SERVER_BASE, "model": SERVER_MODEL, "flags": SERVER_FLAGS,
                    "software": SERVER_SOFTWARE},
         "machine": machine(),
