@@ -628,6 +628,9 @@ def write_jsonl(path: Path, ev: dict) -> None:
                 e = p["error"]
                 why = f"{e['type']}" + (f" in stage {e['stage']}" if e.get("stage") else "") + f": {e['message'][:300]}"
                 line = {"id": p["id"], "error": why}
+                if e["type"] == "AdapterParseError":
+                    # The reply was there but did not parse: promptloop counts it as a format error.
+                    line["format_error"] = True
             else:
                 line = {"id": p["id"], "outputs": p["outputs"]}
             f.write(json.dumps(line, ensure_ascii=False) + "\n")

@@ -21,7 +21,7 @@ The support-reply data is built from Banking77 (PolyAI, CC-BY-4.0): Casanueva et
 "Efficient Intent Detection with Dual Sentence Encoders", NLP4ConvAI @ ACL 2020,
 arXiv:2003.04807.
 
-Usage: python3 bench/peers/dspy_programs_compare.py [--promptloop /tmp/pl-bin/promptloop-next] [--split test]
+Usage: python3 bench/peers/dspy_programs_compare.py [--promptloop target/release/promptloop] [--split test]
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def paired_bootstrap(a: list[float], b: list[float]) -> dict:
 
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--promptloop", default="/tmp/pl-bin/promptloop-next",
+    ap.add_argument("--promptloop", default=str(REPO / "target/release/promptloop"),
                     help="a promptloop binary with `eval --predictions`")
     ap.add_argument("--split", default="test")
     args = ap.parse_args(argv)
