@@ -9,7 +9,8 @@ The example's `meta` is not passed, so everything the rubric needs is read from
 what is: the signal (routine / urgent / escalating) from `inputs.message` and
 `inputs.history` by a port of the rules of src/logs/signals.rs (the same
 detector the router uses), and the topic from the words the customer's message
-shares with the reference reply.
+shares with the reference reply. So an example `promptloop pull` adds from
+production logs, which has no `meta`, is scored exactly as a built one.
 
 Five criteria, each a part of the score (weights below; acknowledgement counts
 only where the customer is urgent or escalating, and the others are rescaled):

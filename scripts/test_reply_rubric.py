@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Tests for scripts/reply-rubric.py: python3 -m unittest scripts/test_reply_rubric.py (or run this file)."""
+import gzip
 import importlib.util
 import json
 import subprocess
@@ -94,6 +95,50 @@ class Rubric(unittest.TestCase):
                                             "prediction": e["outputs"], "field": "reply"})
             self.assertEqual(score, 1.0, (e["id"], feedback))
             self.assertEqual(rubric.read_signal(e["inputs"]["message"], e["inputs"]["history"])[0], e["meta"]["signal"])
+
+    def test_a_pulled_example_is_scored_without_meta(self):
+        # An example `promptloop pull` adds from production logs: no `meta` (the command metric never
+        # passes it anyway), PII replaced by placeholders, the pull's own fields beside inputs and outputs.
+        # The topic words come from the words the customer's messages share with the reference.
+        pulled = {
+            "id": "log-0123456789abcdef",
+            "inputs": {"message": "my number is <PHONE_1> how long should i expect to wait when i add money",
+                       "history": ["Is my top up not working?"]},
+            "outputs": {"reply": "Here is how to handle your pending top-up. Top-ups usually complete within 1 hour; "
+                                 "if it is still pending after that, tap the top-up in the app and choose Report a problem."},
+            "signal": {"label": "routine", "evidence": ["1 earlier message in the conversation"]},
+            "production": {"reply": "Thank you for your message. We will get back to you as soon as we can."},
+            "source_ids": ["req-0123456789abcdef"],
+        }
+        self.assertEqual(rubric.topic_words(pulled["inputs"]["message"], pulled["inputs"]["history"],
+                                            pulled["outputs"]["reply"]), ["top"])
+        request = {"inputs": pulled["inputs"], "outputs": pulled["outputs"], "field": "reply"}
+        _, verdict, _ = run({**request, "prediction": pulled["outputs"]})
+        self.assertEqual(verdict["score"], 1.0, verdict["feedback"])
+        self.assertIn("topic words: top.", verdict["feedback"])
+        _, verdict, _ = run({**request, "prediction": pulled["production"]})
+        self.assertLess(verdict["score"], 0.5)
+        self.assertIn("mention top", verdict["feedback"])
+
+    def test_every_logged_reference_scores_one(self):
+        # The reference replies in logs/support-reply are written by the dataset's rules: each scores 1.0.
+        logs = sorted((SCRIPT.parent.parent / "logs" / "support-reply").glob("*.jsonl.gz"))
+        if not logs:
+            self.skipTest("no logs")
+        checked = 0
+        for path in logs:
+            for line in gzip.open(path).read().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # the deliberately broken lines
+                if "reference" not in record or "inputs" not in record:
+                    continue
+                score, feedback = rubric.grade({"inputs": record["inputs"], "outputs": record["reference"],
+                                                "prediction": record["reference"], "field": "reply"})
+                self.assertEqual(score, 1.0, (path.name, record["id"], feedback))
+                checked += 1
+        self.assertGreater(checked, 100)
 
     def test_good_urgent_reply(self):
         reply = ("I understand this is urgent. In the app, go to Cards > Track delivery; if your card is late, "
