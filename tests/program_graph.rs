@@ -204,6 +204,19 @@ fn stages_and_branches_get_dotted_paths_in_graph_order() {
     assert_eq!(parse(&predictor_router_toml()).unwrap().baseline().calls_per_run(), 2);
     // A react stage may take every step and then answer; then the stage after it.
     assert_eq!(parse(&react_toml()).unwrap().baseline().calls_per_run(), 3 + 1 + 1);
+    // But bootstrapping must find demos in each branch's own slice: the
+    // teacher's projection grows with the branches.
+    assert_eq!(program.graph.demo_groups(), 3);
+    assert_eq!(meetings.baseline().graph.demo_groups(), 1);
+    let settings = promptloop::optimize::bootstrap::BootstrapSettings {
+        max_bootstrapped_demos: 2,
+        max_labeled_demos: 2,
+        max_rounds: 1,
+        metric_threshold: 1.0,
+    };
+    assert_eq!(settings.teacher_calls(&program, 1000), 3 * 2 * 3);
+    assert_eq!(settings.teacher_calls(&meetings.baseline(), 1000), 3 * 2);
+    assert_eq!(settings.teacher_calls(&program, 10), 10, "never more runs than train examples");
 }
 
 #[tokio::test]

@@ -38,11 +38,14 @@ impl BootstrapSettings {
         }
     }
 
-    /// About how many teacher runs one bootstrap takes: enough attempts for
-    /// its demos if about a third of the traces pass (a small model's rate on
-    /// the worked example), all rounds each.
-    pub fn teacher_calls(&self, train: usize) -> u64 {
-        (3 * self.max_bootstrapped_demos * self.max_rounds.max(1)).min(train * self.max_rounds.max(1)) as u64
+    /// About how many teacher runs one bootstrap of `program` takes: enough
+    /// attempts for its demos if about a third of the traces pass (a small
+    /// model's rate on the worked example), all rounds each, and that for
+    /// every branch of a router, since each example reaches one branch.
+    pub fn teacher_calls(&self, program: &Program, train: usize) -> u64 {
+        let rounds = self.max_rounds.max(1);
+        let groups = program.graph.demo_groups();
+        (3 * self.max_bootstrapped_demos * rounds * groups).min(train * rounds) as u64
     }
 }
 
@@ -201,7 +204,7 @@ impl Optimizer for BootstrapFewShot {
 
     fn project(&self, program: &Program, train: usize, dev: usize) -> Vec<(LmRole, u64)> {
         let p = program.calls_per_run() as u64;
-        vec![(LmRole::Task, 2 * dev as u64 * p), (LmRole::Teacher, self.settings.teacher_calls(train) * p)]
+        vec![(LmRole::Task, 2 * dev as u64 * p), (LmRole::Teacher, self.settings.teacher_calls(program, train) * p)]
     }
 
     async fn search(

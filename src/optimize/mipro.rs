@@ -127,7 +127,7 @@ impl Optimizer for MiproV2 {
         let proposals = if self.config.lm_proposals { plan.instructions.saturating_sub(4) as u64 } else { 0 };
         vec![
             (LmRole::Task, (dev as u64 * (1 + full) + (plan.trials * plan.minibatch) as u64) * p),
-            (LmRole::Teacher, bootstraps * self.settings.teacher_calls(train) * p),
+            (LmRole::Teacher, bootstraps * self.settings.teacher_calls(program, train) * p),
             (LmRole::Proposer, proposals * program.predictors.len() as u64),
         ]
     }

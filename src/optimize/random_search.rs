@@ -182,7 +182,7 @@ impl Optimizer for RandomSearch {
         let bootstraps = (self.num_candidates / 3).max(usize::from(self.num_candidates > 0)) as u64;
         vec![
             (LmRole::Task, (dev as u64 + race_calls(candidates, dev)) * p),
-            (LmRole::Teacher, bootstraps * self.settings.teacher_calls(train) * p),
+            (LmRole::Teacher, bootstraps * self.settings.teacher_calls(program, train) * p),
         ]
     }
 

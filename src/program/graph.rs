@@ -297,6 +297,12 @@ impl Graph {
     }
 
     /// Every router, outermost first.
+    /// How many disjoint groups of examples a bootstrap must find demos in:
+    /// 1, plus for each router one more per branch beyond the first.
+    pub fn demo_groups(&self) -> usize {
+        1 + self.routers().iter().map(|r| r.branches.len().saturating_sub(1)).sum::<usize>()
+    }
+
     pub fn routers(&self) -> Vec<&Router> {
         fn walk<'a>(stages: &'a [Stage], out: &mut Vec<&'a Router>) {
             for stage in stages {
