@@ -166,6 +166,7 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
     let mut past = history::parse(&existing, &history_path);
     past.push(entry.clone());
 
+    let signals = Signals::new(&config, &production);
     let report = RunReport {
         headline,
         date,
@@ -176,9 +177,9 @@ pub async fn evaluate_run(request: &EvaluateRequest) -> Result<SavedRun> {
             baseline: search.production_dev,
             candidate: search.candidate_dev,
         }),
-        slices: slices(&dataset, &pairs),
+        slices: slices(&dataset, &pairs, &signals),
         branches: crate::report::branches(&production_test, &candidate_test, &pairs),
-        flipped: flips(&dataset, &production_test, &candidate_test),
+        flipped: flips(&dataset, &production_test, &candidate_test, &signals),
         program_diff: crate::report::diff::unified(
             &crate::report::diff::program_text(&production),
             &crate::report::diff::program_text(candidate),
@@ -318,14 +319,36 @@ fn dollars(config: &PipelineConfig, usage: &crate::lm::budget::UsageByRole) -> O
     any.then(|| usage.total().dollars)
 }
 
-fn signal_of(example: &Example) -> String {
-    example.extra.get("signal").and_then(|s| s.get("label")).and_then(|l| l.as_str()).unwrap_or("unlabeled").to_string()
+/// Reads an example's signal: the label the pull stored with it, else what
+/// the detector reads from its inputs (a built dataset's examples were never
+/// pulled) — through the program's detector router when it has one, which
+/// also reads the history, else from `[signals] field` alone.
+struct Signals(crate::program::graph::Detector);
+
+impl Signals {
+    fn new(config: &PipelineConfig, program: &Program) -> Signals {
+        let router = program.graph.routers().into_iter().find_map(|r| match &r.by {
+            crate::program::graph::RouteBy::Detector(d) => Some(d.clone()),
+            crate::program::graph::RouteBy::Field(_) => None,
+        });
+        Signals(router.unwrap_or_else(|| {
+            crate::program::graph::Detector::new(config.signals.field.clone(), None, config.signals.clone())
+        }))
+    }
+
+    fn of(&self, example: &Example) -> String {
+        let stored = example.extra.get("signal").and_then(|s| s.get("label")).and_then(|l| l.as_str());
+        match stored {
+            Some(label) => label.to_string(),
+            None => self.0.read(&example.inputs).map_or_else(|_| "unlabeled".to_string(), |s| s.name().to_string()),
+        }
+    }
 }
 
 /// The test comparison per signal, in a fixed order.
-fn slices(dataset: &Dataset, pairs: &[Pair]) -> Vec<Slice> {
+fn slices(dataset: &Dataset, pairs: &[Pair], signals: &Signals) -> Vec<Slice> {
     let signals: std::collections::HashMap<&str, String> =
-        dataset.test().iter().map(|e| (e.id.as_str(), signal_of(e))).collect();
+        dataset.test().iter().map(|e| (e.id.as_str(), signals.of(e))).collect();
     let mut by_signal: std::collections::BTreeMap<String, Vec<&Pair>> = Default::default();
     for pair in pairs {
         let signal = signals.get(pair.id.as_str()).cloned().unwrap_or_else(|| "unlabeled".into());
@@ -350,7 +373,7 @@ fn slices(dataset: &Dataset, pairs: &[Pair]) -> Vec<Slice> {
 }
 
 /// The test examples whose score changed, fixed first, in test order.
-fn flips(dataset: &Dataset, production: &Evaluation, candidate: &Evaluation) -> Vec<Flip> {
+fn flips(dataset: &Dataset, production: &Evaluation, candidate: &Evaluation, signals: &Signals) -> Vec<Flip> {
     let by_id: std::collections::HashMap<&str, &ExampleResult> =
         candidate.results.iter().map(|r| (r.example_id.as_str(), r)).collect();
     let examples: std::collections::HashMap<&str, &Example> =
@@ -368,7 +391,7 @@ fn flips(dataset: &Dataset, production: &Evaluation, candidate: &Evaluation) -> 
             (after.score != before.score).then(|| Flip {
                 id: example.id.clone(),
                 fixed: after.score > before.score,
-                signal: signal_of(example),
+                signal: signals.of(example),
                 inputs: example.inputs.clone(),
                 reference: example.outputs.clone(),
                 production: outcome(before),
@@ -436,5 +459,35 @@ mod tests {
             )),
             "no better program found: 1 candidate tried, none scored on all of dev above production's 0.500 (the search stopped early: the budget of 10 calls)"
         );
+    }
+
+    #[test]
+    fn an_examples_signal_is_the_stored_one_else_what_the_detector_reads() {
+        use super::{PipelineConfig, Signals};
+        use serde_json::json;
+        let example = |message: &str, history: &[&str], stored: Option<&str>| {
+            let mut extra = serde_json::Map::new();
+            if let Some(label) = stored {
+                extra.insert("signal".into(), json!({"label": label, "evidence": []}));
+            }
+            crate::dataset::Example {
+                id: "e".into(),
+                inputs: json!({"message": message, "history": history}).as_object().unwrap().clone(),
+                outputs: serde_json::Map::new(),
+                extra,
+            }
+        };
+        let urgent = "URGENT: my card is blocked, help now!!";
+        // A router by the detector reads the history too: three messages make it escalating.
+        let routed = PipelineConfig::load(std::path::Path::new("pipelines/support-reply.toml")).unwrap();
+        let signals = Signals::new(&routed, &routed.baseline());
+        assert_eq!(signals.of(&example("How do I top up?", &[], None)), "routine");
+        assert_eq!(signals.of(&example(urgent, &[], None)), "urgent");
+        assert_eq!(signals.of(&example(urgent, &["card blocked", "still blocked"], None)), "escalating");
+        assert_eq!(signals.of(&example("How do I top up?", &[], Some("escalating"))), "escalating", "the pull's label");
+        // Without a router, `[signals] field` alone.
+        let flat = PipelineConfig::load(std::path::Path::new("pipelines/support-triage.toml")).unwrap();
+        let signals = Signals::new(&flat, &flat.baseline());
+        assert_eq!(signals.of(&example(urgent, &["card blocked", "still blocked"], None)), "urgent");
     }
 }
