@@ -182,3 +182,42 @@ fn every_worked_example_reads_its_committed_logs() {
         }
     }
 }
+
+/// A router by the detector reads the conversation from the `history` input:
+/// a record that carries its history only beside its inputs gets that input
+/// filled, and one that carries it only among its inputs is read with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routers_history_input_and_a_records_history_fill_each_other() {
+    let dir = scratch("support-reply", "support-reply");
+    let file = dir.path().join("pipelines/support-reply.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("paths = [\"logs/support-reply/*.jsonl.gz\"]"));
+    std::fs::write(
+        &file,
+        text.replace("paths = [\"logs/support-reply/*.jsonl.gz\"]", "paths = [\"logs/extra/*.jsonl\"]"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("logs/extra")).unwrap();
+    let (declined, login) =
+        ("URGENT: my card was declined at the till, fix it now", "I STILL cannot log in to the app, help me today!!");
+    let earlier = ["I asked about this yesterday", "Any news on my question?"];
+    let records = [
+        serde_json::json!({"id": "beside", "timestamp": "2026-11-20T10:00:00Z",
+            "inputs": {"message": declined}, "history": earlier,
+            "reference": {"reply": "I understand this is urgent. In the app, go to Cards > Declined payments to see why."}}),
+        serde_json::json!({"id": "among", "timestamp": "2026-11-20T11:00:00Z",
+            "inputs": {"message": login, "history": earlier},
+            "reference": {"reply": "I understand this is urgent. In the app, tap Forgot password to reset your login now."}}),
+    ];
+    let lines: String = records.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(dir.path().join("logs/extra/week.jsonl"), lines).unwrap();
+    let before = examples(dir.path(), "support-reply").len();
+    pull_all(dir.path(), "support-reply").await;
+    let all = examples(dir.path(), "support-reply");
+    let pulled = &all[before..];
+    assert_eq!(pulled.len(), 2, "{pulled:?}");
+    for example in pulled {
+        assert_eq!(example.inputs["history"], serde_json::json!(earlier), "{example:?}");
+        assert_eq!(example.extra["signal"]["label"], "escalating", "{example:?}");
+    }
+}

@@ -323,6 +323,14 @@ fn read_source(
         problems: Vec::new(),
     };
 
+    // A router by the detector reads the conversation from an input (its
+    // `history = "…"`): a record's own history fills that input when the
+    // record's inputs lack it, and a record with no history of its own is read
+    // with the input's.
+    let history_input: Option<String> = config.graph.routers().iter().find_map(|r| match &r.by {
+        crate::program::graph::RouteBy::Detector(d) => d.history.clone(),
+        crate::program::graph::RouteBy::Field(_) => None,
+    });
     let process = |text: &str| -> LineOutcome {
         let records = match parse_line(&source.format, text) {
             Ok(records) => records,
@@ -337,6 +345,18 @@ fn read_source(
             }
             let mut counts = PiiCounts::default();
             anonymizer.anonymize_record(&mut record, &mut counts);
+            if let Some(field) = &history_input {
+                match record.inputs.get(field) {
+                    None => {
+                        let earlier = record.history.iter().cloned().map(Value::String).collect();
+                        record.inputs.insert(field.clone(), Value::Array(earlier));
+                    }
+                    Some(Value::Array(items)) if record.history.is_empty() => {
+                        record.history = items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+                    }
+                    Some(_) => {}
+                }
+            }
             let message = record.inputs.get(&config.signals.field).and_then(Value::as_str).unwrap_or_default();
             let reading = detector.read(message, &record.history);
             let key = content_key(&comparable_text(&record.inputs));
