@@ -57,7 +57,7 @@ pub enum Command {
         /// Score predictions another system made (production, a peer tool)
         /// with the pipeline's metric: one JSON line per example,
         /// {"id": …, "outputs": {…}} or {"id": …, "error": "…"}.
-        #[arg(long, conflicts_with_all = ["artifact", "baseline", "unconstrained", "no_cache"])]
+        #[arg(long, conflicts_with_all = ["artifact", "baseline", "unconstrained"])]
         predictions: Option<PathBuf>,
         #[arg(long, default_value = "test")]
         split: Split,
@@ -67,6 +67,8 @@ pub enum Command {
         /// Write one JSON line per example (prediction, score, error, usage) here.
         #[arg(long)]
         results: Option<PathBuf>,
+        /// Ask the model (or, with --predictions, a judge metric) every time
+        /// instead of reusing cached replies.
         #[arg(long)]
         no_cache: bool,
         /// Let the embedded model decode freely instead of constraining its
