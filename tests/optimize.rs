@@ -529,6 +529,27 @@ fn a_judge_metrics_calls_are_projected_and_set_aside_from_the_runs_budget() {
 }
 
 #[test]
+fn the_teachers_projection_comes_with_the_most_its_bootstraps_can_take() {
+    let d = dataset();
+    let train = d.train().len();
+    let teacher = |projected: Vec<(LmRole, u64)>| projected.iter().find(|(r, _)| *r == LmRole::Teacher).unwrap().1;
+    for (kind, bootstraps) in [
+        ("kind = \"bootstrap_few_shot\"\nmax_rounds = 2", 1),
+        ("kind = \"bootstrap_random_search\"\nnum_candidates = 6\nmax_rounds = 2", 2),
+    ] {
+        let config = config(kind);
+        let optimizer = promptloop::optimize::build(&config.optimizer);
+        let program = config.baseline();
+        let most = optimizer.teacher_at_most(&program, train);
+        // Every train example traced in every round, per bootstrap.
+        assert_eq!(most, (bootstraps * train * 2) as u64, "{kind}");
+        assert!(teacher(optimizer.project(&program, train, d.dev().len())) < most, "{kind}");
+    }
+    let gepa = config("kind = \"gepa\"");
+    assert_eq!(promptloop::optimize::build(&gepa.optimizer).teacher_at_most(&gepa.baseline(), train), 0);
+}
+
+#[test]
 fn optimizer_kinds_are_named_in_the_config() {
     let config = config("kind = \"mipro_v2\"\n[optimizer.mipro_v2]\nauto = \"medium\"\nminibatch_size = 10");
     assert_eq!(config.optimizer.kind, OptimizerKind::MiproV2);

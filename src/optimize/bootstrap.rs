@@ -47,6 +47,11 @@ impl BootstrapSettings {
         let groups = program.graph.demo_groups();
         (3 * self.max_bootstrapped_demos * rounds * groups).min(train * rounds) as u64
     }
+
+    /// The most teacher runs one bootstrap can take: every train example, every round.
+    pub fn teacher_runs_at_most(&self, train: usize) -> u64 {
+        if self.max_bootstrapped_demos == 0 { 0 } else { (train * self.max_rounds.max(1)) as u64 }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -205,6 +210,10 @@ impl Optimizer for BootstrapFewShot {
     fn project(&self, program: &Program, train: usize, dev: usize) -> Vec<(LmRole, u64)> {
         let p = program.calls_per_run() as u64;
         vec![(LmRole::Task, 2 * dev as u64 * p), (LmRole::Teacher, self.settings.teacher_calls(program, train) * p)]
+    }
+
+    fn teacher_at_most(&self, program: &Program, train: usize) -> u64 {
+        self.settings.teacher_runs_at_most(train) * program.calls_per_run() as u64
     }
 
     async fn search(

@@ -46,6 +46,13 @@ pub struct MiproPlan {
     pub full_eval_steps: usize,
 }
 
+impl MiproPlan {
+    /// About how many of its demo sets are bootstrapped (each a teacher bootstrap).
+    fn bootstraps(&self) -> u64 {
+        (self.demo_sets.saturating_sub(1) / 3).max(1) as u64
+    }
+}
+
 impl MiproV2 {
     pub fn new(config: &OptimizerConfig) -> Self {
         Self {
@@ -123,13 +130,18 @@ impl Optimizer for MiproV2 {
         let p = program.calls_per_run() as u64;
         let plan = self.plan(program.predictors.len(), dev);
         let full = (plan.trials / plan.full_eval_steps + 1) as u64;
-        let bootstraps = (plan.demo_sets.saturating_sub(1) / 3).max(1) as u64;
+        let bootstraps = plan.bootstraps();
         let proposals = if self.config.lm_proposals { plan.instructions.saturating_sub(4) as u64 } else { 0 };
         vec![
             (LmRole::Task, (dev as u64 * (1 + full) + (plan.trials * plan.minibatch) as u64) * p),
             (LmRole::Teacher, bootstraps * self.settings.teacher_calls(program, train) * p),
             (LmRole::Proposer, proposals * program.predictors.len() as u64),
         ]
+    }
+
+    fn teacher_at_most(&self, program: &Program, train: usize) -> u64 {
+        let bootstraps = self.plan(program.predictors.len(), 0).bootstraps();
+        bootstraps * self.settings.teacher_runs_at_most(train) * program.calls_per_run() as u64
     }
 
     async fn search(

@@ -133,6 +133,13 @@ pub trait Optimizer: Send + Sync {
     /// before it starts, reported beside what it used.
     fn project(&self, program: &Program, train: usize, dev: usize) -> Vec<(LmRole, u64)>;
 
+    /// The most teacher calls its bootstraps can take: every train example
+    /// traced in every round, when almost no trace passes the metric's
+    /// threshold (the projection assumes about a third pass).
+    fn teacher_at_most(&self, _program: &Program, _train: usize) -> u64 {
+        0
+    }
+
     /// Searches for a better program than `start.production`, scoring on dev
     /// through `scorer`, where production is already fully scored, and noting
     /// what a reviewer should know in `notes` as it goes. An `Err` from the LM

@@ -31,6 +31,11 @@ pub struct RandomSearch {
 }
 
 impl RandomSearch {
+    /// How many bootstrapped demo sets it draws (each a teacher bootstrap).
+    fn bootstraps(&self) -> u64 {
+        (self.num_candidates / 3).max(usize::from(self.num_candidates > 0)) as u64
+    }
+
     pub fn new(config: &OptimizerConfig) -> Self {
         Self { settings: BootstrapSettings::from_config(config), num_candidates: config.num_candidates }
     }
@@ -179,11 +184,14 @@ impl Optimizer for RandomSearch {
     fn project(&self, program: &Program, train: usize, dev: usize) -> Vec<(LmRole, u64)> {
         let p = program.calls_per_run() as u64;
         let candidates = self.num_candidates + 2;
-        let bootstraps = (self.num_candidates / 3).max(usize::from(self.num_candidates > 0)) as u64;
         vec![
             (LmRole::Task, (dev as u64 + race_calls(candidates, dev)) * p),
-            (LmRole::Teacher, bootstraps * self.settings.teacher_calls(program, train) * p),
+            (LmRole::Teacher, self.bootstraps() * self.settings.teacher_calls(program, train) * p),
         ]
+    }
+
+    fn teacher_at_most(&self, program: &Program, train: usize) -> u64 {
+        self.bootstraps() * self.settings.teacher_runs_at_most(train) * program.calls_per_run() as u64
     }
 
     async fn search(

@@ -218,7 +218,8 @@ pub async fn run_optimizer(
         scoring_calls = reserve.calls(reserve.test_runs),
         "optimizing"
     );
-    eprintln!("{}", projection_line(optimizer, &projected, &reserve, config, limits.as_ref()));
+    let teacher_at_most = optimizer.teacher_at_most(&start.production, dataset.train().len());
+    eprintln!("{}", projection_line(optimizer, &projected, teacher_at_most, &reserve, config, limits.as_ref()));
     let before = models.meter.usage();
     if let Some(limits) = &limits {
         models.meter.set_limits(limits.clone());
@@ -294,10 +295,13 @@ fn role_uses(used: &UsageByRole, limits: Option<&Limits>, projected: &[(LmRole, 
         .collect()
 }
 
-/// `projected: about 1,210 LM calls (task 1,040, teacher 170) + 278 to score on test; budget 2,000 calls`.
+/// `bootstrap_few_shot: about 21 LM calls (task 12, teacher 9) to optimize (the teacher's 9 if a third
+/// of its traces pass the metric's threshold, up to 159 if few do), up to 42 to score production and a
+/// candidate on test; the optimizer's budget: 2,000 calls`.
 fn projection_line(
     optimizer: &dyn Optimizer,
     projected: &[(LmRole, u64)],
+    teacher_at_most: u64,
     reserve: &Reserve,
     config: &PipelineConfig,
     limits: Option<&Limits>,
@@ -305,8 +309,18 @@ fn projection_line(
     use crate::report::thousands;
     let total: u64 = projected.iter().map(|(_, c)| c).sum();
     let roles: Vec<String> = projected.iter().map(|(r, c)| format!("{} {}", r.name(), thousands(*c))).collect();
+    let teacher = projected.iter().find(|(r, _)| *r == LmRole::Teacher).map_or(0, |(_, c)| *c);
+    let teacher_note = if teacher_at_most > teacher {
+        format!(
+            " (the teacher's {} if a third of its traces pass the metric's threshold, up to {} if few do)",
+            thousands(teacher),
+            thousands(teacher_at_most)
+        )
+    } else {
+        String::new()
+    };
     let mut line = format!(
-        "{}: about {} LM calls ({}) to optimize, up to {} to score production and a candidate on test",
+        "{}: about {} LM calls ({}) to optimize{teacher_note}, up to {} to score production and a candidate on test",
         optimizer.kind().name(),
         thousands(total),
         roles.join(", "),
