@@ -32,7 +32,7 @@ fn config(optimizer: &str) -> PipelineConfig {
 }
 
 fn labels(d: &Dataset) -> Arc<HashMap<String, String>> {
-    let all = d.train().iter().chain(d.dev().iter()).chain(d.test().iter());
+    let all = d.iter();
     Arc::new(
         all.map(|e| {
             (e.inputs["message"].as_str().unwrap().to_string(), e.outputs["queue"].as_str().unwrap().to_string())

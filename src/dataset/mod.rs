@@ -206,6 +206,10 @@ impl Dataset {
             Split::Test => &self.test,
         }
     }
+    /// Every example: train, then dev, then test.
+    pub fn iter(&self) -> impl Iterator<Item = &Example> {
+        self.train.iter().chain(self.dev.iter()).chain(self.test.iter())
+    }
     pub fn len(&self) -> usize {
         self.train.len() + self.dev.len() + self.test.len()
     }

@@ -161,10 +161,10 @@ pub async fn evaluate_recorded(
         .map(|example| async move {
             let mut stats = RunStats::default();
             let (prediction, score, feedback, metric_error) = match predictions.by_id.get(&example.id) {
-                Some(recorded::Recorded::Outputs(outputs)) => match metric.score(example, outputs).await {
-                    Ok(s) => (Some(outputs.clone()), s.value.clamp(0.0, 1.0), s.feedback, false),
-                    Err(e) => (Some(outputs.clone()), 0.0, format!("the metric failed: {e}"), true),
-                },
+                Some(recorded::Recorded::Outputs(outputs)) => {
+                    let (score, feedback, metric_error) = score_with(metric, example, outputs).await;
+                    (Some(outputs.clone()), score, feedback, metric_error)
+                }
                 Some(recorded::Recorded::Failed { reason, format_error }) => {
                     stats.error = Some(reason.clone());
                     stats.format_error = *format_error;
@@ -216,10 +216,7 @@ fn summarize(results: Vec<ExampleResult>, max_tokens: u32, started: Instant) -> 
 async fn evaluate_one(program: &Program, example: &Example, ctx: &EvalContext) -> Result<ExampleResult, LmError> {
     let run = program.run(&ctx.settings, &example.inputs, None).await?;
     let (score, feedback, metric_error) = match &run.prediction {
-        Some(prediction) => match ctx.metric.score(example, prediction).await {
-            Ok(s) => (s.value.clamp(0.0, 1.0), s.feedback, false),
-            Err(e) => (0.0, format!("the metric failed: {e}"), true),
-        },
+        Some(prediction) => score_with(ctx.metric.as_ref(), example, prediction).await,
         None => (0.0, run.stats.error.clone().unwrap_or_default(), false),
     };
     Ok(ExampleResult {
@@ -231,6 +228,15 @@ async fn evaluate_one(program: &Program, example: &Example, ctx: &EvalContext) -
         stats: run.stats,
         trace: run.trace,
     })
+}
+
+/// The metric's score in [0, 1] and feedback, or 0 with why the metric failed
+/// (the last flag).
+async fn score_with(metric: &dyn Metric, example: &Example, prediction: &Map<String, Value>) -> (f64, String, bool) {
+    match metric.score(example, prediction).await {
+        Ok(s) => (s.value.clamp(0.0, 1.0), s.feedback, false),
+        Err(e) => (0.0, format!("the metric failed: {e}"), true),
+    }
 }
 
 fn progress_bar(enabled: bool, len: usize, label: &str) -> indicatif::ProgressBar {

@@ -333,13 +333,7 @@ async fn eval_recorded(
     request: &EvalRequest,
 ) -> Result<EvalOutcome> {
     let predictions = crate::eval::recorded::RecordedPredictions::load(path)?;
-    let known: std::collections::HashSet<&str> = dataset
-        .train()
-        .iter()
-        .chain(dataset.dev().iter())
-        .chain(dataset.test().iter())
-        .map(|e| e.id.as_str())
-        .collect();
+    let known: std::collections::HashSet<&str> = dataset.iter().map(|e| e.id.as_str()).collect();
     let unknown = predictions.unknown_ids(&known);
     if let Some(first) = unknown.first() {
         bail!(
@@ -370,7 +364,7 @@ async fn eval_recorded(
 /// The metric scores fields the dataset's examples must carry: a dataset whose
 /// outputs are named otherwise would score 0 everywhere, which is an error, not a score.
 pub(crate) fn check_outputs_scored(config: &PipelineConfig, dataset: &Dataset) -> Result<()> {
-    let all = || dataset.train().iter().chain(dataset.dev().iter()).chain(dataset.test().iter());
+    let all = || dataset.iter();
     for field in config.metric.fields() {
         if !all().any(|e| e.outputs.contains_key(field)) {
             let mut found: Vec<&str> = all().flat_map(|e| e.outputs.keys().map(String::as_str)).collect();

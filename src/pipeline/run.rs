@@ -355,19 +355,7 @@ fn slices(dataset: &Dataset, pairs: &[Pair], signals: &Signals) -> Vec<Slice> {
         by_signal.entry(signal).or_default().push(pair);
     }
     let order = |s: &str| ["routine", "urgent", "escalating", "unlabeled"].iter().position(|x| *x == s).unwrap_or(9);
-    let mut slices: Vec<Slice> = by_signal
-        .into_iter()
-        .map(|(signal, pairs)| {
-            let n = pairs.len();
-            let mean = |f: fn(&Pair) -> f64| pairs.iter().map(|p| f(p)).sum::<f64>() / n as f64;
-            Slice {
-                scores: Scores { n, baseline: mean(|p| p.baseline), candidate: mean(|p| p.candidate) },
-                fixed: pairs.iter().filter(|p| p.candidate > p.baseline).count(),
-                broken: pairs.iter().filter(|p| p.candidate < p.baseline).count(),
-                signal,
-            }
-        })
-        .collect();
+    let mut slices: Vec<Slice> = by_signal.into_iter().map(|(signal, pairs)| Slice::of(signal, &pairs)).collect();
     slices.sort_by_key(|s| order(&s.signal));
     slices
 }

@@ -251,19 +251,7 @@ pub fn branches(
         let branch = by_candidate.get(&pair.id).or_else(|| by_production.get(&pair.id)).cloned();
         by_branch.entry(branch.unwrap_or_else(|| "not routed (failed before a router)".into())).or_default().push(pair);
     }
-    by_branch
-        .into_iter()
-        .map(|(branch, pairs)| {
-            let n = pairs.len();
-            let mean = |f: fn(&crate::eval::compare::Pair) -> f64| pairs.iter().map(|p| f(p)).sum::<f64>() / n as f64;
-            Slice {
-                scores: Scores { n, baseline: mean(|p| p.baseline), candidate: mean(|p| p.candidate) },
-                fixed: pairs.iter().filter(|p| p.candidate > p.baseline).count(),
-                broken: pairs.iter().filter(|p| p.candidate < p.baseline).count(),
-                signal: branch,
-            }
-        })
-        .collect()
+    by_branch.into_iter().map(|(branch, pairs)| Slice::of(branch, &pairs)).collect()
 }
 
 /// The test comparison restricted to one signal.
@@ -273,6 +261,20 @@ pub struct Slice {
     pub scores: Scores,
     pub fixed: usize,
     pub broken: usize,
+}
+
+impl Slice {
+    /// The comparison on `pairs` (not empty), labelled `label`.
+    pub fn of(label: String, pairs: &[&crate::eval::compare::Pair]) -> Slice {
+        let n = pairs.len();
+        let mean = |f: fn(&crate::eval::compare::Pair) -> f64| pairs.iter().map(|p| f(p)).sum::<f64>() / n as f64;
+        Slice {
+            scores: Scores { n, baseline: mean(|p| p.baseline), candidate: mean(|p| p.candidate) },
+            fixed: pairs.iter().filter(|p| p.candidate > p.baseline).count(),
+            broken: pairs.iter().filter(|p| p.candidate < p.baseline).count(),
+            signal: label,
+        }
+    }
 }
 
 /// A test example on which production and the candidate disagree in score.
